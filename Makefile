@@ -1,0 +1,34 @@
+# Clipper: everything a new machine needs is installed from here (Python 3.11, a C compiler
+# and the package registries are all that is assumed).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: run test build venv bench clean
+
+$(STAMP): pyproject.toml setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip "setuptools>=68" wheel "Cython>=3.0"
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# rebuild the Cython extensions in place (an editable install does not notice .pxd changes)
+build: $(STAMP)
+	$(PY) setup.py -q build_ext --inplace
+
+run: build
+	$(VENV)/bin/clipper start --demo
+
+test: build
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: build
+	$(PY) benchmarks/demo_throughput.py
+
+clean:
+	rm -rf build $(VENV) src/*.egg-info src/clipper_core/*.so src/clipper_core/*.c \
+	       src/clipper_core/_sched_c.py src/clipper_core/_cache_c.py

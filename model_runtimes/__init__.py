@@ -1,0 +1,1 @@
+"""Ready-made model containers, one package per framework, each with its Dockerfile."""

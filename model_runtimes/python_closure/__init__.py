@@ -1,0 +1,1 @@
+"""Runs a cloudpickled Python function (a "closure") as a Clipper model container."""

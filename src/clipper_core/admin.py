@@ -1,0 +1,135 @@
+"""Admin client: ``ClipperConnection`` mirrors the original ``clipper_admin`` method names.
+
+>>> from clipper_core.admin import ClipperConnection
+>>> conn = ClipperConnection()                      # doctest: +SKIP
+>>> conn.register_application("sum-app", "doubles", "0.0", 100000)      # doctest: +SKIP
+>>> conn.deploy_python_closure("sum", 1, "doubles", lambda xs: [float(x.sum()) for x in xs])
+...                                                  # doctest: +SKIP
+>>> conn.link_model_to_app("sum-app", "sum")         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import urllib.error
+import urllib.request
+from typing import Any, Callable
+
+from .config import DEFAULT_MGMT_PORT
+from .errors import ClipperError
+
+DEFAULT_MANAGEMENT = f"http://127.0.0.1:{DEFAULT_MGMT_PORT}"
+
+
+class ClipperAdminError(ClipperError):
+    """The management API answered with an error."""
+
+    def __init__(self, status: int, code: str, cause: str) -> None:
+        super().__init__(cause)
+        self.status = status
+        self.code = code
+
+
+class ClipperConnection:
+    """Talks to a running Clipper's management API (``http://127.0.0.1:1338`` by default)."""
+
+    def __init__(self, management_url: str | None = None, *, token: str | None = None,
+                 timeout_s: float = 120.0) -> None:
+        self.url = (management_url or os.environ.get("CLIPPER_MANAGEMENT_URL")
+                    or DEFAULT_MANAGEMENT).rstrip("/")
+        self.token = token or os.environ.get("CLIPPER_MGMT_TOKEN")
+        self.timeout_s = timeout_s
+
+    # ---------------------------------------------------------------- transport
+    def _call(self, route: str, body: dict | None = None, method: str = "POST") -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"{self.url}/admin/{route}", data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                err = json.loads(raw)
+                raise ClipperAdminError(e.code, err.get("error", "error"),
+                                        err.get("cause", raw.decode(errors="replace"))) from None
+            except (ValueError, AttributeError):
+                raise ClipperAdminError(e.code, "http_error",
+                                        raw.decode(errors="replace")) from None
+        except urllib.error.URLError as e:
+            raise ClipperAdminError(0, "unreachable",
+                                    f"cannot reach Clipper's management API at {self.url}: "
+                                    f"{e.reason} (is `clipper start` running?)") from None
+
+    def ping(self) -> bool:
+        return self._call("ping", method="GET").get("status") == "ok"
+
+    # ---------------------------------------------------------------- applications
+    def register_application(self, name: str, input_type: str, default_output: Any,
+                             slo_micros: int = 100_000, *, policy: str = "single",
+                             policy_params: dict | None = None,
+                             cache_enabled: bool = True) -> dict:
+        return self._call("add_app", {
+            "name": name, "input_type": input_type, "default_output": default_output,
+            "latency_slo_micros": slo_micros, "policy": policy,
+            "policy_params": policy_params or {}, "cache_enabled": cache_enabled})["app"]
+
+    def link_model_to_app(self, app_name: str, model_name: str) -> None:
+        self._call("add_model_links", {"app_name": app_name, "model_names": [model_name]})
+
+    def get_all_apps(self, verbose: bool = False) -> list:
+        return self._call("get_all_applications", {"verbose": verbose})
+
+    def get_app_info(self, name: str) -> dict:
+        return self._call("get_application", {"name": name})
+
+    # ---------------------------------------------------------------- models
+    def deploy_python_closure(self, name: str, version: Any, input_type: str,
+                              func: Callable[[list], list], num_replicas: int = 1,
+                              batch_size: int = -1, labels: list | None = None,
+                              gpus: list | None = None) -> dict:
+        """Serialise ``func`` (and what it captures) with cloudpickle and run it as
+        ``num_replicas`` replicas; returns once the first replica serves."""
+        import cloudpickle
+
+        blob = base64.b64encode(cloudpickle.dumps(func)).decode()
+        return self._call("deploy_python_closure", {
+            "model_name": name, "model_version": str(version), "input_type": input_type,
+            "closure": blob, "num_replicas": num_replicas, "batch_size": batch_size,
+            "labels": labels or [], "gpus": gpus or []})["model"]
+
+    def register_model(self, name: str, version: Any, input_type: str, batch_size: int = -1,
+                       labels: list | None = None) -> dict:
+        """Register a model whose replicas you start yourself (``clipper_rpc.serve``)."""
+        return self._call("add_model", {"model_name": name, "model_version": str(version),
+                                        "input_type": input_type, "batch_size": batch_size,
+                                        "labels": labels or []})["model"]
+
+    def set_model_version(self, name: str, version: Any) -> None:
+        self._call("set_model_version", {"model_name": name, "model_version": str(version)})
+
+    def set_num_replicas(self, name: str, num_replicas: int, version: Any = None) -> dict:
+        body = {"model_name": name, "num_replicas": num_replicas}
+        if version is not None:
+            body["model_version"] = str(version)
+        return self._call("set_num_replicas", body)["model"]
+
+    def get_all_models(self, verbose: bool = False) -> list:
+        return self._call("get_all_models", {"verbose": verbose})
+
+    def get_model_info(self, name: str, version: Any = None) -> dict:
+        body = {"model_name": name}
+        if version is not None:
+            body["model_version"] = str(version)
+        return self._call("get_model", body)
+
+    def get_all_model_replicas(self, verbose: bool = False) -> list:
+        return self._call("get_all_containers", {"verbose": verbose})
+
+    def server_info(self) -> dict:
+        return self._call("server_info", method="GET")

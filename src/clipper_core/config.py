@@ -1,0 +1,168 @@
+"""Frozen, validated configuration objects."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from clipper_rpc.protocol import INPUT_TYPES
+
+from .errors import ConfigError
+
+DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+DEFAULT_QUERY_PORT = 1337
+DEFAULT_MGMT_PORT = 1338
+DEFAULT_RPC_PORT = 7000
+DEFAULT_STATE_DIR = os.path.join(os.path.expanduser("~"), ".clipper")
+
+
+def check_name(name: Any, what: str) -> str:
+    """A model or app name must be a DNS-1123 label."""
+    if not isinstance(name, str) or len(name) > 63 or not DNS1123.match(name):
+        raise ConfigError(
+            f"{what} must be a DNS-1123 label (lower-case letters, digits and '-', starting "
+            f"and ending with a letter or digit, at most 63 characters), got {name!r}")
+    return name
+
+
+def check_version(version: Any) -> str:
+    if isinstance(version, int) and not isinstance(version, bool):
+        version = str(version)
+    if not isinstance(version, str) or not VERSION_RE.match(version):
+        raise ConfigError(
+            "model version must be 1-63 characters of letters, digits, '.', '_' or '-', "
+            f"starting with a letter or digit, got {version!r}")
+    return version
+
+
+def check_input_type(input_type: Any) -> str:
+    if input_type not in INPUT_TYPES:
+        raise ConfigError(f"input_type must be one of {', '.join(INPUT_TYPES)}, "
+                          f"got {input_type!r}")
+    return input_type
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``clipper start`` can be told.  Port 0 picks a free port."""
+
+    state_dir: str = DEFAULT_STATE_DIR
+    query_host: str = "127.0.0.1"
+    query_port: int = DEFAULT_QUERY_PORT
+    mgmt_host: str = "127.0.0.1"
+    mgmt_port: int = DEFAULT_MGMT_PORT
+    rpc_host: str = "127.0.0.1"
+    rpc_port: int = DEFAULT_RPC_PORT
+    #: required on the management API when it is bound to a non-loopback address
+    mgmt_token: str | None = None
+    max_body_bytes: int = 10 * 1024 * 1024
+    heartbeat_interval_s: float = 1.0
+    heartbeat_timeout_s: float = 5.0
+    queue_capacity: int = 20_000
+    #: AIMD defaults (the app's SLO sets the budget)
+    aimd_step: int = 2
+    aimd_backoff: float = 0.9
+    aimd_cap: int = 1024
+    shutdown_grace_s: float = 3.0
+    demo: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("query_port", "mgmt_port", "rpc_port"):
+            p = getattr(self, name)
+            if not isinstance(p, int) or not 0 <= p <= 65535:
+                raise ConfigError(f"{name} must be a port number 0-65535, got {p!r}")
+        if self.max_body_bytes < 1024:
+            raise ConfigError("max_body_bytes must be at least 1024")
+        if self.heartbeat_interval_s <= 0 or self.heartbeat_timeout_s <= self.heartbeat_interval_s:
+            raise ConfigError("need 0 < heartbeat_interval_s < heartbeat_timeout_s")
+        if self.queue_capacity < 1:
+            raise ConfigError("queue_capacity must be at least 1")
+        if not is_loopback(self.mgmt_host) and not self.mgmt_token:
+            raise ConfigError(
+                f"the management API deploys code: binding it to {self.mgmt_host} needs a "
+                "token (--mgmt-token or CLIPPER_MGMT_TOKEN)")
+
+    @property
+    def rpc_address(self) -> str:
+        return f"tcp://{self.rpc_host}:{self.rpc_port}"
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    name: str
+    input_type: str
+    default_output: Any = None
+    slo_micros: int = 100_000
+    policy: str = "single"
+    policy_params: dict = field(default_factory=dict)
+    cache_enabled: bool = True
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "application name")
+        check_input_type(self.input_type)
+        if (not isinstance(self.slo_micros, int) or isinstance(self.slo_micros, bool)
+                or not 1_000 <= self.slo_micros <= 600_000_000):
+            raise ConfigError("latency_slo_micros must be an integer between 1000 (1 ms) and "
+                              f"600000000 (10 min), got {self.slo_micros!r}")
+        if not isinstance(self.policy_params, dict):
+            raise ConfigError("policy_params must be a JSON object")
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "input_type": self.input_type,
+                "default_output": self.default_output, "latency_slo_micros": self.slo_micros,
+                "policy": self.policy, "policy_params": self.policy_params,
+                "cache_enabled": self.cache_enabled}
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One deployed version of a model and how to run its replicas."""
+
+    name: str
+    version: str
+    input_type: str
+    batch_size: int = -1
+    labels: tuple = ()
+    #: how the container manager starts a replica: {"kind": "closure", "path": ...},
+    #: {"kind": "command", "argv": [...]}, or {"kind": "external"} (you start them yourself)
+    runtime: dict = field(default_factory=lambda: {"kind": "external"})
+    replicas: int = 1
+    gpus: tuple = ()
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "model name")
+        object.__setattr__(self, "version", check_version(self.version))
+        check_input_type(self.input_type)
+        if (not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool)
+                or self.batch_size == 0 or self.batch_size < -1 or self.batch_size > 100_000):
+            raise ConfigError("batch_size must be -1 (adaptive) or 1..100000, "
+                              f"got {self.batch_size!r}")
+        if not isinstance(self.replicas, int) or not 0 <= self.replicas <= 256:
+            raise ConfigError(f"num_replicas must be 0..256, got {self.replicas!r}")
+        if not isinstance(self.runtime, dict) or self.runtime.get("kind") not in (
+                "closure", "command", "external"):
+            raise ConfigError("runtime kind must be closure, command or external")
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.name, self.version)
+
+    def to_json(self) -> dict:
+        return {"model_name": self.name, "model_version": self.version,
+                "input_type": self.input_type, "batch_size": self.batch_size,
+                "labels": list(self.labels), "runtime": self.runtime,
+                "num_replicas": self.replicas, "gpus": list(self.gpus)}

@@ -1,0 +1,47 @@
+"""The query API (default port 1337): handlers parse, call the query processor, format."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .errors import BadRequest, InvalidInput, MissingField
+from .http import MAX_BODY, error_middleware, json_object, json_response, read_json
+from .predict import MAX_BATCH_INPUTS, QueryProcessor
+
+PROCESSOR = web.AppKey("processor", QueryProcessor)
+
+
+async def predict(request: web.Request) -> web.Response:
+    proc = request.app[PROCESSOR]
+    app_name = request.match_info["app"]
+    proc.registry.get_app(app_name)  # 404 before parsing the body
+    body = json_object(await read_json(request))
+    if "input" in body:
+        if "input_batch" in body:
+            raise BadRequest("give either 'input' or 'input_batch', not both")
+        batch = False
+        inputs = [body["input"]]
+    elif "input_batch" in body:
+        inputs = body["input_batch"]
+        batch = True
+        if not isinstance(inputs, list) or not inputs:
+            raise InvalidInput("'input_batch' must be a non-empty list of inputs")
+        if len(inputs) > MAX_BATCH_INPUTS:
+            raise InvalidInput(f"'input_batch' holds {len(inputs)} inputs; at most "
+                               f"{MAX_BATCH_INPUTS} are allowed per request")
+    else:
+        raise MissingField("request body must have 'input' (one input) or 'input_batch' "
+                           "(a list of inputs)")
+    outcomes = await proc.predict(app_name, inputs, version=body.get("version"),
+                                  timeout_ms=body.get("timeout_ms"))
+    if batch:
+        return json_response({"batch_predictions": [o.to_json() for o in outcomes]})
+    return json_response(outcomes[0].to_json())
+
+
+def make_app(proc: QueryProcessor, max_body_bytes: int) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=max_body_bytes)
+    app[PROCESSOR] = proc
+    app[MAX_BODY] = max_body_bytes
+    app.router.add_post("/{app}/predict", predict)
+    return app

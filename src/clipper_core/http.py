@@ -1,0 +1,87 @@
+"""HTTP plumbing shared by the query and management APIs: JSON bodies and the error mapping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from . import log
+from .errors import ClipperError, MalformedJSON, MissingField, BadRequest, PayloadTooLarge
+
+_JSON = "application/json"
+MAX_BODY = web.AppKey("max_body_bytes", int)
+
+
+def json_response(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY),
+                        status=status, content_type=_JSON)
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body parsed as JSON; typed errors for an oversize or malformed body."""
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large(request) from None
+    if not body:
+        raise MalformedJSON("request body is empty; expected a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise MalformedJSON(f"request body is not valid JSON: {e}") from None
+
+
+def json_object(body: Any, what: str = "request body") -> dict:
+    if not isinstance(body, dict):
+        raise BadRequest(f"{what} must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def field(body: dict, name: str, typ: type | tuple | None = None, *, required: bool = True,
+          default: Any = None, what: str = "request") -> Any:
+    if name not in body:
+        if required:
+            raise MissingField(f"{what} lacks the required field {name!r}")
+        return default
+    val = body[name]
+    if typ is not None:
+        bad = not isinstance(val, typ) or (isinstance(val, bool) and typ in (int, (int, float)))
+        if bad:
+            tn = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
+            raise BadRequest(f"field {name!r} must be {tn}, got {type(val).__name__}")
+    return val
+
+
+def _too_large(request: web.Request) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body is larger than the limit of "
+                           f"{request.app.get(MAX_BODY, '?')} bytes")
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """Map typed errors (and aiohttp's own 404/405/413) to ``{"error", "cause"}`` JSON."""
+    try:
+        return await handler(request)
+    except ClipperError as e:
+        if e.status >= 500:
+            log.server.error("%s %s: %s", request.method, request.path, e.cause)
+        else:
+            log.access.info("%s %s -> %d %s", request.method, request.path, e.status, e.cause)
+        return json_response(e.to_json(), e.status)
+    except web.HTTPException as e:
+        if e.status == 413:
+            return json_response(_too_large(request).to_json(), 413)
+        if e.status == 404:
+            return json_response({"error": "not_found",
+                                  "cause": f"no route {request.method} {request.path}"}, 404)
+        if e.status == 405:
+            return json_response({"error": "method_not_allowed",
+                                  "cause": f"{request.method} is not allowed on {request.path}"},
+                                 405)
+        raise
+    except Exception as e:
+        log.server.exception("unhandled error in %s %s", request.method, request.path)
+        return json_response({"error": "internal_error",
+                              "cause": f"{type(e).__name__}: {e}"}, 500)

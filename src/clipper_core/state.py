@@ -1,0 +1,148 @@
+"""The state store: apps, models, versions, links, replica counts and policy state in SQLite.
+
+One file, ``state.db`` in the state directory.  Every write is its own transaction, so a
+frontend killed at any moment restarts from a consistent state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from typing import Any, Iterator
+
+from .errors import StateStoreError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS apps (name TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS models (
+    name TEXT NOT NULL, version TEXT NOT NULL, data TEXT NOT NULL,
+    created REAL NOT NULL DEFAULT (julianday('now')),
+    PRIMARY KEY (name, version));
+CREATE TABLE IF NOT EXISTS current_versions (name TEXT PRIMARY KEY, version TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS links (app TEXT NOT NULL, model TEXT NOT NULL,
+    PRIMARY KEY (app, model));
+CREATE TABLE IF NOT EXISTS policy_state (app TEXT NOT NULL, uid TEXT NOT NULL,
+    data TEXT NOT NULL, PRIMARY KEY (app, uid));
+"""
+
+
+class StateStore:
+    """Thread-safe access to ``state.db``; values are JSON documents."""
+
+    FILENAME = "state.db"
+
+    def __init__(self, state_dir: str) -> None:
+        self.state_dir = state_dir
+        self.path = os.path.join(state_dir, self.FILENAME)
+        try:
+            os.makedirs(state_dir, exist_ok=True)
+        except OSError as e:
+            raise StateStoreError(f"cannot create the state directory {state_dir}: {e}") from None
+        self._lock = threading.Lock()
+        self._db = self._open()
+
+    def _recovery(self) -> str:
+        return (f"move {self.path} aside to start with an empty state (apps and models must "
+                "then be deployed again), or start with --state-dir pointing elsewhere")
+
+    def _open(self) -> sqlite3.Connection:
+        if os.path.exists(self.path) and not os.access(self.path, os.R_OK | os.W_OK):
+            raise StateStoreError(f"the state file {self.path} is not readable and writable by "
+                                  f"this user; fix its permissions or {self._recovery()}")
+        try:
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            ok = db.execute("PRAGMA quick_check").fetchone()
+            if not ok or ok[0] != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {ok}")
+            db.executescript(_SCHEMA)
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise StateStoreError(
+                    f"the state file {self.path} has schema version {row[0]}, this Clipper "
+                    f"reads version {SCHEMA_VERSION}; {self._recovery()}")
+            return db
+        except StateStoreError:
+            raise
+        except (sqlite3.Error, ValueError) as e:
+            raise StateStoreError(
+                f"the state file {self.path} is corrupted or not a Clipper state database "
+                f"({e}); {self._recovery()}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -------------------------------------------------------------- generic helpers
+    def _exec(self, sql: str, args: tuple = ()) -> list:
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as e:
+                raise StateStoreError(f"state store at {self.path} failed: {e}") from None
+
+    def _docs(self, sql: str, args: tuple = ()) -> Iterator[Any]:
+        for row in self._exec(sql, args):
+            yield json.loads(row[0])
+
+    # -------------------------------------------------------------- apps
+    def put_app(self, name: str, data: dict) -> None:
+        self._exec("INSERT OR REPLACE INTO apps VALUES (?, ?)", (name, json.dumps(data)))
+
+    def delete_app(self, name: str) -> None:
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM apps WHERE name=?", (name,))
+            self._db.execute("DELETE FROM links WHERE app=?", (name,))
+            self._db.execute("DELETE FROM policy_state WHERE app=?", (name,))
+            self._db.execute("COMMIT")
+
+    def apps(self) -> list[dict]:
+        return list(self._docs("SELECT data FROM apps ORDER BY name"))
+
+    # -------------------------------------------------------------- models
+    def put_model(self, name: str, version: str, data: dict) -> None:
+        self._exec("INSERT OR REPLACE INTO models (name, version, data) VALUES (?, ?, ?)",
+                   (name, version, json.dumps(data)))
+
+    def delete_model_version(self, name: str, version: str) -> None:
+        self._exec("DELETE FROM models WHERE name=? AND version=?", (name, version))
+
+    def models(self) -> list[dict]:
+        return list(self._docs("SELECT data FROM models ORDER BY name, created, version"))
+
+    def set_current_version(self, name: str, version: str | None) -> None:
+        if version is None:
+            self._exec("DELETE FROM current_versions WHERE name=?", (name,))
+        else:
+            self._exec("INSERT OR REPLACE INTO current_versions VALUES (?, ?)", (name, version))
+
+    def current_versions(self) -> dict[str, str]:
+        return dict(self._exec("SELECT name, version FROM current_versions"))
+
+    # -------------------------------------------------------------- links
+    def add_link(self, app: str, model: str) -> None:
+        self._exec("INSERT OR IGNORE INTO links VALUES (?, ?)", (app, model))
+
+    def delete_link(self, app: str, model: str) -> None:
+        self._exec("DELETE FROM links WHERE app=? AND model=?", (app, model))
+
+    def links(self) -> list[tuple[str, str]]:
+        return [tuple(r) for r in self._exec("SELECT app, model FROM links ORDER BY rowid")]
+
+    # -------------------------------------------------------------- policy state
+    def put_policy_state(self, app: str, uid: str, data: Any) -> None:
+        self._exec("INSERT OR REPLACE INTO policy_state VALUES (?, ?, ?)",
+                   (app, uid, json.dumps(data)))
+
+    def policy_states(self, app: str) -> dict[str, Any]:
+        return {uid: json.loads(d) for uid, d in
+                self._exec("SELECT uid, data FROM policy_state WHERE app=?", (app,))}
