@@ -13,6 +13,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sys
+import sysconfig
 import urllib.error
 import urllib.request
 from typing import Any, Callable
@@ -21,6 +23,34 @@ from .config import DEFAULT_MGMT_PORT
 from .errors import ClipperError
 
 DEFAULT_MANAGEMENT = f"http://127.0.0.1:{DEFAULT_MGMT_PORT}"
+
+
+def _installed(module: Any) -> bool:
+    """True if ``module`` comes from the standard library or an installed distribution, so a
+    model container can import it by name."""
+    f = getattr(module, "__file__", None)
+    if not f:
+        return True  # built-in
+    f = os.path.realpath(f)
+    paths = sysconfig.get_paths()
+    roots = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return any(f.startswith(r + os.sep) for r in roots)
+
+
+def pickle_closure(func: Callable) -> bytes:
+    """cloudpickle ``func``; code from the user's own modules (scripts, notebooks, test files)
+    travels by value, since the container cannot import those by name."""
+    import cloudpickle
+
+    mod = sys.modules.get(getattr(func, "__module__", None) or "")
+    by_value = mod is not None and mod.__name__ != "__main__" and not _installed(mod)
+    if by_value:
+        cloudpickle.register_pickle_by_value(mod)
+    try:
+        return cloudpickle.dumps(func)
+    finally:
+        if by_value:
+            cloudpickle.unregister_pickle_by_value(mod)
 
 
 class ClipperAdminError(ClipperError):
@@ -95,9 +125,7 @@ class ClipperConnection:
                               gpus: list | None = None) -> dict:
         """Serialise ``func`` (and what it captures) with cloudpickle and run it as
         ``num_replicas`` replicas; returns once the first replica serves."""
-        import cloudpickle
-
-        blob = base64.b64encode(cloudpickle.dumps(func)).decode()
+        blob = base64.b64encode(pickle_closure(func)).decode()
         return self._call("deploy_python_closure", {
             "model_name": name, "model_version": str(version), "input_type": input_type,
             "closure": blob, "num_replicas": num_replicas, "batch_size": batch_size,

@@ -1,0 +1,143 @@
+"""Helpers for tests and scripts: run a real Clipper in a child process on free ports.
+
+>>> with ClipperProcess() as c:          # doctest: +SKIP
+...     c.conn.register_application("app", "doubles", 0.0, 100000)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from .admin import ClipperConnection
+
+
+class ClipperProcess:
+    """``clipper start`` in a child process with port 0 everywhere and its own state dir."""
+
+    def __init__(self, state_dir: str | None = None, *, extra_args: tuple = (),
+                 start_timeout_s: float = 30.0, env: dict | None = None) -> None:
+        self._tmp = None
+        if state_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="clipper-test-")
+            state_dir = self._tmp.name
+        self.state_dir = state_dir
+        self.extra_args = tuple(extra_args)
+        self.start_timeout_s = start_timeout_s
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+        self.endpoints: dict[str, Any] = {}
+        self.log_path = os.path.join(state_dir, "clipper.log")
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> "ClipperProcess":
+        ep_file = os.path.join(self.state_dir, "endpoints.json")
+        os.makedirs(self.state_dir, exist_ok=True)
+        try:
+            os.unlink(ep_file)
+        except OSError:
+            pass
+        env = dict(os.environ if self.env is None else self.env)
+        env["PYTHONUNBUFFERED"] = "1"
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "clipper_core", "--state-dir", self.state_dir, "start",
+             "--query-port", "0", "--mgmt-port", "0", "--rpc-port", "0", *self.extra_args],
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"clipper exited with code {self.proc.returncode} during "
+                                   f"start-up:\n{self.log()}")
+            try:
+                with open(ep_file) as f:
+                    ep = json.load(f)
+                if ep.get("pid") == self.proc.pid:
+                    self.endpoints = ep
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        else:
+            self.stop()
+            raise RuntimeError(f"clipper did not start within {self.start_timeout_s} s:\n"
+                               f"{self.log()}")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self._log.close()
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (the model replicas are left behind)."""
+        self.stop(signal.SIGKILL)
+
+    def close(self) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> "ClipperProcess":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- access
+    @property
+    def query_url(self) -> str:
+        return self.endpoints["query"]
+
+    @property
+    def management_url(self) -> str:
+        return self.endpoints["management"]
+
+    @property
+    def conn(self) -> ClipperConnection:
+        return ClipperConnection(self.management_url)
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode(errors="replace")[-20000:]
+        except OSError:
+            return ""
+
+    def predict(self, app: str, body: dict, timeout_s: float = 30.0) -> tuple[int, Any]:
+        """POST ``body`` to ``/{app}/predict``; returns (status, parsed JSON)."""
+        return post_json(f"{self.query_url}/{app}/predict", body, timeout_s)
+
+
+def post_json(url: str, body: Any, timeout_s: float = 30.0,
+              raw: bytes | None = None) -> tuple[int, Any]:
+    data = raw if raw is not None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        payload = e.read()
+        try:
+            return e.code, json.loads(payload)
+        except ValueError:
+            return e.code, payload.decode(errors="replace")
