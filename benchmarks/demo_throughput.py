@@ -45,6 +45,8 @@ async def drive(url: str, concurrency: int, duration: float, warmup: float) -> d
                     continue
                 if r.status != 200:
                     errors += 1
+                    if errors <= 3:
+                        print(f"HTTP {r.status}: {data[:300]!r}")
                     continue
                 if b'"default":true' in data:
                     defaults += 1

@@ -84,8 +84,6 @@ class ClipperServer:
                           "management": f"http://{_host(cfg.mgmt_host)}:{mgmt}",
                           "rpc": rpc_endpoint, "pid": os.getpid(),
                           "state_dir": os.path.abspath(cfg.state_dir)}
-        with open(os.path.join(cfg.state_dir, ENDPOINTS_FILE), "w") as f:
-            json.dump(self.endpoints, f)
         # restore: every model version with replicas gets them back
         for mv in list(self.registry.models.values()):
             if mv.replicas > 0:
@@ -94,6 +92,11 @@ class ClipperServer:
             from .demo import ensure_demo
 
             await ensure_demo(self)
+        # written last: its presence tells scripts (and `clipper stop`) that Clipper is up
+        tmp = os.path.join(cfg.state_dir, ENDPOINTS_FILE + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(self.endpoints, f)
+        os.replace(tmp, os.path.join(cfg.state_dir, ENDPOINTS_FILE))
         self.started.set()
         log.server.info("Clipper is up: queries on %s, management on %s, RPC on %s",
                         self.endpoints["query"], self.endpoints["management"], rpc_endpoint)
