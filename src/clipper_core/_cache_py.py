@@ -104,6 +104,9 @@ class PredictionCache:
     ``entries`` and ``in_flight``.
     """
 
+    #: the module's :data:`MISS`, for callers that hold an instance of either build
+    MISS = MISS
+
     def __init__(self, capacity_bytes, hash_fn=None):
         if capacity_bytes < 0:
             raise ValueError("cache capacity must be >= 0 bytes")

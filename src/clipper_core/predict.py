@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import log
-from .cache import MISS, PredictionCache, key_prefix
+from .cache import PredictionCache, key_prefix
 from .config import DEFAULT_CACHE_BYTES, AppConfig
 from .errors import InvalidInput, PredictionTimeout
 from .inputs import PARSERS, input_key
@@ -159,12 +159,13 @@ class QueryProcessor:
             input_type = app.input_type
             prefix = key_prefix(key[0], key[1], input_type)
             max_age = -1.0 if app.cache_ttl_s is None else float(app.cache_ttl_s)
+            miss = cache.MISS
         for i, x in enumerate(parsed):
             qid = ids[i]
             if cache is not None:
                 kb = prefix + input_key(input_type, x)
                 val = cache.get(kb, now, max_age)
-                if val is not MISS:
+                if val is not miss:
                     out[i] = Outcome(qid, val, False, None, label, True)
                     continue
                 fl = cache.flight(kb)
