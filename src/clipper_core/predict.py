@@ -71,23 +71,20 @@ class SharedAnswer(asyncio.Future):
 
 
 class _Waiter:
-    """One request waiting for ``left`` more answers."""
+    """One request waiting for ``left`` more answers; ``late`` is set when it stops waiting
+    at its deadline."""
 
-    __slots__ = ("future", "left")
+    __slots__ = ("future", "left", "late")
 
     def __init__(self, future: asyncio.Future) -> None:
         self.future = future
         self.left = 0
+        self.late: set | None = None
 
     def one(self) -> None:
         self.left -= 1
         if self.left == 0 and not self.future.done():
             self.future.set_result(None)
-
-
-def _settle(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 class QueryProcessor:
@@ -186,11 +183,11 @@ class QueryProcessor:
                 answer(q, (False, "the model's queue is full (overload)" if mq is not None
                            else f"model {key[0]}:{key[1]} is not loaded"))
         if waits:
-            await self._wait(loop, waits, deadline)
+            late = await self._wait(loop, waits, deadline)
             why = None
             for i, qid, q in waits:
                 fut = q.future
-                if fut.done():
+                if fut.done() and (late is None or q not in late):
                     ok, val = fut.result()
                 else:
                     ok = False
@@ -203,8 +200,10 @@ class QueryProcessor:
         self.counts["prediction"] += len(out) - len(waits)  # the cache hits
         return out
 
-    async def _wait(self, loop: asyncio.AbstractEventLoop, waits: list, deadline: float) -> None:
-        """Wait until every query in ``waits`` has its answer or ``deadline`` comes."""
+    async def _wait(self, loop: asyncio.AbstractEventLoop, waits: list,
+                    deadline: float) -> set | None:
+        """Wait until every query in ``waits`` has its answer or ``deadline`` comes; returns
+        the queries that had no answer at the deadline (None when all had one)."""
         w = _Waiter(loop.create_future())
         for _, _, q in waits:
             fut = q.future
@@ -212,25 +211,37 @@ class QueryProcessor:
                 fut.waiters.append(w)
                 w.left += 1
         if not w.left:
-            return
-        timer = loop.call_at(deadline, _settle, w.future)
+            return None
+        timer = loop.call_at(deadline, self._give_up, w, waits)
         try:
             await w.future
         finally:
             timer.cancel()
-            for _, _, q in waits:
-                fut = q.future
-                if fut.done():
-                    continue
-                ws = fut.waiters
-                while w in ws:
-                    ws.remove(w)
-                if not ws:  # nobody waits any more: never compute it, stop sharing it
-                    q.answered = True
-                    fl = fut.flight
-                    if fl is not None:
-                        fut.flight = None
-                        self.cache.end_flight(fl)
+            if w.left and w.late is None:  # cancelled (the client went away)
+                self._give_up(w, waits)
+        return w.late
+
+    def _give_up(self, w: "_Waiter", waits: list) -> None:
+        """Stop waiting for the queries still unanswered; an answer that comes later is not
+        this request's (it has its default output by then)."""
+        late = set()
+        for _, _, q in waits:
+            fut = q.future
+            if fut.done():
+                continue
+            late.add(q)
+            ws = fut.waiters
+            while w in ws:
+                ws.remove(w)
+            if not ws:  # nobody waits any more: never compute it, stop sharing it
+                q.answered = True
+                fl = fut.flight
+                if fl is not None:
+                    fut.flight = None
+                    self.cache.end_flight(fl)
+        w.late = late
+        if not w.future.done():
+            w.future.set_result(None)
 
     def _land(self, fut: "SharedAnswer", result: Any) -> None:
         fl = fut.flight
