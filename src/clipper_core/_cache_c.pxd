@@ -3,12 +3,17 @@
 cimport cython
 
 cdef Py_ssize_t _OVERHEAD
+cdef Py_ssize_t _FLOAT_SIZE
+cdef Py_ssize_t _BYTES_HEADER
+
+cdef Py_ssize_t _alloc(Py_ssize_t n) noexcept
 cdef Py_ssize_t _COMPACT_AT
 
 cpdef bytes key_prefix(str model, str version, str input_type)
 
 @cython.locals(n=Py_ssize_t, stack=list)
 cpdef Py_ssize_t output_size(object value) except -1
+cpdef Py_ssize_t entry_size(bytes key, object value) except -1
 
 cdef class Entry:
     cdef readonly bytes key

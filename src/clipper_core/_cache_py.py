@@ -17,8 +17,9 @@ goes to the back (its second chance); not referenced, it is evicted.  Entries ne
 another (the FIFO is a list), so dropping the cache frees them without the cycle collector.
 
 Every entry is charged ``ENTRY_OVERHEAD`` bytes on top of its key and output (the entry object,
-its table slot, its hash and its FIFO slot; measured in ``benchmarks/cache.py``), so the budget
-bounds the memory the cache really holds.  Stored outputs are shared between answers: callers
+its table slot, its hash and its FIFO slot, plus what the allocator loses to churn; calibrated
+with ``benchmarks/cache.py``, which checks RSS after a million inserts), so the budget bounds
+the memory the cache really holds.  Stored outputs are shared between answers: callers
 must not mutate them.
 """
 
@@ -26,11 +27,20 @@ import sys
 
 _getsizeof = sys.getsizeof
 
+
+def _alloc(n):
+    """Bytes the allocator hands out for an object of ``n`` bytes (16-byte granules)."""
+    return (n + 15) & -16
+
+
+_BYTES_HEADER = _getsizeof(b"")
+_FLOAT_SIZE = _alloc(_getsizeof(0.0))  # every float has the same size; the commonest output
+
 #: what a lookup answers when no fresh entry exists (a model output may be ``None``)
 MISS = object()
 
-#: bytes charged per entry beyond ``len(key)`` and the output's own size
-ENTRY_OVERHEAD = 256
+#: bytes charged per entry beyond its key object and its output (see :func:`entry_size`)
+ENTRY_OVERHEAD = 320
 _OVERHEAD = ENTRY_OVERHEAD
 
 _COMPACT_AT = 4096  # FIFO slots consumed by the hand before the list is compacted
@@ -42,19 +52,22 @@ def key_prefix(model, version, input_type):
 
 
 def output_size(value):
-    """Bytes a model output holds: ``sys.getsizeof`` summed over nested lists, tuples and dicts.
+    """Bytes a model output holds: ``sys.getsizeof`` summed over nested lists, tuples and dicts,
+    each object rounded up to the allocator's 16-byte granule.
 
     Shared singletons (small ints, ``None``, interned strings) are charged too: the estimate
     errs on the side of the budget.  Iterative, so deep nesting cannot exhaust the C stack.
     """
     t = type(value)
+    if t is float:
+        return _FLOAT_SIZE
     if t is not list and t is not dict and t is not tuple:
-        return _getsizeof(value)
+        return _alloc(_getsizeof(value))
     n = 0
     stack = [value]
     while stack:
         v = stack.pop()
-        n += _getsizeof(v)
+        n += _alloc(_getsizeof(v))
         t = type(v)
         if t is list or t is tuple:
             stack.extend(v)
@@ -62,6 +75,11 @@ def output_size(value):
             stack.extend(v.keys())
             stack.extend(v.values())
     return n
+
+
+def entry_size(key, value):
+    """Bytes an entry is charged: ``ENTRY_OVERHEAD``, the key object and the output."""
+    return _OVERHEAD + _alloc(_BYTES_HEADER + len(key)) + output_size(value)
 
 
 class Entry:
@@ -193,7 +211,7 @@ class PredictionCache:
         the budget.  An existing entry is overwritten in place (keeping its place in the
         ring).  False when the output alone exceeds the whole budget (nothing changes then).
         """
-        size = _OVERHEAD + len(key) + output_size(value)
+        size = entry_size(key, value)
         if size > self.capacity:
             self.rejected += 1
             return False

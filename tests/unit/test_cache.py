@@ -16,12 +16,17 @@ def impl(request):
     return IMPLS[request.param]
 
 
+def r16(n):
+    return -(-n // 16) * 16
+
+
 def ref_size(key, value):
-    """Bytes an entry is charged, computed independently of the implementation."""
-    n = sys.getsizeof(value)
+    """Bytes an entry is charged, computed independently of the implementation: a fixed
+    overhead plus every object it holds, rounded up to the allocator's 16-byte granule."""
+    n = r16(sys.getsizeof(value))
     if isinstance(value, list):
-        n += sum(sys.getsizeof(v) for v in value)
-    return IMPLS["py"].ENTRY_OVERHEAD + len(key) + n
+        n += sum(r16(sys.getsizeof(v)) for v in value)
+    return IMPLS["py"].ENTRY_OVERHEAD + r16(sys.getsizeof(key)) + n
 
 
 class RefClock:
@@ -228,7 +233,8 @@ def test_budget_holds_under_many_inserts_and_oversize_is_rejected(impl):
 
 
 def test_second_chance_keeps_hot_entries(impl):
-    per = impl.ENTRY_OVERHEAD + 2 + sys.getsizeof(1.0)
+    per = ref_size(b"k0", 1.0)
+    assert impl.entry_size(b"k0", 1.0) == per
     c = impl.PredictionCache(per * 4)
     for k in (b"k0", b"k1", b"k2", b"k3"):
         c.put(k, 1.0, 0.0)
@@ -239,15 +245,15 @@ def test_second_chance_keeps_hot_entries(impl):
 
 
 def test_output_size_counts_nested_values_without_recursion(impl):
-    assert impl.output_size(1.5) == sys.getsizeof(1.5)
+    assert impl.output_size(1.5) == r16(sys.getsizeof(1.5))
+    assert impl.output_size("x" * 100) == r16(sys.getsizeof("x" * 100))
     v = {"label": "cat", "scores": [0.1, 0.9]}
-    want = (sys.getsizeof(v) + sys.getsizeof("label") + sys.getsizeof("cat")
-            + sys.getsizeof("scores") + sys.getsizeof(v["scores"]) + 2 * sys.getsizeof(0.1))
+    want = sum(r16(sys.getsizeof(o)) for o in (v, "label", "cat", "scores", v["scores"], 0.1, 0.9))
     assert impl.output_size(v) == want
     deep = []
     for _ in range(100_000):
         deep = [deep]
-    assert impl.output_size(deep) == 100_000 * sys.getsizeof([[]]) + sys.getsizeof([])
+    assert impl.output_size(deep) == 100_000 * r16(sys.getsizeof([[]])) + r16(sys.getsizeof([]))
 
 
 def test_counters_are_readonly_in_the_compiled_build():
