@@ -5,9 +5,11 @@ the cache holds after a million distinct inserts against its budget.
 
 1. HTTP: a real Clipper (``ClipperProcess``) with a no-op model.  A closed-loop aiohttp client
    at a fixed concurrency sends, for the same app, either one input over and over (hits after
-   the first) or a new input every time (misses).  The two phases are interleaved and repeated;
-   each reports client-side p50/p99 latency, throughput, and the Clipper process's CPU time per
-   request (from /proc/PID/stat, steadier than wall-clock numbers on a shared machine).
+   the first) or a new input every time (misses); a third phase sends the same misses to an app
+   with the cache switched off (the baseline: what the cache costs a miss).  The phases are
+   interleaved and repeated; each reports client-side p50/p99 latency, throughput, and the CPU
+   time per request of the Clipper process, the model container and the client (from
+   /proc/PID/stat, steadier than wall-clock numbers on a shared machine).
 2. Memory: in a fresh child process, 1,000,000 distinct inserts (keys as the query path builds
    them: prefix + 10 doubles) into a cache with the default 64 MiB budget; RSS is sampled every
    100,000 inserts.  Plus put/get cost of the compiled core against its pure twin.
@@ -96,7 +98,11 @@ def http_bench(args) -> dict:
         c.register_application("bench", "doubles", -1.0, 1_000_000)
         c.deploy_python_closure("noop", 1, "doubles", noop)
         c.link_model_to_app("bench", "noop")
+        # the same model behind an app without the cache: the baseline for the miss path
+        c.register_application("bench-nocache", "doubles", -1.0, 1_000_000, cache_enabled=False)
+        c.link_model_to_app("bench-nocache", "noop")
         url = f"{cp.query_url}/bench/predict"
+        urls = {"hit": url, "miss": url, "nocache": f"{cp.query_url}/bench-nocache/predict"}
         server_pid = cp.proc.pid
         model_pid = next(r["pid"] for r in c.get_all_model_replicas(verbose=True)
                          if r["model_name"] == "noop")
@@ -107,22 +113,23 @@ def http_bench(args) -> dict:
             seq[0] += 1
             return orjson.dumps({"input": [float(seq[0])] + [0.5] * 9})
 
-        phases = {"hit": lambda _i: same, "miss": distinct}
-        runs: dict[str, list] = {"hit": [], "miss": []}
-        uvloop.run(load(url, phases["hit"], args.concurrency, 1.0))  # warm-up, fills the entry
-        uvloop.run(load(url, phases["miss"], args.concurrency, 1.0))
+        phases = {"hit": lambda _i: same, "miss": distinct, "nocache": distinct}
+        runs: dict[str, list] = {name: [] for name in PHASES}
+        for name in PHASES:  # warm-up (the hit phase's first query fills the entry)
+            uvloop.run(load(urls[name], phases[name], args.concurrency, 1.0))
         for r in range(args.rounds):
-            order = ("hit", "miss") if r % 2 == 0 else ("miss", "hit")
+            order = PHASES[r % 3:] + PHASES[:r % 3]
             for name in order:
                 s0, m0, c0 = cpu_s(server_pid), cpu_s(model_pid), cpu_s(os.getpid())
-                res = uvloop.run(load(url, phases[name], args.concurrency, args.duration))
+                res = uvloop.run(load(urls[name], phases[name], args.concurrency,
+                                      args.duration))
                 n = res["requests"]
                 res["server_cpu_us_per_req"] = (cpu_s(server_pid) - s0) / n * 1e6
                 res["model_cpu_us_per_req"] = (cpu_s(model_pid) - m0) / n * 1e6
                 res["client_cpu_us_per_req"] = (cpu_s(os.getpid()) - c0) / n * 1e6
                 res["round"] = r
                 runs[name].append(res)
-                print(f"  round {r} {name:4}: {res['throughput_rps']:7.0f} req/s  "
+                print(f"  round {r} {name:7}: {res['throughput_rps']:7.0f} req/s  "
                       f"p50 {res['p50_ms']:6.2f} ms  p99 {res['p99_ms']:6.2f} ms  "
                       f"CPU us/req: server {res['server_cpu_us_per_req']:4.0f} "
                       f"model {res['model_cpu_us_per_req']:4.0f} "
@@ -130,6 +137,9 @@ def http_bench(args) -> dict:
                       f"hit share {res['hit_share']:.3f}  errors {res['errors']}", flush=True)
         stats = c.server_info()["cache"]
     return {"runs": runs, "server_cache_stats": stats}
+
+
+PHASES = ("hit", "miss", "nocache")
 
 
 def summarize(runs: list, key: str) -> dict:
@@ -218,19 +228,22 @@ def main() -> int:
           f"{args.rounds} rounds x {args.duration:g} s per phase (interleaved)")
     h = http_bench(args)
     result["http"] = h
-    print(f"\n{'':5} {'req/s':>22} {'p50 ms':>22} {'p99 ms':>22} {'server CPU us/req':>22}")
-    for name in ("hit", "miss"):
+    print(f"\n{'':7} {'req/s':>22} {'p50 ms':>22} {'p99 ms':>22} {'server CPU us/req':>22}")
+    for name in PHASES:
         cells = []
         for key, fmt in (("throughput_rps", "{:.0f}"), ("p50_ms", "{:.2f}"),
                          ("p99_ms", "{:.2f}"), ("server_cpu_us_per_req", "{:.0f}")):
             s = summarize(h["runs"][name], key)
             cells.append(f"{fmt.format(s['median'])} ({fmt.format(s['min'])}-"
                          f"{fmt.format(s['max'])})")
-        print(f"{name:5} " + " ".join(f"{c:>22}" for c in cells))
-    ratios = {k: summarize(h["runs"]["hit"], k)["median"] / summarize(h["runs"]["miss"], k)["median"]
-              for k in ("throughput_rps", "p50_ms", "p99_ms", "server_cpu_us_per_req")}
-    result["hit_over_miss_median_ratio"] = ratios
-    print("hit/miss ratio of medians: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
+        print(f"{name:7} " + " ".join(f"{c:>22}" for c in cells))
+    print("(median of the rounds, min-max in parentheses; 'nocache' = the same misses on an app "
+          "with cache_enabled=false)")
+    for a, b in (("hit", "miss"), ("miss", "nocache")):
+        ratios = {k: summarize(h["runs"][a], k)["median"] / summarize(h["runs"][b], k)["median"]
+                  for k in ("throughput_rps", "p50_ms", "p99_ms", "server_cpu_us_per_req")}
+        result[f"{a}_over_{b}_median_ratio"] = ratios
+        print(f"{a}/{b} ratio of medians: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
     print(f"server cache counters: {h['server_cache_stats']}")
 
     print(f"\nMemory: {args.inserts:,} distinct inserts, budget {args.budget / 2**20:g} MiB "
