@@ -57,7 +57,8 @@ class SharedAnswer(asyncio.Future):
 
     def __init__(self, loop: asyncio.AbstractEventLoop, proc: "QueryProcessor") -> None:
         super().__init__(loop=loop)
-        self.waiters: list = []
+        #: the requests waiting for it -> how many of their inputs it answers
+        self.waiters: dict = {}
         #: the cache's Flight while identical queries may join; None once it ended
         self.flight = None
         self.proc = proc
@@ -66,8 +67,8 @@ class SharedAnswer(asyncio.Future):
         super().set_result(result)
         if self.flight is not None:
             self.proc._land(self, result)
-        for w in self.waiters:
-            w.one()
+        for w, n in self.waiters.items():
+            w.count_down(n)
 
 
 class _Waiter:
@@ -81,8 +82,8 @@ class _Waiter:
         self.left = 0
         self.late: set | None = None
 
-    def one(self) -> None:
-        self.left -= 1
+    def count_down(self, n: int) -> None:
+        self.left -= n
         if self.left == 0 and not self.future.done():
             self.future.set_result(None)
 
@@ -208,7 +209,8 @@ class QueryProcessor:
         for _, _, q in waits:
             fut = q.future
             if not fut.done():
-                fut.waiters.append(w)
+                ws = fut.waiters
+                ws[w] = ws.get(w, 0) + 1
                 w.left += 1
         if not w.left:
             return None
@@ -231,8 +233,7 @@ class QueryProcessor:
                 continue
             late.add(q)
             ws = fut.waiters
-            while w in ws:
-                ws.remove(w)
+            ws.pop(w, None)
             if not ws:  # nobody waits any more: never compute it, stop sharing it
                 q.answered = True
                 fl = fut.flight

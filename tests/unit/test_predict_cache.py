@@ -202,3 +202,25 @@ async def test_full_queue_ends_the_flight(rig):
     assert b.default and "queue is full" in b.explanation
     assert rig.cache.in_flight == 0 and rig.cache.entries == 2  # [9.0] and [1.0]
     await busy
+
+
+async def test_many_identical_queries_one_evaluation(rig):
+    tasks = [rig.predict([[3.0]]) for _ in range(50)]
+    tasks.append(rig.predict([[3.0]] * 20))  # and a batch of the same input
+    await until(lambda: rig.cache.coalesced == 69, "every query to join the first")
+    rig.answer(0)
+    outs = [o for t in tasks for o in await t]
+    assert len(outs) == 70 and all(o.output == 3.0 and not o.default for o in outs)
+    assert len(rig.sent) == 1 and len(rig.sent[0][1].inputs) == 1
+    assert rig.cache.in_flight == 0
+
+
+async def test_an_impatient_follower_leaves_the_leader_waiting(rig):
+    leader = rig.predict([[6.0]])
+    await until(lambda: rig.sent, "the leader's batch")
+    (fo,) = await rig.predict([[6.0]], timeout_ms=20)
+    assert fo.default and "did not answer" in fo.explanation
+    assert not leader.done() and rig.cache.in_flight == 1
+    rig.answer(0)
+    (lo,) = await leader
+    assert lo.output == 6.0 and not lo.default and rig.cache.entries == 1
