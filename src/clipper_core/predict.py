@@ -168,12 +168,16 @@ class QueryProcessor:
                     continue
                 fl = cache.flight(kb)
                 if fl is not None:  # the same input is being computed: share its answer
-                    cache.join(fl)
                     q = fl.query
-                    if q.deadline < deadline:
-                        q.deadline = deadline  # computed while anyone still waits for it
-                    waits.append((i, qid, q))
-                    continue
+                    if not q.answered:
+                        cache.join(fl)
+                        if q.deadline < deadline:
+                            q.deadline = deadline  # computed while anyone still waits for it
+                        waits.append((i, qid, q))
+                        continue
+                    # dropped by the scheduler (expired) without an answer: start afresh
+                    q.future.flight = None
+                    cache.end_flight(fl)
             fut = SharedAnswer(loop, self)
             q = Query(qid, x, now, deadline, fut)
             if cache is not None:

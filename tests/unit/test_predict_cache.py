@@ -4,6 +4,7 @@ the test plays the model replica by reading the batches the scheduler sends and 
 
 import asyncio
 
+import numpy as np
 import pytest
 
 from clipper_core import _cache_c, _cache_py
@@ -49,6 +50,11 @@ class Rig:
         identity, batch = self.sent[i]
         self.scheduler.on_result(identity, P.Result(batch.batch_id,
                                                     [fn(x) for x in batch.inputs]))
+
+    @staticmethod
+    def key(value, version="1"):
+        """The cache key of the one-element doubles input ``[value]``."""
+        return _cache_py.key_prefix("m", version, "doubles") + np.array([value]).tobytes()
 
     def close(self):
         self.store.close()
@@ -224,3 +230,21 @@ async def test_an_impatient_follower_leaves_the_leader_waiting(rig):
     rig.answer(0)
     (lo,) = await leader
     assert lo.output == 6.0 and not lo.default and rig.cache.entries == 1
+
+
+async def test_a_query_the_scheduler_dropped_is_not_joined(rig):
+    busy = rig.predict([[9.0]])
+    await until(lambda: rig.sent, "the first batch")
+    first = rig.predict([[8.0]])
+    await until(lambda: rig.cache.in_flight == 2, "the second query")
+    # the scheduler drops an expired query by marking it answered (DeadlineQueue.live_head)
+    rig.cache.flight(rig.key(8.0)).query.answered = True
+    second = rig.predict([[8.0]])
+    await until(lambda: rig.cache.misses == 3, "the third query")
+    assert rig.cache.coalesced == 0, "must not wait on a query that will never be computed"
+    first.cancel()
+    rig.answer(0)
+    await until(lambda: len(rig.sent) == 2, "the fresh query to be dispatched")
+    rig.answer(1)
+    assert (await second)[0].output == 8.0
+    await busy
