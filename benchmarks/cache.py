@@ -1,7 +1,7 @@
 """Prediction cache benchmark: cache hits against misses through a real Clipper, and the memory
 the cache holds after a million distinct inserts against its budget.
 
-    .venv/bin/python benchmarks/cache.py            # ~1 minute; JSON to benchmarks/results/
+    .venv/bin/python benchmarks/cache.py            # ~2 minutes; JSON to benchmarks/results/
 
 1. HTTP: a real Clipper (``ClipperProcess``) with a no-op model.  A closed-loop aiohttp client
    at a fixed concurrency sends, for the same app, either one input over and over (hits after
@@ -114,27 +114,28 @@ def http_bench(args) -> dict:
             return orjson.dumps({"input": [float(seq[0])] + [0.5] * 9})
 
         phases = {"hit": lambda _i: same, "miss": distinct, "nocache": distinct}
-        runs: dict[str, list] = {name: [] for name in PHASES}
         for name in PHASES:  # warm-up (the hit phase's first query fills the entry)
-            uvloop.run(load(urls[name], phases[name], args.concurrency, 1.0))
+            uvloop.run(load(urls[name], phases[name], max(args.concurrency), 1.0))
+        runs: dict[str, dict] = {str(cc): {name: [] for name in PHASES}
+                                 for cc in args.concurrency}
         for r in range(args.rounds):
-            order = PHASES[r % 3:] + PHASES[:r % 3]
-            for name in order:
-                s0, m0, c0 = cpu_s(server_pid), cpu_s(model_pid), cpu_s(os.getpid())
-                res = uvloop.run(load(urls[name], phases[name], args.concurrency,
-                                      args.duration))
-                n = res["requests"]
-                res["server_cpu_us_per_req"] = (cpu_s(server_pid) - s0) / n * 1e6
-                res["model_cpu_us_per_req"] = (cpu_s(model_pid) - m0) / n * 1e6
-                res["client_cpu_us_per_req"] = (cpu_s(os.getpid()) - c0) / n * 1e6
-                res["round"] = r
-                runs[name].append(res)
-                print(f"  round {r} {name:7}: {res['throughput_rps']:7.0f} req/s  "
-                      f"p50 {res['p50_ms']:6.2f} ms  p99 {res['p99_ms']:6.2f} ms  "
-                      f"CPU us/req: server {res['server_cpu_us_per_req']:4.0f} "
-                      f"model {res['model_cpu_us_per_req']:4.0f} "
-                      f"client {res['client_cpu_us_per_req']:4.0f}  "
-                      f"hit share {res['hit_share']:.3f}  errors {res['errors']}", flush=True)
+            for cc in args.concurrency:
+                order = PHASES[r % 3:] + PHASES[:r % 3]
+                for name in order:
+                    s0, m0, c0 = cpu_s(server_pid), cpu_s(model_pid), cpu_s(os.getpid())
+                    res = uvloop.run(load(urls[name], phases[name], cc, args.duration))
+                    n = res["requests"]
+                    res["server_cpu_us_per_req"] = (cpu_s(server_pid) - s0) / n * 1e6
+                    res["model_cpu_us_per_req"] = (cpu_s(model_pid) - m0) / n * 1e6
+                    res["client_cpu_us_per_req"] = (cpu_s(os.getpid()) - c0) / n * 1e6
+                    res["round"] = r
+                    runs[str(cc)][name].append(res)
+                    print(f"  round {r} c={cc:<3} {name:7}: {res['throughput_rps']:6.0f} req/s  "
+                          f"p50 {res['p50_ms']:6.2f} ms  p99 {res['p99_ms']:6.2f} ms  "
+                          f"CPU us/req: server {res['server_cpu_us_per_req']:4.0f} "
+                          f"model {res['model_cpu_us_per_req']:4.0f} "
+                          f"client {res['client_cpu_us_per_req']:4.0f}  "
+                          f"hit share {res['hit_share']:.3f}  errors {res['errors']}", flush=True)
         stats = c.server_info()["cache"]
     return {"runs": runs, "server_cache_stats": stats}
 
@@ -206,9 +207,10 @@ def op_costs() -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--duration", type=float, default=3.0, help="seconds per phase")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16],
+                    help="closed-loop concurrencies to run (default: 1 and 16)")
+    ap.add_argument("--duration", type=float, default=2.0, help="seconds per phase")
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--inserts", type=int, default=1_000_000)
     ap.add_argument("--budget", type=int, default=64 * 1024 * 1024)
     ap.add_argument("--rss-child", choices=["float", "list10"], help=argparse.SUPPRESS)
@@ -224,26 +226,30 @@ def main() -> int:
         print("warning: running the PURE cache (CLIPPER_PUREPYTHON is set)", file=sys.stderr)
     result = {"machine": {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()},
               "config": vars(args), "compiled_cache": cache.COMPILED}
-    print(f"HTTP: hits vs misses, app 'bench', no-op model, concurrency {args.concurrency}, "
-          f"{args.rounds} rounds x {args.duration:g} s per phase (interleaved)")
+    print(f"HTTP: hits vs misses, app 'bench', no-op model, closed loop at concurrency "
+          f"{' and '.join(map(str, args.concurrency))}, {args.rounds} rounds x "
+          f"{args.duration:g} s per phase (interleaved)")
     h = http_bench(args)
     result["http"] = h
-    print(f"\n{'':7} {'req/s':>22} {'p50 ms':>22} {'p99 ms':>22} {'server CPU us/req':>22}")
-    for name in PHASES:
-        cells = []
-        for key, fmt in (("throughput_rps", "{:.0f}"), ("p50_ms", "{:.2f}"),
-                         ("p99_ms", "{:.2f}"), ("server_cpu_us_per_req", "{:.0f}")):
-            s = summarize(h["runs"][name], key)
-            cells.append(f"{fmt.format(s['median'])} ({fmt.format(s['min'])}-"
-                         f"{fmt.format(s['max'])})")
-        print(f"{name:7} " + " ".join(f"{c:>22}" for c in cells))
+    for cc, runs in h["runs"].items():
+        print(f"\nconcurrency {cc}:\n{'':7} {'req/s':>20} {'p50 ms':>20} {'p99 ms':>20} "
+              f"{'server CPU us/req':>20}")
+        for name in PHASES:
+            cells = []
+            for key, fmt in (("throughput_rps", "{:.0f}"), ("p50_ms", "{:.2f}"),
+                             ("p99_ms", "{:.2f}"), ("server_cpu_us_per_req", "{:.0f}")):
+                st = summarize(runs[name], key)
+                cells.append(f"{fmt.format(st['median'])} ({fmt.format(st['min'])}-"
+                             f"{fmt.format(st['max'])})")
+            print(f"{name:7} " + " ".join(f"{c:>20}" for c in cells))
+        for a, b in (("hit", "miss"), ("miss", "nocache")):
+            ratios = {k: summarize(runs[a], k)["median"] / summarize(runs[b], k)["median"]
+                      for k in ("throughput_rps", "p50_ms", "p99_ms", "server_cpu_us_per_req")}
+            result.setdefault("median_ratios", {}).setdefault(cc, {})[f"{a}/{b}"] = ratios
+            print(f"{a}/{b} ratio of medians: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
     print("(median of the rounds, min-max in parentheses; 'nocache' = the same misses on an app "
           "with cache_enabled=false)")
-    for a, b in (("hit", "miss"), ("miss", "nocache")):
-        ratios = {k: summarize(h["runs"][a], k)["median"] / summarize(h["runs"][b], k)["median"]
-                  for k in ("throughput_rps", "p50_ms", "p99_ms", "server_cpu_us_per_req")}
-        result[f"{a}_over_{b}_median_ratio"] = ratios
-        print(f"{a}/{b} ratio of medians: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
     print(f"server cache counters: {h['server_cache_stats']}")
 
     print(f"\nMemory: {args.inserts:,} distinct inserts, budget {args.budget / 2**20:g} MiB "
