@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import AppConfig
-from .errors import InvalidInput, PredictionTimeout
+from .errors import InvalidInput, Overloaded, PredictionTimeout
 from .inputs import PARSERS
 from .registry import Registry
 from .scheduler import Scheduler, answer
@@ -31,6 +31,8 @@ class Outcome:
     default: bool
     explanation: str | None = None
     model: str | None = None
+    #: answered with the default because admission control refused the query (metrics)
+    shed: bool = False
 
     def to_json(self) -> dict:
         d = {"query_id": self.query_id, "output": self.output, "default": self.default}
@@ -73,7 +75,9 @@ class QueryProcessor:
         return f"model {key[0]}:{key[1]} did not answer within the deadline ({slo_ms:g} ms)"
 
     async def predict(self, app_name: str, raw_inputs: list, *, version: Any = None,
-                      timeout_ms: Any = None) -> list[Outcome]:
+                      timeout_ms: Any = None, parsed: bool = False) -> list[Outcome]:
+        """Answer every input by the deadline.  ``parsed=True``: the inputs are already what
+        the model receives (the OIP v2 decoder builds them from tensors)."""
         app = self.registry.get_app(app_name)
         slo_s = app.slo_micros / 1e6
         if timeout_ms is not None:
@@ -83,9 +87,12 @@ class QueryProcessor:
                                    f"got {timeout_ms!r}")
             slo_s = min(slo_s, timeout_ms / 1e3)  # a request may only shorten the SLO
         key = self.route(app, version)
-        parse = PARSERS[app.input_type]
-        parsed = [parse(x, app.name) for x in raw_inputs]  # all valid before any is queued
-        ids = [next(self._ids) for _ in parsed]
+        if parsed:
+            inputs = raw_inputs
+        else:
+            parse = PARSERS[app.input_type]
+            inputs = [parse(x, app.name) for x in raw_inputs]  # all valid before any is queued
+        ids = [next(self._ids) for _ in inputs]
         if key is None:
             why = self._explain_miss(None, slo_s * 1e3)
             return [self._default(app, qid, why) for qid in ids]
@@ -93,10 +100,14 @@ class QueryProcessor:
         now = loop.time()
         deadline = now + slo_s
         queries = []
-        for qid, x in zip(ids, parsed):
+        shed: set | None = None
+        for qid, x in zip(ids, inputs):
             q = Query(qid, x, now, deadline, loop.create_future())
             if not self.scheduler.submit(key, q):
                 mq = self.scheduler.models.get(key)
+                if mq is not None:
+                    shed = shed if shed is not None else set()
+                    shed.add(qid)
                 answer(q, (False, "the model's queue is full (overload)" if mq is not None
                            else f"model {key[0]}:{key[1]} is not loaded"))
             queries.append(q)
@@ -118,7 +129,8 @@ class QueryProcessor:
                 self.counts["prediction"] += 1
                 out.append(Outcome(q.query_id, val, False, None, label))
             else:
-                out.append(self._default(app, q.query_id, val, label))
+                out.append(self._default(app, q.query_id, val, label,
+                                         shed is not None and q.query_id in shed))
         return out
 
     def _expire(self, queries: list, key: tuple, slo_ms: float) -> None:
@@ -128,9 +140,11 @@ class QueryProcessor:
                 why = why or self._explain_miss(key, slo_ms)
                 answer(q, (False, why))
 
-    def _default(self, app: AppConfig, qid: int, why: str, label: str | None = None) -> Outcome:
+    def _default(self, app: AppConfig, qid: int, why: str, label: str | None = None,
+                 shed: bool = False) -> Outcome:
         if app.default_output is None:
-            raise PredictionTimeout(f"no prediction for app {app.name!r} ({why}) and the app "
-                                    "has no default output")
+            err = Overloaded if shed else PredictionTimeout
+            raise err(f"no prediction for app {app.name!r} ({why}) and the app has no "
+                      "default output")
         self.counts["default"] += 1
-        return Outcome(qid, app.default_output, True, why, label)
+        return Outcome(qid, app.default_output, True, why, label, shed)

@@ -20,6 +20,7 @@ from .config import AppConfig, ModelVersion, ServerConfig, check_name, check_ver
 from .containers.local import LocalProcessManager
 from .errors import BadRequest, ConfigError, StateStoreError
 from .frontend import make_app as make_query_app
+from .metrics import Metrics
 from .predict import QueryProcessor
 from .registry import Registry
 from .rpc import RpcServer
@@ -71,12 +72,14 @@ class ClipperServer:
             rpc_endpoint, os.path.join(cfg.state_dir, "logs"),
             on_exit=lambda iid, why: self.scheduler.remove_replica(iid, why))
         self.processor = QueryProcessor(self.registry, self.scheduler)
+        self.metrics = Metrics(self.processor)
         self.registry.listeners.append(lambda *_: self.sync_models())
         self.sync_models()
 
         from .management import make_app as make_mgmt_app
 
-        query = await self._serve(make_query_app(self.processor, cfg.max_body_bytes),
+        query = await self._serve(make_query_app(self.processor, cfg.max_body_bytes,
+                                                 self.metrics),
                                   cfg.query_host, cfg.query_port)
         mgmt = await self._serve(make_mgmt_app(self, cfg.mgmt_token), cfg.mgmt_host,
                                  cfg.mgmt_port)
