@@ -76,6 +76,7 @@ _TARGET = {"ints": np.dtype(np.int32), "floats": np.dtype(np.float32),
 _INT32 = np.iinfo(np.int32)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _U32 = struct.Struct("<I")
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -275,7 +276,8 @@ def _numeric_rows(app: AppConfig, name: str, datatype: str, shape: list, data: A
             raise InvalidInput(f"'data' of input {name!r} must be a list of {what}, nested "
                                "evenly if nested; got a ragged or mixed list") from None
         if arr.dtype.kind not in ("iu" if ints else "iuf"):
-            got = {"f": "non-integer numbers", "b": "booleans", "U": "strings"}.get(
+            got = {"f": "non-integer numbers (or integers beyond 64 bits)", "b": "booleans",
+                   "U": "strings"}.get(
                 arr.dtype.kind, "mixed values or integers out of range")
             raise InvalidInput(f"'data' of input {name!r} (datatype {datatype}) must hold "
                                f"{what}, got {got}")
@@ -417,8 +419,11 @@ def encode_output(values: list) -> OutputTensor:
         kind = arr.dtype.kind
         if kind == "b":
             return OutputTensor("BOOL", list(arr.shape), arr)
-        # numpy turns a True among numbers into 1: such mixed answers go as JSON
-        if kind in "if" and not any(isinstance(v, bool) for v in values):
+        # numpy turns a True among numbers into 1, and an int beyond int64 into a float:
+        # such answers go as JSON
+        if kind in "if" and not any(type(v) is bool or (type(v) is int and not
+                                                         _I64_MIN <= v <= _I64_MAX)
+                                    for v in values):
             if kind == "i":
                 return OutputTensor("INT64", list(arr.shape), arr.astype("<i8", copy=False))
             return OutputTensor("FP64", list(arr.shape), arr.astype("<f8", copy=False))

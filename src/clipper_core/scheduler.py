@@ -289,6 +289,7 @@ class Scheduler:
                 self._dispatch(mq)
             finally:
                 mq.cfg.batch_wait_s = saved
+                mq.wait_since = -1.0  # nothing left to send: the wait ends with no batch
 
     def _send_batch(self, mq: ModelQueue, r: Replica, batch: list, now: float) -> None:
         batch_id = next(self._batch_ids)
