@@ -84,18 +84,22 @@ def test_counters_and_histograms_move_by_known_amounts(clipper, unique):
     assert value(after, "clipper_query_latency_seconds_bucket", app=app, le="+Inf") == 8
     assert value(after, "clipper_query_latency_seconds_sum", app=app) > 0
 
-    # per model: the 5 good queries went out in successful batches, the 3 bad ones in
-    # batches that raised
-    assert value(after, "clipper_batch_size_sum", **m) == 5
+    # per model: the 5 good queries went out in successful batches (one per /predict request,
+    # one to three for the OIP request), the 3 bad ones in batches that raised.  A replica
+    # stalled past its RPC timeout on a busy machine gets a batch re-sent, so the batch-level
+    # figures are bounds here; the model-level counters are exact.
+    assert value(after, "clipper_model_queries_total", **m) == 8
+    assert value(after, "clipper_model_errors_total", **m) == 3
+    assert value(after, "clipper_batch_size_sum", **m) >= 5
     batches = value(after, "clipper_batch_size_count", **m)
-    assert 2 <= batches <= 5
+    assert batches >= 3
     assert value(after, "clipper_rpc_seconds_count", **m) == batches
     assert value(after, "clipper_model_compute_seconds_count", **m) == batches
-    assert value(after, "clipper_model_errors_total", **m) == 3
-    assert value(after, "clipper_model_queries_total", **m) == 8
-    assert value(after, "clipper_queue_delay_seconds_count", **m) == 8
-    assert value(after, "clipper_queue_delay_seconds_bucket", le="+Inf", **m) == 8
-    assert value(after, "clipper_batch_wait_seconds_count", **m) == batches + 3
+    delays = value(after, "clipper_queue_delay_seconds_count", **m)
+    assert delays >= 8
+    assert value(after, "clipper_queue_delay_seconds_bucket", le="+Inf", **m) == delays
+    waits = value(after, "clipper_batch_wait_seconds_count", **m)
+    assert waits >= batches + 3
     assert value(after, "clipper_queue_depth", **m) == 0
     # buckets are cumulative
     rpc = [value(after, "clipper_rpc_seconds_bucket", le=le, **m)
@@ -108,12 +112,14 @@ def test_counters_and_histograms_move_by_known_amounts(clipper, unique):
     assert {k: a[k] for k in ("prediction", "default", "shed", "error")} == q
     assert s["apps"][nodefault]["error"] == 1
     ms = s["models"][f"{model}:1"]
-    assert ms["queue_delay_s"]["count"] == 8
-    assert ms["batch_size"] == {"count": batches, "sum": 5}
+    assert ms["queue_delay_s"]["count"] == delays
+    assert ms["batch_size"] == {"count": batches,
+                                "sum": value(after, "clipper_batch_size_sum", **m)}
     assert ms["rpc_s"]["count"] == ms["model_compute_s"]["count"] == batches
-    assert ms["batch_wait_s"]["count"] == batches + 3
+    assert ms["batch_wait_s"]["count"] == waits
     assert ms["rpc_s"]["sum"] == pytest.approx(value(after, "clipper_rpc_seconds_sum", **m))
     assert ms["queue_depth"] == 0 and ms["replicas"] == 1 and ms["errors"] == 3
+    assert ms["queries"] == 8
 
 
 def test_openmetrics_on_request(clipper):
