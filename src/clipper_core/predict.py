@@ -15,7 +15,7 @@ from typing import Any
 from . import log
 from .cache import PredictionCache, key_prefix
 from .config import DEFAULT_CACHE_BYTES, AppConfig
-from .errors import InvalidInput, PredictionTimeout
+from .errors import InvalidInput, Overloaded, PredictionTimeout
 from .inputs import PARSERS, input_key
 from .registry import Registry
 from .scheduler import Scheduler, answer
@@ -35,6 +35,8 @@ class Outcome:
     model: str | None = None
     #: answered from the prediction cache, without a model call
     cache_hit: bool = False
+    #: answered with the default because admission control refused the query (metrics)
+    shed: bool = False
 
     def to_json(self) -> dict:
         d = {"query_id": self.query_id, "output": self.output, "default": self.default}
@@ -128,7 +130,9 @@ class QueryProcessor:
         return f"model {key[0]}:{key[1]} did not answer within the deadline ({slo_ms:g} ms)"
 
     async def predict(self, app_name: str, raw_inputs: list, *, version: Any = None,
-                      timeout_ms: Any = None) -> list[Outcome]:
+                      timeout_ms: Any = None, parsed: bool = False) -> list[Outcome]:
+        """Answer every input by the deadline.  ``parsed=True``: the inputs are already what
+        the model receives (the OIP v2 decoder builds them from tensors)."""
         app = self.registry.get_app(app_name)
         slo_s = app.slo_micros / 1e6
         if timeout_ms is not None:
@@ -138,9 +142,12 @@ class QueryProcessor:
                                    f"got {timeout_ms!r}")
             slo_s = min(slo_s, timeout_ms / 1e3)  # a request may only shorten the SLO
         key = self.route(app, version)
-        parse = PARSERS[app.input_type]
-        parsed = [parse(x, app.name) for x in raw_inputs]  # all valid before any is queued
-        ids = [next(self._ids) for _ in parsed]
+        if parsed:
+            inputs = raw_inputs
+        else:
+            parse = PARSERS[app.input_type]
+            inputs = [parse(x, app.name) for x in raw_inputs]  # all valid before any is queued
+        ids = [next(self._ids) for _ in inputs]
         if key is None:
             why = self._explain_miss(None, slo_s * 1e3)
             return [self._default(app, qid, why) for qid in ids]
@@ -148,17 +155,18 @@ class QueryProcessor:
         now = loop.time()
         deadline = now + slo_s
         label = f"{key[0]}:{key[1]}"
-        out: list = [None] * len(parsed)
+        out: list = [None] * len(inputs)
         # (position, query id, the scheduled query answering it): the query is this request's
         # own, or one in flight for the same input that this request joins
         waits: list = []
+        shed: set | None = None
         cache = self.cache if app.cache_enabled else None
         if cache is not None:
             input_type = app.input_type
             prefix = key_prefix(key[0], key[1], input_type)
             max_age = -1.0 if app.cache_ttl_s is None else float(app.cache_ttl_s)
             miss = cache.MISS
-        for i, x in enumerate(parsed):
+        for i, x in enumerate(inputs):
             qid = ids[i]
             if cache is not None:
                 kb = prefix + input_key(input_type, x)
@@ -185,6 +193,9 @@ class QueryProcessor:
             waits.append((i, qid, q))
             if not self.scheduler.submit(key, q):
                 mq = self.scheduler.models.get(key)
+                if mq is not None:
+                    shed = shed if shed is not None else set()
+                    shed.add(qid)
                 answer(q, (False, "the model's queue is full (overload)" if mq is not None
                            else f"model {key[0]}:{key[1]} is not loaded"))
         if waits:
@@ -201,7 +212,8 @@ class QueryProcessor:
                     self.counts["prediction"] += 1
                     out[i] = Outcome(qid, val, False, None, label)
                 else:
-                    out[i] = self._default(app, qid, val, label)
+                    out[i] = self._default(app, qid, val, label,
+                                           shed is not None and qid in shed)
         self.counts["prediction"] += len(out) - len(waits)  # the cache hits
         return out
 
@@ -258,9 +270,11 @@ class QueryProcessor:
             log.server.exception("cannot store an output of %r in the prediction cache",
                                  fl.key[:64])
 
-    def _default(self, app: AppConfig, qid: int, why: str, label: str | None = None) -> Outcome:
+    def _default(self, app: AppConfig, qid: int, why: str, label: str | None = None,
+                 shed: bool = False) -> Outcome:
         if app.default_output is None:
-            raise PredictionTimeout(f"no prediction for app {app.name!r} ({why}) and the app "
-                                    "has no default output")
+            err = Overloaded if shed else PredictionTimeout
+            raise err(f"no prediction for app {app.name!r} ({why}) and the app has no "
+                      "default output")
         self.counts["default"] += 1
-        return Outcome(qid, app.default_output, True, why, label)
+        return Outcome(qid, app.default_output, True, why, label, shed=shed)

@@ -21,6 +21,7 @@ from .config import AppConfig, ModelVersion, ServerConfig, check_name, check_ver
 from .containers.local import LocalProcessManager
 from .errors import BadRequest, ConfigError, StateStoreError
 from .frontend import make_app as make_query_app
+from .metrics import Metrics
 from .predict import QueryProcessor
 from .registry import Registry
 from .rpc import RpcServer
@@ -73,12 +74,15 @@ class ClipperServer:
             on_exit=lambda iid, why: self.scheduler.remove_replica(iid, why))
         self.cache = PredictionCache(cfg.cache_bytes)
         self.processor = QueryProcessor(self.registry, self.scheduler, self.cache)
+        self.metrics = Metrics(self.processor)
+        self.metrics.cache_stats = self.cache.stats
         self.registry.listeners.append(lambda *_: self.sync_models())
         self.sync_models()
 
         from .management import make_app as make_mgmt_app
 
-        query = await self._serve(make_query_app(self.processor, cfg.max_body_bytes),
+        query = await self._serve(make_query_app(self.processor, cfg.max_body_bytes,
+                                                 self.metrics),
                                   cfg.query_host, cfg.query_port)
         mgmt = await self._serve(make_mgmt_app(self, cfg.mgmt_token), cfg.mgmt_host,
                                  cfg.mgmt_port)
