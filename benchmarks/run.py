@@ -72,8 +72,11 @@ def shown(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
+_T0 = time.monotonic()
+
+
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    print(f"{time.monotonic() - _T0:6.1f}s {msg}", file=sys.stderr, flush=True)
 
 
 # -- scenario files ------------------------------------------------------------------------
@@ -247,6 +250,11 @@ def render(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     line = lambda cells: "  ".join(  # noqa: E731
         c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([line(headers), *(line(r) for r in rows)])
+
+
+def good(lvl: LevelResult) -> float:
+    """Answers per second that came from the model (the default answers left out)."""
+    return lvl.achieved_rps * (1.0 - (lvl.default_share or 0.0))
 
 
 def us(v: float | None) -> float | None:
@@ -488,10 +496,10 @@ async def run_compare(s: Settings, clipper: ClipperProcess, only: Sequence[str] 
     ratios: dict[str, dict[str, Any]] = {}
     for v in variants:
         lv = results[v["name"]]
-        paired = [a.achieved_rps / b.achieved_rps for a, b in zip(lv, results[base]) if b.achieved_rps > 0]
+        paired = [good(a) / good(b) for a, b in zip(lv, results[base]) if good(b) > 0]
         ratios[v["name"]] = {"paired_median": median(paired), "paired_min": min(paired, default=None),
                              "paired_max": max(paired, default=None), "per_rep": paired}
-        rows.append([v["name"], spread([lvl.achieved_rps for lvl in lv]),
+        rows.append([v["name"], spread([good(lvl) for lvl in lv]), spread([lvl.achieved_rps for lvl in lv]),
                      spread([ms(lvl.latency.p50) for lvl in lv], ".2f"),
                      spread([ms(lvl.latency.p99) for lvl in lv], ".2f"),
                      str(sum(lvl.error_count for lvl in lv)),
@@ -506,9 +514,10 @@ async def run_compare(s: Settings, clipper: ClipperProcess, only: Sequence[str] 
     text = [
         f"{s.name}: {desc + '; ' if desc else ''}{load}, {reps} x {drv.duration:g} s per variant, "
         f"interleaved; median (min-max) over repetitions",
-        render(["variant", "queries/s", "p50 ms", "p99 ms", "errors", "default %", "cache hit %",
+        render(["variant", "model answers/s", "answers/s", "p50 ms", "p99 ms", "errors", "default %", "cache hit %",
                 "batch size", "gen CPU %", f"x {base}"], rows),
-        f"'x {base}': throughput ratio per repetition (paired), median (min-max).",
+        f"'model answers/s' leaves out default answers; 'x {base}': its ratio per repetition (paired), "
+        "median (min-max).",
     ]
     if any(v.get("cache_enabled") for v in variants) and not any(
             lvl.cache_hit_share for lv in results.values() for lvl in lv):
@@ -516,7 +525,8 @@ async def run_compare(s: Settings, clipper: ClipperProcess, only: Sequence[str] 
                     "(or it is off), so the cache variants cannot differ.")
     if all(server_value(lvl, "batch_size") is None for lv in results.values() for lvl in lv):
         text.append("batch size: '-' = this Clipper has no GET /stats.")
-    summary = {v["name"]: {"rps_median": median([lvl.achieved_rps for lvl in results[v["name"]]]),
+    summary = {v["name"]: {"model_answers_per_s_median": median([good(lvl) for lvl in results[v["name"]]]),
+                           "answers_per_s_median": median([lvl.achieved_rps for lvl in results[v["name"]]]),
                            "p99_ms_median": median([ms(lvl.latency.p99) for lvl in results[v["name"]]]),
                            "ratio_to_" + base: ratios[v["name"]]} for v in variants}
     return "\n".join(text), {"summary": summary, "runs": runs}
