@@ -12,9 +12,11 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from .config import AppConfig
+from . import log
+from .cache import PredictionCache, key_prefix
+from .config import DEFAULT_CACHE_BYTES, AppConfig
 from .errors import InvalidInput, PredictionTimeout
-from .inputs import PARSERS
+from .inputs import PARSERS, input_key
 from .registry import Registry
 from .scheduler import Scheduler, answer
 from .sched import Query
@@ -31,18 +33,71 @@ class Outcome:
     default: bool
     explanation: str | None = None
     model: str | None = None
+    #: answered from the prediction cache, without a model call
+    cache_hit: bool = False
 
     def to_json(self) -> dict:
         d = {"query_id": self.query_id, "output": self.output, "default": self.default}
         if self.default:
             d["default_explanation"] = self.explanation
+        if self.cache_hit:
+            d["cache_hit"] = True
         return d
 
 
+class SharedAnswer(asyncio.Future):
+    """The future of one scheduled query, shared by every request waiting for its input.
+
+    The scheduler resolves it with ``(ok, output)``.  Resolving it stores a successful output in
+    the prediction cache and counts down each waiting request at once, without an extra trip
+    through the event loop.
+    """
+
+    __slots__ = ("waiters", "flight", "proc")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, proc: "QueryProcessor") -> None:
+        super().__init__(loop=loop)
+        #: the requests waiting for it -> how many of their inputs it answers
+        self.waiters: dict = {}
+        #: the cache's Flight while identical queries may join; None once it ended
+        self.flight = None
+        self.proc = proc
+
+    def set_result(self, result: Any) -> None:
+        super().set_result(result)
+        if self.flight is not None:
+            self.proc._land(self, result)
+        for w, n in self.waiters.items():
+            w.count_down(n)
+
+
+class _Waiter:
+    """One request waiting for ``left`` more answers; ``late`` is set when it stops waiting
+    at its deadline."""
+
+    __slots__ = ("future", "left", "late")
+
+    def __init__(self, future: asyncio.Future) -> None:
+        self.future = future
+        self.left = 0
+        self.late: set | None = None
+
+    def count_down(self, n: int) -> None:
+        self.left -= n
+        if self.left == 0 and not self.future.done():
+            self.future.set_result(None)
+
+
 class QueryProcessor:
-    def __init__(self, registry: Registry, scheduler: Scheduler) -> None:
+    """The query path.  ``cache`` is the prediction cache (one per server): apps with
+    ``cache_enabled`` answer repeated inputs from it, and identical queries in flight share
+    one model call."""
+
+    def __init__(self, registry: Registry, scheduler: Scheduler,
+                 cache: PredictionCache | None = None) -> None:
         self.registry = registry
         self.scheduler = scheduler
+        self.cache = cache if cache is not None else PredictionCache(DEFAULT_CACHE_BYTES)
         self._ids = itertools.count(1)
         self.counts = {"prediction": 0, "default": 0}
 
@@ -92,41 +147,116 @@ class QueryProcessor:
         loop = asyncio.get_running_loop()
         now = loop.time()
         deadline = now + slo_s
-        queries = []
-        for qid, x in zip(ids, parsed):
-            q = Query(qid, x, now, deadline, loop.create_future())
+        label = f"{key[0]}:{key[1]}"
+        out: list = [None] * len(parsed)
+        # (position, query id, the scheduled query answering it): the query is this request's
+        # own, or one in flight for the same input that this request joins
+        waits: list = []
+        cache = self.cache if app.cache_enabled else None
+        if cache is not None:
+            input_type = app.input_type
+            prefix = key_prefix(key[0], key[1], input_type)
+            max_age = -1.0 if app.cache_ttl_s is None else float(app.cache_ttl_s)
+            miss = cache.MISS
+        for i, x in enumerate(parsed):
+            qid = ids[i]
+            if cache is not None:
+                kb = prefix + input_key(input_type, x)
+                val = cache.get(kb, now, max_age)
+                if val is not miss:
+                    out[i] = Outcome(qid, val, False, None, label, True)
+                    continue
+                fl = cache.flight(kb)
+                if fl is not None:  # the same input is being computed: share its answer
+                    q = fl.query
+                    if not q.answered:
+                        cache.join(fl)
+                        if q.deadline < deadline:
+                            q.deadline = deadline  # computed while anyone still waits for it
+                        waits.append((i, qid, q))
+                        continue
+                    # dropped by the scheduler (expired) without an answer: start afresh
+                    q.future.flight = None
+                    cache.end_flight(fl)
+            fut = SharedAnswer(loop, self)
+            q = Query(qid, x, now, deadline, fut)
+            if cache is not None:
+                fut.flight = cache.start_flight(kb, q)
+            waits.append((i, qid, q))
             if not self.scheduler.submit(key, q):
                 mq = self.scheduler.models.get(key)
                 answer(q, (False, "the model's queue is full (overload)" if mq is not None
                            else f"model {key[0]}:{key[1]} is not loaded"))
-            queries.append(q)
-        timer = loop.call_at(deadline, self._expire, queries, key, slo_s * 1e3)
-        try:
-            if len(queries) == 1:
-                await queries[0].future
-            else:
-                await asyncio.gather(*(q.future for q in queries))
-        finally:
-            timer.cancel()
-            for q in queries:
-                q.answered = True  # a cancelled request must not be computed
-        label = f"{key[0]}:{key[1]}"
-        out = []
-        for q in queries:
-            ok, val = q.future.result()
-            if ok:
-                self.counts["prediction"] += 1
-                out.append(Outcome(q.query_id, val, False, None, label))
-            else:
-                out.append(self._default(app, q.query_id, val, label))
+        if waits:
+            late = await self._wait(loop, waits, deadline)
+            why = None
+            for i, qid, q in waits:
+                fut = q.future
+                if fut.done() and (late is None or q not in late):
+                    ok, val = fut.result()
+                else:
+                    ok = False
+                    val = why = why or self._explain_miss(key, slo_s * 1e3)
+                if ok:
+                    self.counts["prediction"] += 1
+                    out[i] = Outcome(qid, val, False, None, label)
+                else:
+                    out[i] = self._default(app, qid, val, label)
+        self.counts["prediction"] += len(out) - len(waits)  # the cache hits
         return out
 
-    def _expire(self, queries: list, key: tuple, slo_ms: float) -> None:
-        why = None
-        for q in queries:
-            if not q.answered:
-                why = why or self._explain_miss(key, slo_ms)
-                answer(q, (False, why))
+    async def _wait(self, loop: asyncio.AbstractEventLoop, waits: list,
+                    deadline: float) -> set | None:
+        """Wait until every query in ``waits`` has its answer or ``deadline`` comes; returns
+        the queries that had no answer at the deadline (None when all had one)."""
+        w = _Waiter(loop.create_future())
+        for _, _, q in waits:
+            fut = q.future
+            if not fut.done():
+                ws = fut.waiters
+                ws[w] = ws.get(w, 0) + 1
+                w.left += 1
+        if not w.left:
+            return None
+        timer = loop.call_at(deadline, self._give_up, w, waits)
+        try:
+            await w.future
+        finally:
+            timer.cancel()
+            if w.left and w.late is None:  # cancelled (the client went away)
+                self._give_up(w, waits)
+        return w.late
+
+    def _give_up(self, w: "_Waiter", waits: list) -> None:
+        """Stop waiting for the queries still unanswered; an answer that comes later is not
+        this request's (it has its default output by then)."""
+        late = set()
+        for _, _, q in waits:
+            fut = q.future
+            if fut.done():
+                continue
+            late.add(q)
+            ws = fut.waiters
+            ws.pop(w, None)
+            if not ws:  # nobody waits any more: never compute it, stop sharing it
+                q.answered = True
+                fl = fut.flight
+                if fl is not None:
+                    fut.flight = None
+                    self.cache.end_flight(fl)
+        w.late = late
+        if not w.future.done():
+            w.future.set_result(None)
+
+    def _land(self, fut: "SharedAnswer", result: Any) -> None:
+        fl = fut.flight
+        fut.flight = None
+        try:
+            ok, val = result
+            self.cache.finish(fl, ok, val, fut.get_loop().time())
+        except Exception:  # a broken output must not stop the batch's other answers
+            log.server.exception("cannot store an output of %r in the prediction cache",
+                                 fl.key[:64])
 
     def _default(self, app: AppConfig, qid: int, why: str, label: str | None = None) -> Outcome:
         if app.default_output is None:

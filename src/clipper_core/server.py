@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from . import log
+from .cache import PredictionCache
 from .config import AppConfig, ModelVersion, ServerConfig, check_name, check_version
 from .containers.local import LocalProcessManager
 from .errors import BadRequest, ConfigError, StateStoreError
@@ -70,7 +71,8 @@ class ClipperServer:
         self.manager = LocalProcessManager(
             rpc_endpoint, os.path.join(cfg.state_dir, "logs"),
             on_exit=lambda iid, why: self.scheduler.remove_replica(iid, why))
-        self.processor = QueryProcessor(self.registry, self.scheduler)
+        self.cache = PredictionCache(cfg.cache_bytes)
+        self.processor = QueryProcessor(self.registry, self.scheduler, self.cache)
         self.registry.listeners.append(lambda *_: self.sync_models())
         self.sync_models()
 
