@@ -8,7 +8,8 @@
 Each scenario starts a real Clipper (its own state directory, free ports), deploys the
 models it names as Python closures, drives them with clipper-bench's load generator
 (``clipper_core.bench``), prints a summary table and writes everything it measured to
-``benchmarks/results/<scenario>.json`` (``<scenario>.quick.json`` with ``--quick``).
+``benchmarks/results/scenarios/<scenario>.json`` (``<scenario>.quick.json`` with
+``--quick``).
 
 A scenario file is TOML; its ``kind`` picks what is measured:
 
@@ -62,7 +63,7 @@ from clipper_core.bench.stats import summarize  # noqa: E402
 from clipper_core.testing import ClipperProcess, post_json  # noqa: E402
 
 SCENARIO_DIR = os.path.join(HERE, "scenarios")
-RESULTS_DIR = os.path.join(HERE, "results")
+RESULTS_DIR = os.path.join(HERE, "results", "scenarios")
 INPUT_TYPE = "doubles"
 DEFAULT_OUTPUT = -1.0
 
@@ -253,7 +254,7 @@ def render(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def good(lvl: LevelResult) -> float:
-    """Answers per second that came from the model (the default answers left out)."""
+    """Predictions per second: successful answers less the default answers."""
     return lvl.achieved_rps * (1.0 - (lvl.default_share or 0.0))
 
 
@@ -514,9 +515,9 @@ async def run_compare(s: Settings, clipper: ClipperProcess, only: Sequence[str] 
     text = [
         f"{s.name}: {desc + '; ' if desc else ''}{load}, {reps} x {drv.duration:g} s per variant, "
         f"interleaved; median (min-max) over repetitions",
-        render(["variant", "model answers/s", "answers/s", "p50 ms", "p99 ms", "errors", "default %", "cache hit %",
+        render(["variant", "predictions/s", "answers/s", "p50 ms", "p99 ms", "errors", "default %", "cache hit %",
                 "batch size", "gen CPU %", f"x {base}"], rows),
-        f"'model answers/s' leaves out default answers; 'x {base}': its ratio per repetition (paired), "
+        f"'predictions/s': answers less the default answers; 'x {base}': its ratio per repetition (paired), "
         "median (min-max).",
     ]
     if any(v.get("cache_enabled") for v in variants) and not any(
@@ -525,7 +526,7 @@ async def run_compare(s: Settings, clipper: ClipperProcess, only: Sequence[str] 
                     "(or it is off), so the cache variants cannot differ.")
     if all(server_value(lvl, "batch_size") is None for lv in results.values() for lvl in lv):
         text.append("batch size: '-' = this Clipper has no GET /stats.")
-    summary = {v["name"]: {"model_answers_per_s_median": median([good(lvl) for lvl in results[v["name"]]]),
+    summary = {v["name"]: {"predictions_per_s_median": median([good(lvl) for lvl in results[v["name"]]]),
                            "answers_per_s_median": median([lvl.achieved_rps for lvl in results[v["name"]]]),
                            "p99_ms_median": median([ms(lvl.latency.p99) for lvl in results[v["name"]]]),
                            "ratio_to_" + base: ratios[v["name"]]} for v in variants}
@@ -595,7 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--models", help="only these models (comma-separated names) of a scenario's [[models]]")
     ap.add_argument("--repetitions", type=int, help="override the scenario's repetitions")
     ap.add_argument("--duration", type=float, help="override the scenario's duration_s (seconds per measurement)")
-    ap.add_argument("--results-dir", default=RESULTS_DIR, help="where results files go (default benchmarks/results)")
+    ap.add_argument("--results-dir", default=RESULTS_DIR, help="where results files go (default benchmarks/results/scenarios)")
     ns = ap.parse_args(argv)
     paths = list(ns.scenarios)
     if ns.all:
