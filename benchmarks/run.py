@@ -25,6 +25,10 @@ A scenario file is TOML; its ``kind`` picks what is measured:
     Variants of one model deployment (``batch_size``, ``cache_enabled``) under the same
     load, interleaved; throughput and latency per variant and the ratio to the first.
 
+Every request of a level sends the same input, so apps are registered with the prediction
+cache off (a cache would answer all but the first), unless the scenario (or a variant) sets
+``cache_enabled = true``.
+
 Every scenario repeats its measurements ``repetitions`` times, rotating the order of the
 variants each time, and reports median (min-max) over the repetitions: this is meant for a
 shared, noisy machine where single loopback runs swing 1.5-2x.
@@ -113,6 +117,12 @@ class Settings:
             raise ScenarioError(f"{self.path}: {key} must be a number >= {minimum:g}, got {v!r}")
         return float(v)
 
+    def flag(self, key: str, default: bool) -> bool:
+        v = self.doc.get(key, default)
+        if not isinstance(v, bool):
+            raise ScenarioError(f"{self.path}: {key} must be true or false, got {v!r}")
+        return v
+
     def integer(self, key: str, default: int | None, minimum: int = 1) -> int:
         v = self.doc.get(key, default)
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
@@ -182,7 +192,7 @@ def clipper_target(clipper: ClipperProcess, app: str, x: list[float]) -> Target:
 
 
 def deploy(clipper: ClipperProcess, app: str, fn: Callable, x: list[float], *, slo_ms: float,
-           batch_size: int = -1, cache_enabled: bool = True) -> None:
+           batch_size: int, cache_enabled: bool) -> None:
     """Register ``app``, deploy ``fn`` as the model of the same name, link, check one answer."""
     conn = clipper.conn
     conn.register_application(app, INPUT_TYPE, DEFAULT_OUTPUT, int(slo_ms * 1000), cache_enabled=cache_enabled)
@@ -281,7 +291,8 @@ async def run_overhead(s: Settings, clipper: ClipperProcess, only: Sequence[str]
     try:
         for spec, fn, x in built:
             app = app_name("ovh", spec["name"])
-            deploy(clipper, app, fn, x, slo_ms=slo_ms, batch_size=batch_size_of(spec, s.path))
+            deploy(clipper, app, fn, x, slo_ms=slo_ms, batch_size=batch_size_of(spec, s.path),
+                   cache_enabled=s.flag("cache_enabled", False))
             zmq_floors[spec["name"]] = _baselines.ZmqFloor(pickle_closure(fn)).__enter__()
         with _baselines.HttpFloor() as http:
             http_target = build_target(http.url, stats_url="none")
@@ -382,7 +393,7 @@ async def run_slo_throughput(s: Settings, clipper: ClipperProcess, only: Sequenc
     try:
         for spec, fn, x in built:
             deploy(clipper, app_name("slo", spec["name"]), fn, x, slo_ms=app_slo_ms,
-                   batch_size=batch_size_of(spec, s.path))
+                   batch_size=batch_size_of(spec, s.path), cache_enabled=s.flag("cache_enabled", False))
         for rep in range(reps):
             for spec, fn, x in rotated(built, rep):
                 name = spec["name"]
@@ -469,6 +480,9 @@ async def run_compare(s: Settings, clipper: ClipperProcess, only: Sequence[str] 
         extra = set(v) - {"name", "batch_size", "cache_enabled"}
         if extra:
             raise ScenarioError(f"{s.path}: variant {v['name']!r} has unknown keys {', '.join(sorted(extra))}")
+        if not isinstance(v.get("cache_enabled", False), bool):
+            raise ScenarioError(f"{s.path}: variant {v['name']!r}: cache_enabled must be true or false")
+    cache_default = s.flag("cache_enabled", False)
     fn, x = _models.build(model)
     drv = Driver(s)
     runs: list[dict[str, Any]] = []
@@ -479,7 +493,7 @@ async def run_compare(s: Settings, clipper: ClipperProcess, only: Sequence[str] 
             app = app_name(f"cmp{i}", v["name"])
             deploy(clipper, app, fn, x, slo_ms=slo_ms,
                    batch_size=batch_size_of({"batch_size": v.get("batch_size", model.get("batch_size", -1))}, s.path),
-                   cache_enabled=bool(v.get("cache_enabled", True)))
+                   cache_enabled=v.get("cache_enabled", cache_default))
             targets[v["name"]] = clipper_target(clipper, app, x)
         for rep in range(reps):
             for v in rotated(variants, rep):
@@ -520,7 +534,7 @@ async def run_compare(s: Settings, clipper: ClipperProcess, only: Sequence[str] 
         f"'predictions/s': answers less the default answers; 'x {base}': its ratio per repetition (paired), "
         "median (min-max).",
     ]
-    if any(v.get("cache_enabled") for v in variants) and not any(
+    if any(v.get("cache_enabled", cache_default) for v in variants) and not any(
             lvl.cache_hit_share for lv in results.values() for lvl in lv):
         text.append("NOTE: no answer carried \"cache_hit\": true - this Clipper has no prediction cache yet "
                     "(or it is off), so the cache variants cannot differ.")

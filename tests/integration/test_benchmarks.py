@@ -37,7 +37,8 @@ def test_overhead_scenario_quick_run_prints_table_and_writes_results(tmp_path):
     run0 = report["runs"][0]
     assert run0["clipper"]["requests"]["ok"] > 0
     assert run0["clipper"]["requests"]["errors"] == 0
-    assert run0["clipper"]["default_share"] == 0.0  # every answer came from the model
+    assert run0["clipper"]["default_share"] == 0.0  # every answer came from the model...
+    assert run0["clipper"]["cache_hit_share"] == 0.0  # ...not from the cache (off by default here)
     assert run0["http_floor"]["requests"]["ok"] > 0
     assert run0["zmq_floor_ms"]["p50"] > 0 and run0["in_process_ms"]["p50"] > 0
     noop = report["summary"]["noop"]
