@@ -56,6 +56,10 @@ def test_unknown_model_and_kind_are_refused_before_anything_starts(tmp_path):
     proc = run(str(bad), "--results-dir", str(tmp_path), timeout=30)
     assert proc.returncode == 1
     assert "kind must be one of overhead, slo_throughput, compare, got 'bogus'" in proc.stderr
+    bad.write_text('kind = "slo_throughput"\nmax_default_share = 0.01\n')
+    proc = run(str(bad), "--results-dir", str(tmp_path), timeout=30)
+    assert proc.returncode == 1
+    assert "a slo_throughput scenario does not take max_default_share" in proc.stderr
     assert not list(tmp_path.glob("*.json"))
 
 
