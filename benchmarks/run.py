@@ -65,7 +65,7 @@ from clipper_core.admin import pickle_closure  # noqa: E402
 from clipper_core.bench import BenchConfig, LevelResult, Target, build_target  # noqa: E402
 from clipper_core.bench.runner import Pool, make_pool, run_level  # noqa: E402
 from clipper_core.bench.stats import summarize  # noqa: E402
-from clipper_core.testing import ClipperProcess, post_json  # noqa: E402
+from clipper_core.testing import ClipperProcess  # noqa: E402
 
 SCENARIO_DIR = os.path.join(HERE, "scenarios")
 RESULTS_DIR = os.path.join(HERE, "results", "scenarios")
