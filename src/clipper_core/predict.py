@@ -96,9 +96,8 @@ class QueryProcessor:
         for qid, x in zip(ids, parsed):
             q = Query(qid, x, now, deadline, loop.create_future())
             if not self.scheduler.submit(key, q):
-                mq = self.scheduler.models.get(key)
-                answer(q, (False, "the model's queue is full (overload)" if mq is not None
-                           else f"model {key[0]}:{key[1]} is not loaded"))
+                # a shed query already has its answer, with the reason ("shed: ...")
+                answer(q, (False, f"model {key[0]}:{key[1]} is not loaded"))
             queries.append(q)
         timer = loop.call_at(deadline, self._expire, queries, key, slo_s * 1e3)
         try:
