@@ -681,7 +681,8 @@ class Scheduler:
             self._batches.pop(batch_id, None)
             if fl.timer is not None:
                 fl.timer.cancel()
-            lost.extend(fl.queries)
+            if not (fl.timed_out and requeue):  # a timeout requeued those already
+                lost.extend(fl.queries)
         r.in_flight.clear()
         if requeue:
             self._requeue(mq, lost)

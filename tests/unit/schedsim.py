@@ -139,6 +139,8 @@ class Sim:
         msg = P.decode(frames_bytes(frames))
         assert isinstance(msg, P.PredictBatch)
         rep = self._by_identity[identity]
+        r = self.sched._by_identity[identity]
+        assert not r.suspect and not r.draining, "a batch for a suspect or draining replica"
         ids = [int(x[0]) for x in msg.inputs]
         self.sent.append((self.loop.now, rep["name"], msg.batch_id, ids))
         rep["pending"].append(msg)
