@@ -39,7 +39,8 @@ cdef class DeadlineQueue:
     cpdef double head_arrival(self)
     @cython.locals(q=Query, oldest=double)
     cpdef double oldest_arrival(self)
-    @cython.locals(n=Py_ssize_t, count=Py_ssize_t, i=Py_ssize_t, stack=list, heap=list)
+    @cython.locals(n=Py_ssize_t, count=Py_ssize_t, i=Py_ssize_t, heap=list, entry=tuple,
+                   d=double)
     cpdef Py_ssize_t count_ahead(self, double deadline, Py_ssize_t limit)
 
 cdef class BatchSizer:
@@ -81,7 +82,8 @@ cdef class Batcher:
     cdef public Py_ssize_t last_capacity
 
     cpdef configure(self, double batch_wait, double budget_fraction)
-    @cython.locals(s=BatchSizer, total=Py_ssize_t, known=bint, start=double, rounds=double)
+    @cython.locals(s=BatchSizer, total=Py_ssize_t, known=bint, start=double, rounds=double,
+                   whole=Py_ssize_t)
     cpdef Py_ssize_t capacity_by(self, double deadline, double now, list sizers)
     @cython.locals(queue=DeadlineQueue, cap=Py_ssize_t, ahead=Py_ssize_t)
     cpdef int admit(self, Query q, double now, list sizers, list expired)

@@ -8,7 +8,7 @@ types with C fields.  Nothing here logs or awaits: the asyncio glue in ``schedul
 timers, sockets and futures, and reads the counters below as plain attributes.
 """
 
-import heapq
+from heapq import heappop, heappush
 
 INF = float("inf")
 
@@ -80,7 +80,7 @@ class DeadlineQueue:
         if len(self._heap) >= self.capacity:
             return False
         self._seq += 1
-        heapq.heappush(self._heap, (query.deadline, self._seq, query))
+        heappush(self._heap, (query.deadline, self._seq, query))
         self._pushed(query)
         self.pushed += 1
         return True
@@ -89,7 +89,7 @@ class DeadlineQueue:
         """Put back a query that a lost or late replica held; ignores the capacity bound
         (the query was admitted once, so memory stays bounded by queue plus batches)."""
         self._seq += 1
-        heapq.heappush(self._heap, (query.deadline, self._seq, query))
+        heappush(self._heap, (query.deadline, self._seq, query))
         self._pushed(query)
 
     def drop_expired(self, now, expired):
@@ -104,7 +104,7 @@ class DeadlineQueue:
             head = heap[0][2]
             if not head.answered and head.deadline > now:
                 break
-            heapq.heappop(heap)
+            heappop(heap)
             self._popped(head)
             n += 1
             if head.deadline <= now:
@@ -121,7 +121,7 @@ class DeadlineQueue:
         heap = self._heap
         batch = []
         while heap and len(batch) < max_size:
-            q = heapq.heappop(heap)[2]
+            q = heappop(heap)[2]
             self._popped(q)
             if q.deadline <= now:
                 self.expired += 1
@@ -168,21 +168,31 @@ class DeadlineQueue:
         and ``>= limit`` means "at least ``limit``".  Answered entries not yet dropped count.
 
         O(1) in the usual case (every queued deadline is earlier); otherwise a walk over
-        the heap that never descends below a later deadline, so at most ``limit`` steps.
+        the heap that never descends below a later deadline (heap order), so at most about
+        ``2 * limit`` steps.  The walk keeps no stack: from a node that is not counted it
+        climbs while it is a right child, then moves to the right sibling.
         """
         heap = self._heap
         n = len(heap)
         if deadline >= self.max_deadline:
             return n
         count = 0
-        stack = [0]
-        while stack and count < limit:
-            i = stack.pop()
-            if i >= n or heap[i][0] > deadline:
-                continue
-            count += 1
-            stack.append(2 * i + 1)
-            stack.append(2 * i + 2)
+        i = 0
+        while True:
+            if i < n:
+                entry = heap[i]
+                d = entry[0]
+                if d <= deadline:
+                    count += 1
+                    if count >= limit:
+                        break
+                    i = 2 * i + 1
+                    continue
+            while i > 0 and i % 2 == 0:
+                i = (i - 1) // 2
+            if i == 0:
+                break
+            i += 1
         return count
 
 
@@ -338,7 +348,8 @@ class Batcher:
                 rounds = (deadline - start) / s.expected(s.current)
                 if rounds > 1e9:
                     rounds = 1e9
-                total += s.current * int(rounds)
+                whole = int(rounds)
+                total += s.current * whole
             known = True
         return total if known else -1
 
@@ -356,7 +367,7 @@ class Batcher:
                 self.shed_full += 1
                 return FULL
         cap = self.capacity_by(q.deadline, now, sizers)
-        if cap >= 0:
+        if cap >= 0 and len(queue) >= cap:  # fewer queued than that: nothing to count
             ahead = queue.count_ahead(q.deadline, cap)
             if ahead >= cap:
                 self.last_ahead = ahead
