@@ -252,11 +252,18 @@ class BatchSizer:
             self.latency = latency
         else:
             self.latency += 0.2 * (latency - self.latency)
+        # one stall (a descheduled process, a GC pause) must not throw the line off for the
+        # next ten batches: a sample counts at most 4x what the line expected
+        sample = latency
+        if self._w > 0.0:
+            cap = 4.0 * self.expected(batch_size)
+            if sample > cap:
+                sample = cap
         self._w = 0.9 * self._w + 1.0
         self._sn = 0.9 * self._sn + batch_size
-        self._sl = 0.9 * self._sl + latency
+        self._sl = 0.9 * self._sl + sample
         self._snn = 0.9 * self._snn + batch_size * batch_size
-        self._snl = 0.9 * self._snl + batch_size * latency
+        self._snl = 0.9 * self._snl + batch_size * sample
         if self.fixed:
             return
         if latency > self.budget:

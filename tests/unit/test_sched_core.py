@@ -324,3 +324,15 @@ def test_expected_latency_follows_the_measured_line(impl):
     one.observe(8, 0.008, 1.0)
     assert one.expected(16) == pytest.approx(0.016), "above what was seen: proportional"
     assert one.expected(4) == pytest.approx(0.008), "below: as measured"
+
+
+def test_one_stall_does_not_throw_the_latency_line_off(impl):
+    s = sizer(impl, fixed=10, budget=1.0)
+    for _ in range(30):
+        s.observe(10, 0.002, 1.0)
+    s.observe(10, 0.5, 1.0)  # the replica was descheduled for half a second
+    # it weighs about a tenth, and counts at most 4x the expectation: +30 %, not +2500 %
+    assert s.expected(10) <= 0.002 * 1.35
+    for _ in range(30):  # a real, lasting slowdown is followed within a few batches
+        s.observe(10, 0.02, 1.0)
+    assert s.expected(10) == pytest.approx(0.02, rel=0.05)
