@@ -368,8 +368,8 @@ class Scheduler:
             return
         for r in list(mq.order):
             self._drop_replica(mq, r, explanation, requeue=False)
-        expired: list = []
-        for q in mq.queue.pop_batch(float("inf"), len(mq.queue), expired):
+        # now=-inf: every queued query comes out as "live", none as expired
+        for q in mq.queue.pop_batch(float("-inf"), len(mq.queue), []):
             answer(q, (False, explanation))
         if mq.wait_timer:
             mq.wait_timer.cancel()

@@ -214,3 +214,10 @@ def test_overload_is_shed_at_once_with_a_reason(clipper, unique):
                for p in preds), preds
     assert elapsed < 0.25, "shed queries are answered at once, not at the deadline"
     assert c.get_batching(model)["shed_late"] >= 5
+    # an app without a default output answers a shed query 503, with the reason
+    bare = unique("shed-bare")
+    c.register_application(bare, "doubles", None, 300_000)
+    c.link_model_to_app(bare, model)
+    status, body = clipper.predict(bare, {"input": [1.0]})
+    assert status == 503 and body["error"] == "prediction_timeout", body
+    assert "shed: deadline cannot be met" in body["cause"]

@@ -271,3 +271,15 @@ def test_batching_config_is_validated(bad):
 def test_batching_config_rejects_unknown_parameters():
     with pytest.raises(ConfigError, match="batchsize"):
         BatchingConfig().replace(batchsize=3)
+
+
+def test_shutdown_answers_everything_queued_and_in_flight(impl):
+    sim = Sim(impl, BatchingConfig(batch_size=2, batch_wait_s=0.0), slo=1.0)
+    sim.add_replica("r", latency=None)
+    qs = [sim.submit(deadline_timer=False)[0] for _ in range(7)]
+    assert len(sim.sent) == 1 and len(sim.mq.queue) == 6  # the first went out alone
+    sim.sched.fail_all("Clipper is shutting down")
+    for q in qs:
+        assert q.future.result() == (False, "Clipper is shutting down") or \
+            q.future.result()[1].startswith("replica lost")
+    assert not sim.sched.models and not sim.sched._batches
