@@ -83,6 +83,8 @@ cdef class Batcher:
     cdef public Py_ssize_t last_capacity
 
     cpdef configure(self, double batch_wait, double budget_fraction)
+    @cython.locals(stale=double)
+    cdef bint _fresh(self, BatchSizer s, double now)
     @cython.locals(s=BatchSizer, total=Py_ssize_t, known=bint, start=double, rounds=double,
                    whole=Py_ssize_t)
     cpdef Py_ssize_t capacity_by(self, double deadline, double now, list sizers)

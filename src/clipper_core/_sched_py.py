@@ -318,7 +318,8 @@ class Batcher:
         self.batch_wait = 0.0
         self.budget_fraction = 0.5
         self.configure(batch_wait, budget_fraction)
-        #: a replica idle this long (s) has a stale latency: admit, and let it measure again
+        #: a replica idle this long (s), and for 10 of its batch latencies, has a stale
+        #: measurement: admit, and let it measure again
         self.probe_after = 1.0
         self.admitted = 0
         self.shed_late = 0
@@ -338,17 +339,27 @@ class Batcher:
         self.batch_wait = batch_wait
         self.budget_fraction = budget_fraction
 
+    def _fresh(self, s, now):
+        """Whether the replica of ``s`` has a latency measurement recent enough to judge by
+        (a model that was slow once must not be shed for ever)."""
+        if s.latency <= 0.0:
+            return False
+        stale = 10.0 * s.latency
+        if stale < self.probe_after:
+            stale = self.probe_after
+        return now - s.busy_until <= stale
+
     def capacity_by(self, deadline, now, sizers):
         """How many queries the available replicas can answer by ``deadline``, from their
         batch sizes, measured batch latencies and current work; -1 when unknown (no
         available replica, or one without a fresh latency: none measured yet, or idle for
-        ``probe_after`` s, so that a model that was slow once is not shed for ever)."""
+        long, see ``_fresh``)."""
         total = 0
         known = False
         for s in sizers:
             if not s.available:
                 continue
-            if s.latency <= 0.0 or now - s.busy_until > self.probe_after:
+            if not self._fresh(s, now):
                 return -1
             start = s.busy_until if s.busy_until > now else now
             if deadline > start:
@@ -407,7 +418,7 @@ class Batcher:
         """
         size = sizer.current
         horizon = now
-        if sizer.latency > 0.0 and now - sizer.busy_until <= self.probe_after:
+        if self._fresh(sizer, now):
             n = len(self.queue)
             horizon = (sizer.busy_until if sizer.busy_until > now else now) + sizer.expected(
                 n if n < size else size)

@@ -90,7 +90,7 @@ async def _closed_loop(url, concurrency, duration_s, make_body, on_answer):
 
 async def test_aimd_grows_the_batch_under_load_and_stays_in_budget(clipper, unique):
     app, model = unique("aimd-app"), unique("aimd")
-    slo_s = 0.2
+    slo_s = 0.3
     c = clipper.conn
     c.register_application(app, "doubles", -1.0, int(slo_s * 1e6))
     c.deploy_python_closure(model, 1, "doubles", linear_cost)

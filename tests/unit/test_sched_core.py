@@ -307,8 +307,11 @@ def test_a_stale_measurement_lets_a_probe_through(impl):
     b = impl.Batcher(100, 0.0, 0.5)
     s = measured(impl, 1, 0.4, busy_until=0.0)  # slow once: 400 ms against a 100 ms SLO
     assert b.admit(query(impl, 1, 0.5, 0.6), 0.5, [s], []) == impl.LATE
-    # idle for longer than probe_after: the estimate is stale, one query may measure again
-    now = b.probe_after + 0.01
+    # idle for 10 batch latencies (and at least probe_after): the estimate is stale, one
+    # query may measure again
+    now = max(b.probe_after, 10 * 0.4) - 0.01
+    assert b.admit(query(impl, 2, now, now + 0.1), now, [s], []) == impl.LATE
+    now += 0.02
     assert b.admit(query(impl, 2, now, now + 0.1), now, [s], []) == impl.ADMIT
     assert [q.query_id for q in b.take(now, s, [])] == [2]
 
