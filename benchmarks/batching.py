@@ -6,7 +6,9 @@ machine's CPUs), one replica each, configured ``batch_size`` 1, 32 and -1 (AIMD)
 client drives each in a closed loop at one concurrency for a few seconds; the three run
 interleaved, in a rotating order, for several rounds (the client runs on uvloop: on a 2-core
 machine its CPU time per query is about the server's, so it is part of what is measured).  Reported per configuration: prediction
-throughput (answers that are not the default), client-side p50/p99 latency of all answers,
+throughput (answers that are not the default), all answers per second (a shed query is
+answered at once, and a closed-loop client sends its next one at once), client-side p50/p99
+latency of all answers,
 default share, mean batch size, p99 batch latency and the Clipper process's CPU time per
 answer, as median (min-max) over the rounds; and the throughput ratios against batch size 1,
 taken per round.
@@ -179,10 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nbatching: model 1 ms + 0.05 ms/item, concurrency {args.concurrency}, SLO "
           f"{args.slo_ms:g} ms, {args.rounds} rounds x {args.duration:g} s, interleaved; "
           "median (min-max)")
-    cols = [("pred/s", "throughput"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"),
+    cols = [("pred/s", "throughput"), ("answers/s", "answers_per_s"), ("p50 ms", "p50_ms"),
+            ("p99 ms", "p99_ms"),
             ("default %", None), ("mean batch", "mean_batch"), ("p99 batch ms", "p99_batch_ms"),
-            ("server CPU us/ans", "server_cpu_us_per_answer")]
-    print(f"{'config':9} " + " ".join(f"{c:>20}" for c, _ in cols))
+            ("srv CPU us/answer", "server_cpu_us_per_answer")]
+    print(f"{'config':9} " + " ".join(f"{c:>18}" for c, _ in cols))
     for n, rs in by.items():
         cells = []
         for _, key in cols:
@@ -190,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 cells.append(med([x["default_share"] * 100 for x in rs]))
             else:
                 cells.append(med([x[key] for x in rs]))
-        print(f"{n:9} " + " ".join(f"{c:>20}" for c in cells))
+        print(f"{n:9} " + " ".join(f"{c:>18}" for c in cells))
     ratios = {}
     for n in ("fixed-32", "aimd"):
         rr = [a["throughput"] / b["throughput"] for a, b in zip(by[n], by["batch-1"])

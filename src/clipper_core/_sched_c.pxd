@@ -88,6 +88,8 @@ cdef class Batcher:
     @cython.locals(s=BatchSizer, total=Py_ssize_t, known=bint, start=double, rounds=double,
                    whole=Py_ssize_t)
     cpdef Py_ssize_t capacity_by(self, double deadline, double now, list sizers)
+    @cython.locals(s=BatchSizer, n=Py_ssize_t)
+    cdef bint _fits_one_batch(self, double deadline, double now, list sizers)
     @cython.locals(queue=DeadlineQueue, cap=Py_ssize_t, ahead=Py_ssize_t)
     cpdef int admit(self, Query q, double now, list sizers, list expired)
     @cython.locals(queue=DeadlineQueue, t=double)

@@ -276,8 +276,10 @@ class BatchSizer:
         """Predicted latency (s) of a batch of ``batch_size``; 0.0 before any measurement.
 
         A least-squares line through the recent (size, latency) samples, weighted towards the
-        latest; when they all had one size, latency is taken as proportional to size above
-        it (the cautious reading) and as measured below it.
+        latest.  When they all had one size there is no slope to go by, and the latency is
+        taken as measured, whatever the size: a cautious guess (proportional to size) would
+        shed the larger batches that could correct it, and stay wrong; an optimistic one is
+        corrected by the next batch.
         """
         if self._w <= 0.0:
             return 0.0
@@ -289,8 +291,6 @@ class BatchSizer:
             if slope < 0.0:
                 slope = 0.0
             est = ml + slope * (batch_size - mn)
-        elif batch_size > mn and mn > 0.0:
-            est = ml * batch_size / mn
         else:
             est = ml
         return est if est > 0.1 * ml else 0.1 * ml
@@ -371,6 +371,18 @@ class Batcher:
             known = True
         return total if known else -1
 
+    def _fits_one_batch(self, deadline, now, sizers):
+        """Whether an idle replica can take the whole queue and one more in its next batch,
+        and answer by ``deadline``: then that batch is smaller than the full batches
+        ``capacity_by`` reckons with (a query whose SLO is tighter than the one the batch
+        size was tuned for, at light load)."""
+        n = len(self.queue) + 1
+        for s in sizers:
+            if (s.available and s.busy_until <= now and s.current >= n
+                    and self._fresh(s, now) and now + s.expected(n) <= deadline):
+                return True
+        return False
+
     def admit(self, q, now, sizers, expired):
         """Queue ``q`` or say why not: :data:`ADMIT`, :data:`FULL` or :data:`LATE`.
 
@@ -387,7 +399,7 @@ class Batcher:
         cap = self.capacity_by(q.deadline, now, sizers)
         if cap >= 0 and len(queue) >= cap:  # fewer queued than that: nothing to count
             ahead = queue.count_ahead(q.deadline, cap)
-            if ahead >= cap:
+            if ahead >= cap and not self._fits_one_batch(q.deadline, now, sizers):
                 self.last_ahead = ahead
                 self.last_capacity = cap
                 self.shed_late += 1

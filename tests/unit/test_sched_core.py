@@ -235,7 +235,8 @@ def measured(impl, current, latency, busy_until=0.0, available=True):
 
 @settings(max_examples=300, deadline=None)
 @given(reps=st.lists(st.tuples(st.integers(1, 16), st.floats(0.001, 0.05),
-                               st.floats(0.0, 0.1), st.booleans()), min_size=1, max_size=4),
+                               st.one_of(st.just(0.0), st.floats(0.0, 0.1)), st.booleans()),
+                     min_size=1, max_size=4),
        queued=st.lists(st.floats(0.0, 0.5), max_size=120), slo=st.floats(0.001, 0.5))
 def test_admission_rejects_exactly_the_queries_that_cannot_meet_their_deadline(
         impl, reps, queued, slo):
@@ -249,10 +250,13 @@ def test_admission_rejects_exactly_the_queries_that_cannot_meet_their_deadline(
     # what the replicas can finish by the deadline: each does whole batches of its size
     cap = sum(n * math.floor((q.deadline - (now + busy)) / lat) for n, lat, busy, ok in reps
               if ok and q.deadline > now + busy)
+    # or: an idle replica takes the whole queue and this query in its next batch, in time
+    fits = any(ok and busy == 0.0 and n >= len(queued) + 1 and lat <= slo
+               for n, lat, busy, ok in reps)
     verdict = b.admit(q, now, sizers, [])
     if not any(ok for *_, ok in reps):
         assert verdict == impl.ADMIT, "no replica to judge by: queue it"
-    elif ahead + 1 <= cap:
+    elif ahead + 1 <= cap or fits:
         assert verdict == impl.ADMIT
     else:
         assert verdict == impl.LATE
@@ -325,8 +329,35 @@ def test_expected_latency_follows_the_measured_line(impl):
         assert s.expected(n) == pytest.approx(0.002 + 0.0001 * n, rel=1e-6)
     one = sizer(impl, fixed=8, budget=1.0)
     one.observe(8, 0.008, 1.0)
-    assert one.expected(16) == pytest.approx(0.016), "above what was seen: proportional"
-    assert one.expected(4) == pytest.approx(0.008), "below: as measured"
+    assert one.expected(16) == one.expected(4) == pytest.approx(0.008), "no slope: as seen"
+
+
+def test_a_first_small_batch_does_not_shut_out_full_ones(impl):
+    # a first batch of one took 8 ms; batches of 32 must still go out and be measured
+    b = impl.Batcher(1000, 0.0, 0.5)
+    s = measured(impl, 32, 0.008, busy_until=0.0)
+    s.observe(1, 0.008, 1.0)
+    now = 0.01
+    for i in range(63):
+        assert b.admit(query(impl, i, now, now + 0.1), now, [s], []) == impl.ADMIT
+    expired = []
+    assert len(b.take(now, s, expired)) == 32 and not expired
+
+
+def test_a_tight_deadline_at_light_load_fits_the_next_small_batch(impl):
+    b = impl.Batcher(1000, 0.0, 0.5)
+    s = sizer(impl, initial=100, budget=1.0)
+    for n in (10, 50, 100, 100, 60):  # 1 ms + 0.5 ms per item: a full batch takes 51 ms
+        s.observe(n, 0.001 + 0.0005 * n, 1.0)
+    assert s.current >= 100
+    now = 1.0
+    s.busy_until = now
+    # a 20 ms timeout: no full batch fits, but the replica is idle and a batch of 1 does
+    assert b.capacity_by(now + 0.02, now, [s]) == 0
+    assert b.admit(query(impl, 1, now, now + 0.02), now, [s], []) == impl.ADMIT
+    # with the replica busy for the next 30 ms it cannot make it
+    s.busy_until = now + 0.03
+    assert b.admit(query(impl, 2, now, now + 0.02), now, [s], []) == impl.LATE
 
 
 def test_one_stall_does_not_throw_the_latency_line_off(impl):
