@@ -61,7 +61,7 @@ cdef class BatchSizer:
     cpdef reconfigure(self, long fixed_max, long step, double backoff, long cap)
     @cython.locals(sample=double, cap=double)
     cpdef observe(self, long batch_size, double latency, double budget=*)
-    @cython.locals(mn=double, ml=double, var=double, slope=double, est=double)
+    @cython.locals(mn=double, ml=double, var=double, slope=double, est=double, floor=double)
     cpdef double expected(self, long batch_size)
     cpdef overrun(self)
     @cython.locals(new=long)

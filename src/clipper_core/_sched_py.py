@@ -248,7 +248,7 @@ class BatchSizer:
         if budget > 0.0:
             self.budget = budget
         self.batches += 1
-        if self.latency <= 0.0:
+        if self.batches == 1:
             self.latency = latency
         else:
             self.latency += 0.2 * (latency - self.latency)
@@ -293,7 +293,8 @@ class BatchSizer:
             est = ml + slope * (batch_size - mn)
         else:
             est = ml
-        return est if est > 0.1 * ml else 0.1 * ml
+        floor = 0.1 * ml if ml > 1e-5 else 1e-6  # never zero: callers divide by it
+        return est if est > floor else floor
 
     def overrun(self):
         """A batch missed its RPC timeout: back off as for an overrun, without a sample."""
@@ -342,7 +343,7 @@ class Batcher:
     def _fresh(self, s, now):
         """Whether the replica of ``s`` has a latency measurement recent enough to judge by
         (a model that was slow once must not be shed for ever)."""
-        if s.latency <= 0.0:
+        if not s.batches:
             return False
         stale = 10.0 * s.latency
         if stale < self.probe_after:

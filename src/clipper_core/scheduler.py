@@ -18,6 +18,7 @@ import asyncio
 import collections
 import dataclasses
 import itertools
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -181,14 +182,16 @@ class Replica:
 
 
 class InFlight:
-    __slots__ = ("batch_id", "replica", "queries", "sent_at", "budget", "timer", "timed_out")
+    __slots__ = ("batch_id", "replica", "queries", "sent_at", "started", "budget", "timer",
+                 "timed_out")
 
     def __init__(self, batch_id: int, replica: Replica, queries: list, sent_at: float,
-                 budget: float) -> None:
+                 started: float, budget: float) -> None:
         self.batch_id = batch_id
         self.replica = replica
         self.queries = queries
-        self.sent_at = sent_at
+        self.sent_at = sent_at  # loop clock
+        self.started = started  # stopwatch, for the batch latency
         self.budget = budget
         self.timer: asyncio.TimerHandle | None = None
         self.timed_out = False
@@ -315,7 +318,9 @@ class Scheduler:
 
     ``clock`` and ``loop`` can be injected (tests drive it on virtual time); ``impl`` picks the
     core module (default: what :mod:`clipper_core.sched` chose, compiled unless
-    ``CLIPPER_PUREPYTHON=1``).
+    ``CLIPPER_PUREPYTHON=1``).  Deadlines and timers use the loop's clock; batch latencies
+    are measured with ``time.perf_counter`` unless a clock is injected, because uvloop's
+    ``loop.time()`` ticks in whole milliseconds, as coarse as the fast models' batches.
     """
 
     def __init__(self, send: Callable[[bytes, list], bool], *, queue_capacity: int = 20_000,
@@ -324,6 +329,7 @@ class Scheduler:
         self._send = send
         self._loop = loop or asyncio.get_event_loop()
         self._clock = clock or self._loop.time
+        self._stopwatch = clock or time.perf_counter
         self.impl = impl or sched.impl
         self._ADMIT = self.impl.ADMIT
         self.queue_capacity = queue_capacity
@@ -408,7 +414,7 @@ class Scheduler:
                             f"about {(mq.core.last_horizon - now) * 1e3:.1f} ms")
                 answer(q, (False, late))
             else:
-                answer(q, (False, "deadline passed while queued"))
+                answer(q, (False, f"deadline passed while queued for model {mq.label}"))
         expired.clear()
 
     # ---------------------------------------------------------------- dispatch
@@ -487,7 +493,7 @@ class Scheduler:
                 mq.queue.requeue(q)
             self._drop_replica(mq, r, "replica unreachable")
             return False
-        fl = InFlight(batch_id, r, batch, now, core.last_budget)
+        fl = InFlight(batch_id, r, batch, now, self._stopwatch(), core.last_budget)
         r.in_flight[batch_id] = fl
         self._batches[batch_id] = fl
         s = r.sizer
@@ -498,7 +504,7 @@ class Scheduler:
         # make it suspect and shrink its batches for nothing.
         if mq.cfg.rpc_timeout_s is not None:
             timeout = mq.cfg.rpc_timeout_s
-        elif s.latency > 0:
+        elif s.batches:
             timeout = max(0.05, 4 * s.latency * len(r.in_flight))
         else:  # nothing measured yet (a first batch may load the model): be patient
             timeout = max(1.0, 2 * (core.last_latest - now))
@@ -541,7 +547,7 @@ class Scheduler:
                 fut = q.future
                 if not fut.done():
                     fut.set_result((True, out))
-        latency = self._clock() - fl.sent_at
+        latency = self._stopwatch() - fl.started
         r.batches += 1
         if not fl.timed_out:  # a timeout already backed off; one overrun, one decrease
             r.sizer.observe(n, latency, fl.budget)

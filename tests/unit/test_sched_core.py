@@ -251,7 +251,7 @@ def test_admission_rejects_exactly_the_queries_that_cannot_meet_their_deadline(
     cap = sum(n * math.floor((q.deadline - (now + busy)) / lat) for n, lat, busy, ok in reps
               if ok and q.deadline > now + busy)
     # or: an idle replica takes the whole queue and this query in its next batch, in time
-    fits = any(ok and busy == 0.0 and n >= len(queued) + 1 and lat <= slo
+    fits = any(ok and now + busy <= now and n >= len(queued) + 1 and now + lat <= q.deadline
                for n, lat, busy, ok in reps)
     verdict = b.admit(q, now, sizers, [])
     if not any(ok for *_, ok in reps):

@@ -90,7 +90,7 @@ def test_expired_queries_get_the_default_and_never_reach_a_model(impl):
     q3, _ = sim.submit(0.5)
     sim.loop.advance(0.02)
     sim.reply("r")  # the replica frees up after q2's deadline
-    assert q2.future.result() == (False, "deadline passed while queued")
+    assert q2.future.result() == (False, "deadline passed while queued for model m:1")
     assert [ids for *_, ids in sim.sent] == [[1], [3]]
     assert sim.mq.snapshot()["expired"] == 1
 
