@@ -9,8 +9,8 @@ machine its CPU time per query is about the server's, so it is part of what is m
 throughput (answers that are not the default), all answers per second (a shed query is
 answered at once, and a closed-loop client sends its next one at once), client-side p50/p99
 latency of all answers,
-default share, mean batch size, p99 batch latency and the Clipper process's CPU time per
-answer, as median (min-max) over the rounds; and the throughput ratios against batch size 1,
+default share, mean batch size, mean and p99 batch latency (RPC round trip) and the Clipper
+process's CPU time per answer, as median (min-max) over the rounds; and the throughput ratios against batch size 1,
 taken per round.
 
 Run: ``python benchmarks/batching.py [--concurrency 64] [--duration 4] [--rounds 3]``.
@@ -120,11 +120,13 @@ def batch_stats(conn, model: str, before: dict) -> dict:
     after = conn.get_batching(model, recent_batches=True)
     b0, b1 = before["stats"]["batch_size"], after["stats"]["batch_size"]
     count = b1["count"] - b0["count"]
+    rpc = after["stats"]["rpc_s"]["sum"] - before["stats"]["rpc_s"]["sum"]
     recent = after["recent_batches"][-count:] if count else []
     lats = sorted(lat for _, lat in recent)
     return {
         "batches": count,
         "mean_batch": (b1["sum"] - b0["sum"]) / count if count else 0.0,
+        "mean_batch_ms": rpc / count * 1e3 if count else None,
         "p99_batch_ms": lats[min(len(lats) - 1, int(0.99 * len(lats)))] * 1e3 if lats else None,
         "budget_ms": after["budget_s"] * 1e3,
         "aimd_size": [r["batch_size"] for r in after["replicas"].values()],
@@ -183,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
           "median (min-max)")
     cols = [("pred/s", "throughput"), ("answers/s", "answers_per_s"), ("p50 ms", "p50_ms"),
             ("p99 ms", "p99_ms"),
-            ("default %", None), ("mean batch", "mean_batch"), ("p99 batch ms", "p99_batch_ms"),
+            ("default %", None), ("mean batch", "mean_batch"), ("batch ms", "mean_batch_ms"),
+            ("p99 batch ms", "p99_batch_ms"),
             ("srv CPU us/answer", "server_cpu_us_per_answer")]
     print(f"{'config':9} " + " ".join(f"{c:>18}" for c, _ in cols))
     for n, rs in by.items():
