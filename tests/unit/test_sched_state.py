@@ -149,7 +149,7 @@ class SchedulerMachine(RuleBasedStateMachine):
 def machine(impl):
     cls = type(f"SchedulerMachine_{impl.__name__.rsplit('.', 1)[-1]}", (SchedulerMachine,),
                {"impl": impl})
-    cls.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None,
+    cls.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None,
                                      suppress_health_check=[HealthCheck.too_slow])
     return cls
 
