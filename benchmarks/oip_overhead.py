@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     args = ap.parse_args()
     with ClipperProcess() as c:
-        c.conn.register_application("bench", "doubles", -1.0, 1_000_000)
+        c.conn.register_application("bench", "doubles", -1.0, 1_000_000, cache_enabled=False)
         c.conn.deploy_python_closure("bench-noop", 1, "doubles", noop)
         c.conn.link_model_to_app("bench", "bench-noop")
         pid = c.endpoints["pid"]

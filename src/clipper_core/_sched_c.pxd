@@ -1,4 +1,10 @@
-# Augmenting declarations for _sched_c.py, a build-time copy of _sched_py.py (see setup.py).
+# Augmenting declarations for _sched_c.py, a build-time copy of _sched_py.py (see setup.py):
+# the classes become extension types with C fields; @cython.locals types the hot loops.
+
+cimport cython
+
+cdef double INF
+
 
 cdef class Query:
     cdef public object query_id
@@ -15,13 +21,27 @@ cdef class DeadlineQueue:
     cdef public Py_ssize_t capacity
     cdef public unsigned long long pushed
     cdef public unsigned long long expired
+    cdef public unsigned long long late
+    cdef public double max_deadline
+    cdef double _oldest
+    cdef bint _oldest_stale
 
+    cdef void _pushed(self, Query query)
+    cdef void _popped(self, Query query)
     cpdef bint push(self, Query query)
     cpdef requeue(self, Query query)
+    @cython.locals(head=Query, n=Py_ssize_t)
     cpdef Py_ssize_t drop_expired(self, double now, list expired)
-    cpdef object live_head(self, double now)
-    cpdef list pop_batch(self, double now, Py_ssize_t max_size, list expired)
+    @cython.locals(q=Query, batch=list)
+    cpdef list pop_batch(self, double now, Py_ssize_t max_size, list expired,
+                         double horizon=*)
+    cpdef list items(self)
     cpdef double head_arrival(self)
+    @cython.locals(q=Query, oldest=double)
+    cpdef double oldest_arrival(self)
+    @cython.locals(n=Py_ssize_t, count=Py_ssize_t, i=Py_ssize_t, heap=list, entry=tuple,
+                   d=double)
+    cpdef Py_ssize_t count_ahead(self, double deadline, Py_ssize_t limit)
 
 cdef class BatchSizer:
     cdef public bint fixed
@@ -30,7 +50,50 @@ cdef class BatchSizer:
     cdef public long step
     cdef public double backoff
     cdef public double budget
+    cdef public double latency
+    cdef public double busy_until
+    cdef public bint available
     cdef public unsigned long long increases
     cdef public unsigned long long decreases
+    cdef public unsigned long long batches
+    cdef double _w, _sn, _sl, _snn, _snl
 
-    cpdef observe(self, long batch_size, double latency)
+    cpdef reconfigure(self, long fixed_max, long step, double backoff, long cap)
+    @cython.locals(sample=double, cap=double)
+    cpdef observe(self, long batch_size, double latency, double budget=*)
+    @cython.locals(mn=double, ml=double, var=double, slope=double, est=double, floor=double)
+    cpdef double expected(self, long batch_size)
+    cpdef overrun(self)
+    @cython.locals(new=long)
+    cdef void _decrease(self)
+
+cdef class Batcher:
+    cdef public DeadlineQueue queue
+    cdef public double batch_wait
+    cdef public double budget_fraction
+    cdef public double probe_after
+    cdef public unsigned long long admitted
+    cdef public unsigned long long shed_late
+    cdef public unsigned long long shed_full
+    cdef public double last_budget
+    cdef public double last_latest
+    cdef public double last_arrivals
+    cdef public double last_horizon
+    cdef public Py_ssize_t last_ahead
+    cdef public Py_ssize_t last_capacity
+
+    cpdef configure(self, double batch_wait, double budget_fraction)
+    @cython.locals(stale=double)
+    cdef bint _fresh(self, BatchSizer s, double now)
+    @cython.locals(s=BatchSizer, total=Py_ssize_t, known=bint, start=double, rounds=double,
+                   whole=Py_ssize_t)
+    cpdef Py_ssize_t capacity_by(self, double deadline, double now, list sizers)
+    @cython.locals(s=BatchSizer, n=Py_ssize_t)
+    cdef bint _fits_one_batch(self, double deadline, double now, list sizers)
+    @cython.locals(queue=DeadlineQueue, cap=Py_ssize_t, ahead=Py_ssize_t)
+    cpdef int admit(self, Query q, double now, list sizers, list expired)
+    @cython.locals(queue=DeadlineQueue, t=double)
+    cpdef double dispatch_at(self, double now, Py_ssize_t size)
+    @cython.locals(q=Query, slo=double, latest=double, arrivals=double, batch=list,
+                   size=Py_ssize_t, n=Py_ssize_t, horizon=double)
+    cpdef list take(self, double now, BatchSizer sizer, list expired)

@@ -1,11 +1,23 @@
-"""Scheduler core: queries, the deadline-ordered queue and the batch sizer.
+"""Scheduler core: queries, the deadline-ordered queue, AIMD batch sizing, admission control
+and delayed batching.
 
-Single source of truth, sans-IO, with an injected clock (every method takes ``now``).  Built
-twice: imported as is (the pure twin) and compiled by Cython as ``_sched_c`` through
-``_sched_c.pxd``, which turns these classes into ``cdef class`` types with C fields.
+Single source of truth, sans-IO, with an injected clock (every time-dependent method takes
+``now``).  Built twice: imported as is (the pure twin, ``CLIPPER_PUREPYTHON=1``) and compiled by
+Cython as ``_sched_c`` through ``_sched_c.pxd``, which turns these classes into ``cdef class``
+types with C fields.  Nothing here logs or awaits: the asyncio glue in ``scheduler.py`` owns
+timers, sockets and futures, and reads the counters below as plain attributes.
 """
 
-import heapq
+from heapq import heappop, heappush
+
+INF = float("inf")
+
+#: verdicts of :meth:`Batcher.admit`
+ADMIT = 0
+#: the queue is at its capacity
+FULL = 1
+#: the replicas cannot answer this query by its deadline, given the queue ahead of it
+LATE = 2
 
 
 class Query:
@@ -25,7 +37,10 @@ class DeadlineQueue:
     """Bounded queue of :class:`Query`, earliest deadline first.
 
     Ties keep arrival order.  Answered queries (given the default output at their deadline,
-    or whose client went away) are dropped lazily when they reach the head.
+    or whose client went away) stay until they reach the head and are then dropped, so the
+    length counts them until then.  ``expired`` counts the queries whose deadline passed
+    while they were queued (whoever answered them); ``late`` those taken out at dispatch
+    because the batch would come back after their deadline.
     """
 
     def __init__(self, capacity):
@@ -36,28 +51,52 @@ class DeadlineQueue:
         self.capacity = capacity
         self.pushed = 0
         self.expired = 0
+        self.late = 0
+        # an upper bound of the queued deadlines (exact after pushes, stale after pops)
+        self.max_deadline = -INF
+        # a lower bound of the queued arrivals; recomputed lazily once its query has left
+        self._oldest = INF
+        self._oldest_stale = False
 
     def __len__(self):
         return len(self._heap)
+
+    def _pushed(self, query):
+        if query.deadline > self.max_deadline:
+            self.max_deadline = query.deadline
+        if query.arrival < self._oldest:
+            self._oldest = query.arrival
+
+    def _popped(self, query):
+        if not self._heap:
+            self.max_deadline = -INF
+            self._oldest = INF
+            self._oldest_stale = False
+        elif query.arrival <= self._oldest:
+            self._oldest_stale = True
 
     def push(self, query):
         """Enqueue; False (and nothing queued) when the queue is full."""
         if len(self._heap) >= self.capacity:
             return False
         self._seq += 1
-        heapq.heappush(self._heap, (query.deadline, self._seq, query))
+        heappush(self._heap, (query.deadline, self._seq, query))
+        self._pushed(query)
         self.pushed += 1
         return True
 
     def requeue(self, query):
-        """Put back a query that a lost replica held; ignores the capacity bound."""
+        """Put back a query that a lost or late replica held; ignores the capacity bound
+        (the query was admitted once, so memory stays bounded by queue plus batches)."""
         self._seq += 1
-        heapq.heappush(self._heap, (query.deadline, self._seq, query))
+        heappush(self._heap, (query.deadline, self._seq, query))
+        self._pushed(query)
 
     def drop_expired(self, now, expired):
         """Pop answered queries and those whose deadline has passed from the head.
 
-        The unanswered expired ones are appended to ``expired``.  Returns how many were popped.
+        The unanswered expired ones are appended to ``expired`` (the caller answers them).
+        Returns how many entries were popped.
         """
         heap = self._heap
         n = 0
@@ -65,38 +104,41 @@ class DeadlineQueue:
             head = heap[0][2]
             if not head.answered and head.deadline > now:
                 break
-            heapq.heappop(heap)
+            heappop(heap)
+            self._popped(head)
             n += 1
-            if not head.answered:
-                expired.append(head)
+            if head.deadline <= now:
                 self.expired += 1
+                if not head.answered:
+                    expired.append(head)
         return n
 
-    def live_head(self, now):
-        """The earliest-deadline unanswered, unexpired query, or None (pops dead heads)."""
-        expired = []
-        self.drop_expired(now, expired)
-        for q in expired:
-            q.answered = True
-        return self._heap[0][2] if self._heap else None
-
-    def pop_batch(self, now, max_size, expired):
-        """Pop up to ``max_size`` live queries in deadline order.
-
-        Queries whose deadline passed are appended to ``expired`` instead (never dispatched).
-        """
+    def pop_batch(self, now, max_size, expired, horizon=-INF):
+        """Pop up to ``max_size`` live queries in deadline order: only real queries, never
+        padding.  Queries whose deadline passed are appended to ``expired`` instead (never
+        dispatched), and so are those due by ``horizon`` (when the batch would come back:
+        they cannot make it, counted in ``late``); answered ones are dropped."""
         heap = self._heap
         batch = []
         while heap and len(batch) < max_size:
-            q = heapq.heappop(heap)[2]
-            if q.answered:
-                continue
+            q = heappop(heap)[2]
+            self._popped(q)
             if q.deadline <= now:
-                expired.append(q)
                 self.expired += 1
+                if not q.answered:
+                    expired.append(q)
+            elif q.answered:
                 continue
-            batch.append(q)
+            elif q.deadline <= horizon:
+                self.late += 1
+                expired.append(q)
+            else:
+                batch.append(q)
         return batch
+
+    def items(self):
+        """The queued queries, in no particular order (for inspection and tests; O(n))."""
+        return [entry[2] for entry in self._heap]
 
     def head_arrival(self):
         """Arrival time of the query at the head, or -1.0 when empty."""
@@ -104,36 +146,309 @@ class DeadlineQueue:
             return -1.0
         return self._heap[0][2].arrival
 
+    def oldest_arrival(self):
+        """Earliest arrival among the queued unanswered queries (``inf`` when none).
+
+        Amortised O(1): a rescan happens only after the oldest query left the queue, which
+        is at most once per batch.
+        """
+        if self._oldest_stale:
+            oldest = INF
+            for entry in self._heap:
+                q = entry[2]
+                if not q.answered and q.arrival < oldest:
+                    oldest = q.arrival
+            self._oldest = oldest
+            self._oldest_stale = False
+        return self._oldest
+
+    def count_ahead(self, deadline, limit):
+        """How many queued entries are served before a query with ``deadline`` (deadline
+        order, ties first come), counted up to ``limit``: the result is exact below ``limit``,
+        and ``>= limit`` means "at least ``limit``".  Answered entries not yet dropped count.
+
+        O(1) in the usual case (every queued deadline is earlier); otherwise a walk over
+        the heap that never descends below a later deadline (heap order), so at most about
+        ``2 * limit`` steps.  The walk keeps no stack: from a node that is not counted it
+        climbs while it is a right child, then moves to the right sibling.
+        """
+        heap = self._heap
+        n = len(heap)
+        if deadline >= self.max_deadline:
+            return n
+        count = 0
+        i = 0
+        while True:
+            if i < n:
+                entry = heap[i]
+                d = entry[0]
+                if d <= deadline:
+                    count += 1
+                    if count >= limit:
+                        break
+                    i = 2 * i + 1
+                    continue
+            while i > 0 and i % 2 == 0:
+                i = (i - 1) // 2
+            if i == 0:
+                break
+            i += 1
+        return count
+
 
 class BatchSizer:
-    """Maximum batch size of one replica: fixed, or tuned by AIMD against a latency budget.
+    """One replica's maximum batch size, fixed or tuned by AIMD, and its measured latency.
 
-    AIMD (the Clipper paper's rule): while a full batch comes back under ``budget`` seconds,
-    add ``step``; when a batch overruns the budget, multiply by ``backoff``.
+    AIMD (the Clipper paper's rule): while full batches come back under the budget, add
+    ``step``; when a batch overruns its budget, multiply by ``backoff``.  A batch that was not
+    full says nothing about a larger size, so it never grows the size.  ``expected()`` (the
+    measured latency as a function of batch size), ``busy_until`` and ``available`` are what
+    admission control reads; ``latency`` is the exponentially weighted mean latency.
     """
 
     def __init__(self, fixed_max, initial, step, backoff, budget, cap):
-        if fixed_max == 0 or fixed_max < -1:
-            raise ValueError("fixed_max must be -1 (adaptive) or a positive batch size")
-        if step < 1 or not 0.0 < backoff < 1.0 or cap < 1 or budget <= 0.0:
-            raise ValueError("AIMD needs step >= 1, 0 < backoff < 1, cap >= 1, budget > 0")
-        self.fixed = fixed_max > 0
-        self.cap = fixed_max if fixed_max > 0 else cap
-        self.current = fixed_max if fixed_max > 0 else max(1, min(initial, cap))
-        self.step = step
-        self.backoff = backoff
-        self.budget = budget
         self.increases = 0
         self.decreases = 0
+        self.batches = 0
+        self.latency = 0.0
+        # exponentially decayed sums of (size, latency) samples: a line fitted through them
+        # predicts the latency of a batch of another size (see expected())
+        self._w = 0.0
+        self._sn = 0.0
+        self._sl = 0.0
+        self._snn = 0.0
+        self._snl = 0.0
+        self.busy_until = 0.0
+        self.available = True
+        if budget <= 0.0:
+            raise ValueError("the latency budget must be positive")
+        self.budget = budget
+        self.current = 1
+        self.reconfigure(fixed_max, step, backoff, cap)
+        if not self.fixed:
+            self.current = max(1, min(initial, self.cap))
 
-    def observe(self, batch_size, latency):
-        """Feed back one completed batch of ``batch_size`` queries taking ``latency`` s."""
+    def reconfigure(self, fixed_max, step, backoff, cap):
+        """Change the rule at run time.  The learned size carries over, within the new cap;
+        a fixed size takes effect at once."""
+        if fixed_max == 0 or fixed_max < -1:
+            raise ValueError("fixed_max must be -1 (adaptive) or a positive batch size")
+        if step < 1 or not 0.0 < backoff < 1.0 or cap < 1:
+            raise ValueError("AIMD needs step >= 1, 0 < backoff < 1 and cap >= 1")
+        self.fixed = fixed_max > 0
+        self.cap = fixed_max if fixed_max > 0 else cap
+        self.step = step
+        self.backoff = backoff
+        if self.fixed or self.current > self.cap:
+            self.current = self.cap
+
+    def observe(self, batch_size, latency, budget=-1.0):
+        """Feed back one completed batch of ``batch_size`` queries that took ``latency`` s
+        against ``budget`` s (the sizer's last budget when not given)."""
+        if budget > 0.0:
+            self.budget = budget
+        self.batches += 1
+        if self.batches == 1:
+            self.latency = latency
+        else:
+            self.latency += 0.2 * (latency - self.latency)
+        # one stall (a descheduled process, a GC pause) must not throw the line off for the
+        # next ten batches: a sample counts at most 4x what the line expected
+        sample = latency
+        if self._w > 0.0:
+            cap = 4.0 * self.expected(batch_size)
+            if sample > cap:
+                sample = cap
+        self._w = 0.9 * self._w + 1.0
+        self._sn = 0.9 * self._sn + batch_size
+        self._sl = 0.9 * self._sl + sample
+        self._snn = 0.9 * self._snn + batch_size * batch_size
+        self._snl = 0.9 * self._snl + batch_size * sample
         if self.fixed:
             return
         if latency > self.budget:
-            new = int(self.current * self.backoff)
-            self.current = new if new >= 1 else 1
-            self.decreases += 1
+            self._decrease()
         elif batch_size >= self.current and self.current < self.cap:
             self.current = min(self.cap, self.current + self.step)
             self.increases += 1
+
+    def expected(self, batch_size):
+        """Predicted latency (s) of a batch of ``batch_size``; 0.0 before any measurement.
+
+        A least-squares line through the recent (size, latency) samples, weighted towards the
+        latest.  When they all had one size there is no slope to go by, and the latency is
+        taken as measured, whatever the size: a cautious guess (proportional to size) would
+        shed the larger batches that could correct it, and stay wrong; an optimistic one is
+        corrected by the next batch.
+        """
+        if self._w <= 0.0:
+            return 0.0
+        mn = self._sn / self._w
+        ml = self._sl / self._w
+        var = self._snn / self._w - mn * mn
+        if var > 1e-6 * (mn * mn + 1.0):
+            slope = (self._snl / self._w - mn * ml) / var
+            if slope < 0.0:
+                slope = 0.0
+            est = ml + slope * (batch_size - mn)
+        else:
+            est = ml
+        floor = 0.1 * ml if ml > 1e-5 else 1e-6  # never zero: callers divide by it
+        return est if est > floor else floor
+
+    def overrun(self):
+        """A batch missed its RPC timeout: back off as for an overrun, without a sample."""
+        if not self.fixed:
+            self._decrease()
+
+    def _decrease(self):
+        new = int(self.current * self.backoff)
+        self.current = new if new >= 1 else 1
+        self.decreases += 1
+
+
+class Batcher:
+    """Batching decisions for one model version: admission, delayed batching, batch budget.
+
+    ``sizers`` arguments are the :class:`BatchSizer` of every replica of the version; the
+    unavailable ones (suspect, draining) are skipped.
+    """
+
+    def __init__(self, capacity, batch_wait, budget_fraction):
+        self.queue = DeadlineQueue(capacity)
+        self.batch_wait = 0.0
+        self.budget_fraction = 0.5
+        self.configure(batch_wait, budget_fraction)
+        #: a replica idle this long (s), and for 10 of its batch latencies, has a stale
+        #: measurement: admit, and let it measure again
+        self.probe_after = 1.0
+        self.admitted = 0
+        self.shed_late = 0
+        self.shed_full = 0
+        self.last_budget = 0.0
+        self.last_latest = 0.0
+        self.last_arrivals = 0.0
+        self.last_horizon = 0.0
+        self.last_ahead = 0
+        self.last_capacity = 0
+
+    def configure(self, batch_wait, budget_fraction):
+        if batch_wait < 0.0:
+            raise ValueError("batch_wait must be >= 0")
+        if not 0.0 < budget_fraction <= 1.0:
+            raise ValueError("budget_fraction must be in (0, 1]")
+        self.batch_wait = batch_wait
+        self.budget_fraction = budget_fraction
+
+    def _fresh(self, s, now):
+        """Whether the replica of ``s`` has a latency measurement recent enough to judge by
+        (a model that was slow once must not be shed for ever)."""
+        if not s.batches:
+            return False
+        stale = 10.0 * s.latency
+        if stale < self.probe_after:
+            stale = self.probe_after
+        return now - s.busy_until <= stale
+
+    def capacity_by(self, deadline, now, sizers):
+        """How many queries the available replicas can answer by ``deadline``, from their
+        batch sizes, measured batch latencies and current work; -1 when unknown (no
+        available replica, or one without a fresh latency: none measured yet, or idle for
+        long, see ``_fresh``)."""
+        total = 0
+        known = False
+        for s in sizers:
+            if not s.available:
+                continue
+            if not self._fresh(s, now):
+                return -1
+            start = s.busy_until if s.busy_until > now else now
+            if deadline > start:
+                rounds = (deadline - start) / s.expected(s.current)
+                if rounds > 1e9:
+                    rounds = 1e9
+                whole = int(rounds)
+                total += s.current * whole
+            known = True
+        return total if known else -1
+
+    def _fits_one_batch(self, deadline, now, sizers):
+        """Whether an idle replica can take the whole queue and one more in its next batch,
+        and answer by ``deadline``: then that batch is smaller than the full batches
+        ``capacity_by`` reckons with (a query whose SLO is tighter than the one the batch
+        size was tuned for, at light load)."""
+        n = len(self.queue) + 1
+        for s in sizers:
+            if (s.available and s.busy_until <= now and s.current >= n
+                    and self._fresh(s, now) and now + s.expected(n) <= deadline):
+                return True
+        return False
+
+    def admit(self, q, now, sizers, expired):
+        """Queue ``q`` or say why not: :data:`ADMIT`, :data:`FULL` or :data:`LATE`.
+
+        LATE means the queries served before ``q`` (earlier deadlines) fill every batch the
+        replicas can finish by ``q.deadline``, so ``q`` would miss it.  Expired queries
+        dropped on the way go to ``expired``.
+        """
+        queue = self.queue
+        if len(queue) >= queue.capacity:
+            queue.drop_expired(now, expired)
+            if len(queue) >= queue.capacity:
+                self.shed_full += 1
+                return FULL
+        cap = self.capacity_by(q.deadline, now, sizers)
+        if cap >= 0 and len(queue) >= cap:  # fewer queued than that: nothing to count
+            ahead = queue.count_ahead(q.deadline, cap)
+            if ahead >= cap and not self._fits_one_batch(q.deadline, now, sizers):
+                self.last_ahead = ahead
+                self.last_capacity = cap
+                self.shed_late += 1
+                return LATE
+        queue.push(q)
+        self.admitted += 1
+        return ADMIT
+
+    def dispatch_at(self, now, size):
+        """When to send the next batch of at most ``size``: ``now`` when that many are queued
+        (or batches need not wait), else the time until which to wait for the batch to fill,
+        never later than the oldest queued query's arrival plus ``batch_wait``."""
+        queue = self.queue
+        if len(queue) >= size or self.batch_wait <= 0.0 or not len(queue):
+            return now
+        t = queue.oldest_arrival() + self.batch_wait
+        return t if t > now else now
+
+    def take(self, now, sizer, expired):
+        """Pop the next batch for the replica of ``sizer``: at most ``sizer.current`` live
+        queries, in deadline order, and count one more dispatch of each.
+
+        Queries the batch cannot answer in time (deadline passed, or due before the batch's
+        expected return) go to ``expired`` instead.  Sets ``last_budget``,
+        ``budget_fraction`` of the tightest SLO in the batch: the time the batch may take
+        (queueing and transfer need the rest); ``last_latest``, its latest deadline;
+        ``last_arrivals``, the sum of its arrivals; ``last_horizon``, the expected return.
+        """
+        size = sizer.current
+        horizon = now
+        if self._fresh(sizer, now):
+            n = len(self.queue)
+            horizon = (sizer.busy_until if sizer.busy_until > now else now) + sizer.expected(
+                n if n < size else size)
+        self.last_horizon = horizon
+        batch = self.queue.pop_batch(now, size, expired, horizon)
+        if batch:
+            slo = INF
+            latest = -INF
+            arrivals = 0.0
+            for q in batch:
+                q.dispatches += 1
+                arrivals += q.arrival
+                if q.deadline - q.arrival < slo:
+                    slo = q.deadline - q.arrival
+                if q.deadline > latest:
+                    latest = q.deadline
+            self.last_budget = self.budget_fraction * slo
+            self.last_latest = latest
+            self.last_arrivals = arrivals
+        return batch

@@ -151,6 +151,40 @@ class ClipperConnection:
             body["model_version"] = str(version)
         return self._call("set_num_replicas", body)["model"]
 
+    def set_batching(self, name: str, version: Any = None, *, batch_size: int | None = None,
+                     batch_wait_ms: float | None = ..., max_in_flight: int | None = None,
+                     aimd_step: int | None = None, aimd_backoff: float | None = None,
+                     aimd_cap: int | None = None, aimd_initial: int | None = None,
+                     budget_fraction: float | None = None,
+                     rpc_timeout_ms: float | None = ...) -> dict:
+        """Change a model version's batching at run time; parameters left out stay as they
+        are.  ``batch_size=-1`` is adaptive (AIMD), ``N`` a fixed maximum.  ``batch_wait_ms``
+        and ``rpc_timeout_ms`` accept None: derive them from the SLO / measured latency.
+        Returns the new batching configuration."""
+        body: dict = {"model_name": name}
+        if version is not None:
+            body["model_version"] = str(version)
+        for k, v in (("batch_size", batch_size), ("max_in_flight", max_in_flight),
+                     ("aimd_step", aimd_step), ("aimd_backoff", aimd_backoff),
+                     ("aimd_cap", aimd_cap), ("aimd_initial", aimd_initial),
+                     ("budget_fraction", budget_fraction)):
+            if v is not None:
+                body[k] = v
+        for k, v in (("batch_wait_ms", batch_wait_ms), ("rpc_timeout_ms", rpc_timeout_ms)):
+            if v is not ...:
+                body[k] = v
+        return self._call("set_batching", body)["batching"]
+
+    def get_batching(self, name: str, version: Any = None, *,
+                     recent_batches: bool = False) -> dict:
+        """The batching configuration and the scheduler's counters of a model version: queue
+        depth, admitted / shed / expired counts, per-replica AIMD batch size and latency, and
+        count+sum statistics; ``recent_batches`` adds the latest [size, latency_s] pairs."""
+        body: dict = {"model_name": name, "recent_batches": recent_batches}
+        if version is not None:
+            body["model_version"] = str(version)
+        return self._call("get_batching", body)
+
     def get_all_models(self, verbose: bool = False) -> list:
         return self._call("get_all_models", {"verbose": verbose})
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from .errors import Unauthorized
+from .errors import BadRequest, Unauthorized
 from .http import MAX_BODY, error_middleware, field, json_object, json_response, read_json
 from . import cache, sched
 from .sched import COMPILED
@@ -117,6 +117,66 @@ async def set_num_replicas(request: web.Request) -> web.Response:
         field(b, "model_name", str), None if version is None else str(version),
         field(b, "num_replicas", int))
     return json_response({"success": True, "model": mv.to_json()})
+
+
+#: set_batching body fields -> (BatchingConfig field, JSON types, scale, may be null)
+_BATCHING_FIELDS = {
+    "batch_size": ("batch_size", int, 1, False),
+    "batch_wait_ms": ("batch_wait_s", (int, float), 1e-3, True),
+    "max_in_flight": ("max_in_flight", int, 1, False),
+    "aimd_step": ("aimd_step", int, 1, False),
+    "aimd_backoff": ("aimd_backoff", (int, float), 1, False),
+    "aimd_cap": ("aimd_cap", int, 1, False),
+    "aimd_initial": ("aimd_initial", int, 1, False),
+    "budget_fraction": ("budget_fraction", (int, float), 1, False),
+    "rpc_timeout_ms": ("rpc_timeout_s", (int, float), 1e-3, True),
+}
+
+
+def batching_json(cfg) -> dict:
+    """A BatchingConfig in the units of the management API (milliseconds)."""
+    d = cfg.to_json()
+    for wire, (name, _, scale, _) in _BATCHING_FIELDS.items():
+        v = d.pop(name)
+        d[wire] = v if v is None or scale == 1 else v / scale
+    return d
+
+
+@routes.post("/admin/set_batching")
+async def set_batching(request: web.Request) -> web.Response:
+    """Change a model version's batching parameters at run time; omitted ones stay."""
+    b = await _body(request)
+    name = field(b, "model_name", str)
+    version = field(b, "model_version", (str, int), required=False)
+    unknown = set(b) - set(_BATCHING_FIELDS) - {"model_name", "model_version"}
+    if unknown:
+        raise BadRequest(f"unknown batching parameter(s) {', '.join(sorted(unknown))}; "
+                         f"expected some of {', '.join(_BATCHING_FIELDS)}")
+    changes = {}
+    for wire, (attr, typ, scale, nullable) in _BATCHING_FIELDS.items():
+        if wire not in b:
+            continue
+        if b[wire] is None and nullable:
+            changes[attr] = None
+            continue
+        v = field(b, wire, typ)
+        changes[attr] = v * scale if scale != 1 else v
+    cfg = _server(request).set_batching(name, None if version is None else str(version),
+                                        **changes)
+    return json_response({"success": True, "batching": batching_json(cfg)})
+
+
+@routes.post("/admin/get_batching")
+async def get_batching(request: web.Request) -> web.Response:
+    """A model version's batching parameters and the scheduler's counters for it."""
+    b = await _body(request)
+    version = field(b, "model_version", (str, int), required=False)
+    stats = _server(request).batching_stats(
+        field(b, "model_name", str), None if version is None else str(version),
+        recent=field(b, "recent_batches", bool, required=False, default=False))
+    stats["batching"] = batching_json(_server(request).batching[
+        (stats["model_name"], stats["model_version"])])
+    return json_response(stats)
 
 
 def _app_json(s: "ClipperServer", name: str) -> dict:

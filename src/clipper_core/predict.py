@@ -192,12 +192,11 @@ class QueryProcessor:
                 fut.flight = cache.start_flight(kb, q)
             waits.append((i, qid, q))
             if not self.scheduler.submit(key, q):
-                mq = self.scheduler.models.get(key)
-                if mq is not None:
+                if key in self.scheduler.models:
+                    # shed by admission control: the scheduler answered it ("shed: ...")
                     shed = shed if shed is not None else set()
                     shed.add(qid)
-                answer(q, (False, "the model's queue is full (overload)" if mq is not None
-                           else f"model {key[0]}:{key[1]} is not loaded"))
+                answer(q, (False, f"model {key[0]}:{key[1]} is not loaded"))
         if waits:
             late = await self._wait(loop, waits, deadline)
             why = None

@@ -1,47 +1,103 @@
 """The batching scheduler: asyncio glue around the compiled core in ``sched``.
 
-One :class:`ModelQueue` per (model, version) holds a deadline-ordered queue and the replicas
-serving that version.  A free replica pulls a batch whose size its :class:`BatchSizer` sets;
-the answer resolves each query's future with ``(True, output)``, and anything that prevents an
-answer resolves it with ``(False, explanation)`` so that the frontend substitutes the app's
-default output.  The scheduler never waits on the network: sending is a non-blocking call of
-the RPC transport and answers arrive through :meth:`Scheduler.on_result`.
+One :class:`ModelQueue` per (model, version) holds the core :class:`~clipper_core.sched.Batcher`
+(deadline-ordered queue, admission control, delayed batching) and the replicas serving that
+version, each with its :class:`~clipper_core.sched.BatchSizer` (AIMD).  A free replica pulls a
+batch; the answer resolves each query's future with ``(True, output)``, and anything that
+prevents an answer resolves it with ``(False, explanation)`` so that the frontend substitutes
+the app's default output.  The scheduler never waits on the network: sending is a non-blocking
+call of the RPC transport and answers arrive through :meth:`Scheduler.on_result`.
+
+Every decision that depends on time lives in the sans-IO core and takes ``now``; this module
+only owns the timers (delayed batching, RPC timeouts), the replicas and the futures.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import itertools
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from clipper_rpc import protocol as P
 
-from . import log
-from .sched import BatchSizer, DeadlineQueue, Query
+from . import log, sched
+from .errors import ConfigError
 
 ModelKey = tuple  # (model name, version)
 
 #: what a query's future resolves to
 Answer = tuple  # (True, output) | (False, explanation)
 
+#: how many recent (batch size, batch latency) pairs each model keeps for percentiles
+RECENT_BATCHES = 2048
 
-@dataclass
+
+def _number(name: str, value: Any, lo: float, hi: float, *, integer: bool = False,
+            lo_open: bool = False, hi_open: bool = False) -> None:
+    ok_type = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+    if ok_type and (value > lo if lo_open else value >= lo) and (
+            value < hi if hi_open else value <= hi):
+        return
+    kind = "an integer" if integer else "a number"
+    lo_s = f"{lo} <" if lo_open else f"{lo} <="
+    hi_s = f"< {hi}" if hi_open else f"<= {hi}"
+    raise ConfigError(f"{name} must be {kind} with {lo_s} {name} {hi_s}, got {value!r}")
+
+
+@dataclass(frozen=True)
 class BatchingConfig:
-    """Per-model batching parameters; changeable at run time."""
+    """Per-model batching parameters; replaced as a whole at run time (``set_batching``)."""
 
-    #: -1 = adaptive (AIMD), N = fixed maximum batch size
+    #: -1 = adaptive (AIMD), N = fixed maximum batch size (never exceeded)
     batch_size: int = -1
-    #: share of the SLO one batch may take (queueing and transfer need the rest)
+    #: share of a query's SLO one batch may take (queueing and transfer need the rest);
+    #: the AIMD budget of a batch is this times the tightest SLO among its queries
     budget_fraction: float = 0.5
-    #: delayed batching: wait at most this long (from the oldest query's arrival) for a batch
-    #: to fill; None = derived from the SLO (5% of it, at most 2 ms)
+    #: delayed batching: wait at most this long, from the oldest queued query's arrival, for a
+    #: batch to fill; None = derived from the SLO (5 % of it, at most 2 ms)
     batch_wait_s: float | None = None
+    #: batches in flight per replica
     max_in_flight: int = 1
     aimd_step: int = 2
     aimd_backoff: float = 0.9
     aimd_cap: int = 1024
     aimd_initial: int = 1
+    #: RPC timeout of a batch; None = 4x the replica's measured batch latency times its
+    #: batches in flight, at least 50 ms (before the first measurement: 1 s, or twice the SLO)
+    rpc_timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size != -1:
+            _number("batch_size", self.batch_size, 1, 100_000, integer=True)
+        _number("budget_fraction", self.budget_fraction, 0.0, 1.0, lo_open=True)
+        if self.batch_wait_s is not None:
+            _number("batch_wait_s", self.batch_wait_s, 0.0, 10.0)
+        _number("max_in_flight", self.max_in_flight, 1, 64, integer=True)
+        _number("aimd_step", self.aimd_step, 1, 100_000, integer=True)
+        _number("aimd_backoff", self.aimd_backoff, 0.0, 1.0, lo_open=True, hi_open=True)
+        _number("aimd_cap", self.aimd_cap, 1, 100_000, integer=True)
+        _number("aimd_initial", self.aimd_initial, 1, 100_000, integer=True)
+        if self.rpc_timeout_s is not None:
+            _number("rpc_timeout_s", self.rpc_timeout_s, 0.0, 3600.0, lo_open=True)
+
+    def wait_for(self, slo_s: float) -> float:
+        """The delayed-batching bound for a model whose tightest SLO is ``slo_s``."""
+        if self.batch_wait_s is not None:
+            return self.batch_wait_s
+        return min(0.002, 0.05 * slo_s)
+
+    def replace(self, **changes: Any) -> "BatchingConfig":
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown batching parameter(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 class StatPair:
@@ -62,13 +118,18 @@ class StatPair:
 
 
 class Replica:
-    """One container replica of a model version, as the frontend sees it."""
+    """One container replica of a model version, as the frontend sees it.
+
+    ``suspect`` (missed an RPC timeout) and ``draining`` (being stopped) both keep new batches
+    away; the sizer's ``available`` flag mirrors them for admission control.
+    """
 
     __slots__ = ("identity", "instance_id", "key", "pid", "info", "in_flight", "last_seen",
-                 "suspect", "sizer", "registered_at", "batches", "errors", "latency_ewma")
+                 "_suspect", "_draining", "sizer", "registered_at", "batches", "errors",
+                 "timeouts")
 
     def __init__(self, identity: bytes, instance_id: str, key: ModelKey, pid: int, info: dict,
-                 sizer: BatchSizer, now: float) -> None:
+                 sizer: Any, now: float) -> None:
         self.identity = identity
         self.instance_id = instance_id
         self.key = key
@@ -76,76 +137,174 @@ class Replica:
         self.info = info
         self.in_flight: dict[int, InFlight] = {}
         self.last_seen = now
-        self.suspect = False
+        self._suspect = False
+        self._draining = False
         self.sizer = sizer
         self.registered_at = now
         self.batches = 0
         self.errors = 0
-        self.latency_ewma = 0.0
+        self.timeouts = 0
+
+    @property
+    def suspect(self) -> bool:
+        return self._suspect
+
+    @suspect.setter
+    def suspect(self, value: bool) -> None:
+        self._suspect = bool(value)
+        self.sizer.available = not (self._suspect or self._draining)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self._draining = bool(value)
+        self.sizer.available = not (self._suspect or self._draining)
+
+    @property
+    def latency_ewma(self) -> float:
+        return self.sizer.latency
+
+    def stats(self) -> dict:
+        s = self.sizer
+        return {"batch_size": s.current, "latency_s": s.latency, "suspect": self._suspect,
+                "draining": self._draining, "in_flight": len(self.in_flight),
+                "batches": self.batches, "errors": self.errors, "timeouts": self.timeouts,
+                "aimd_increases": s.increases, "aimd_decreases": s.decreases}
 
     def to_json(self) -> dict:
         return {"instance_id": self.instance_id, "model_name": self.key[0],
-                "model_version": self.key[1], "pid": self.pid, "suspect": self.suspect,
+                "model_version": self.key[1], "pid": self.pid, "suspect": self._suspect,
                 "in_flight": len(self.in_flight), "batch_size": self.sizer.current,
                 "batches": self.batches, "errors": self.errors, "info": self.info}
 
 
 class InFlight:
-    __slots__ = ("batch_id", "replica", "queries", "sent_at", "timer", "timed_out")
+    __slots__ = ("batch_id", "replica", "queries", "sent_at", "started", "budget", "timer",
+                 "timed_out")
 
-    def __init__(self, batch_id: int, replica: Replica, queries: list, sent_at: float) -> None:
+    def __init__(self, batch_id: int, replica: Replica, queries: list, sent_at: float,
+                 started: float, budget: float) -> None:
         self.batch_id = batch_id
         self.replica = replica
         self.queries = queries
-        self.sent_at = sent_at
+        self.sent_at = sent_at  # loop clock
+        self.started = started  # stopwatch, for the batch latency
+        self.budget = budget
         self.timer: asyncio.TimerHandle | None = None
         self.timed_out = False
 
 
 class ModelQueue:
-    """Queue and replicas of one model version."""
+    """Queue and replicas of one model version, and the counters the metrics layer reads."""
 
     def __init__(self, key: ModelKey, input_type: str, capacity: int, cfg: BatchingConfig,
-                 slo_s: float) -> None:
+                 slo_s: float, impl: Any = None) -> None:
+        self.impl = impl or sched.impl
         self.key = key
         self.label = f"{key[0]}:{key[1]}"
         self.input_type = input_type
-        self.queue = DeadlineQueue(capacity)
         self.cfg = cfg
         self.slo_s = slo_s
+        self.core = self.impl.Batcher(capacity, cfg.wait_for(slo_s), cfg.budget_fraction)
+        self.queue = self.core.queue
         self.replicas: dict[str, Replica] = {}
-        self.wait_timer: asyncio.TimerHandle | None = None
-        #: when delayed batching began holding a partial batch (-1: not holding one)
-        self.wait_since = -1.0
+        #: replicas in round-robin order, and their sizers (what admission control reads)
+        self.order: list[Replica] = []
+        self.sizers: list = []
+        self.wait_timer: asyncio.Handle | None = None
+        self.wait_until = 0.0
+        self.waiting_since = -1.0
         self.rr = 0
-        # counters for the metrics layer
-        self.shed = 0
-        self.expired = 0
+        # counters for the metrics layer (the core holds admitted / shed / expired)
         self.errors = 0
-        self.queries = 0
+        self.timeouts = 0
+        self.requeued = 0
+        self.batches = 0
         self.stats = {k: StatPair() for k in (
             "queue_delay_s", "batch_wait_s", "rpc_s", "model_compute_s", "batch_size")}
+        #: (batch size, batch latency in s) of the latest batches, for percentiles
+        self.recent: collections.deque = collections.deque(maxlen=RECENT_BATCHES)
+
+    # read-only views of the core's counters
+    @property
+    def queries(self) -> int:
+        return self.core.admitted
+
+    @property
+    def shed(self) -> int:
+        """Queries answered at once with the default: at admission (queue full, deadline
+        out of reach) or at dispatch (the batch would come back too late)."""
+        return self.core.shed_late + self.core.shed_full + self.queue.late
+
+    @property
+    def expired(self) -> int:
+        return self.queue.expired
 
     @property
     def budget_s(self) -> float:
-        return max(1e-3, self.slo_s * self.cfg.budget_fraction)
+        """The AIMD budget for a batch of queries with this model's tightest SLO."""
+        return max(1e-4, self.slo_s * self.cfg.budget_fraction)
 
     @property
     def batch_wait_s(self) -> float:
-        if self.cfg.batch_wait_s is not None:
-            return self.cfg.batch_wait_s
-        return min(0.002, 0.05 * self.slo_s)
+        return self.core.batch_wait
 
-    def new_sizer(self) -> BatchSizer:
+    def new_sizer(self) -> Any:
         c = self.cfg
-        return BatchSizer(c.batch_size, c.aimd_initial, c.aimd_step, c.aimd_backoff,
-                          self.budget_s, c.aimd_cap)
+        return self.impl.BatchSizer(c.batch_size, c.aimd_initial, c.aimd_step, c.aimd_backoff,
+                                    self.budget_s, c.aimd_cap)
 
     def healthy_replicas(self) -> int:
-        return sum(1 for r in self.replicas.values() if not r.suspect)
+        return sum(1 for r in self.order if not r.suspect)
+
+    def _add(self, r: Replica) -> None:
+        self.replicas[r.instance_id] = r
+        self.order.append(r)
+        self.sizers.append(r.sizer)
+
+    def _remove(self, r: Replica) -> None:
+        if self.replicas.get(r.instance_id) is r:
+            del self.replicas[r.instance_id]
+        if r in self.order:
+            self.order.remove(r)
+            self.sizers.remove(r.sizer)
+
+    def shed_reason(self, verdict: int) -> str:
+        if verdict == self.impl.FULL:
+            return (f"shed: the queue of model {self.label} is full "
+                    f"({self.queue.capacity} queries waiting)")
+        lat = [s.latency for s in self.sizers if s.available and s.latency > 0]
+        mean = sum(lat) / len(lat) if lat else 0.0
+        return (f"shed: deadline cannot be met: {self.core.last_ahead} queries are ahead and "
+                f"the replicas of model {self.label} can answer about "
+                f"{self.core.last_capacity} by then (batch latency {mean * 1e3:.1f} ms)")
+
+    def snapshot(self, recent: bool = False) -> dict:
+        """Counters and gauges as plain JSON (queue depth, shed, expired, per-replica AIMD
+        size, count+sum statistics); ``recent`` adds the latest (size, latency) pairs."""
+        core = self.core
+        d = {
+            "model_name": self.key[0], "model_version": self.key[1],
+            "queue_depth": len(self.queue), "queue_capacity": self.queue.capacity,
+            "admitted": core.admitted, "shed": self.shed, "shed_late": core.shed_late,
+            "shed_full": core.shed_full, "expired": self.queue.expired,
+            "late": self.queue.late,
+            "errors": self.errors, "timeouts": self.timeouts, "requeued": self.requeued,
+            "batches": self.batches, "budget_s": core.last_budget or self.budget_s,
+            "batch_wait_bound_s": core.batch_wait,
+            "replicas": {r.instance_id: r.stats() for r in self.order},
+            "stats": {k: v.to_json() for k, v in self.stats.items()},
+            "batching": self.cfg.to_json(),
+        }
+        if recent:
+            d["recent_batches"] = [list(p) for p in self.recent]
+        return d
 
 
-def answer(q: Query, value: Answer) -> None:
+def answer(q: Any, value: Answer) -> None:
     """Resolve ``q`` once; later answers (a straggler's, a timer's) are ignored."""
     if q.answered:
         return
@@ -156,19 +315,31 @@ def answer(q: Query, value: Answer) -> None:
 
 
 class Scheduler:
-    """All model queues, the replicas that serve them and the batches in flight."""
+    """All model queues, the replicas that serve them and the batches in flight.
+
+    ``clock`` and ``loop`` can be injected (tests drive it on virtual time); ``impl`` picks the
+    core module (default: what :mod:`clipper_core.sched` chose, compiled unless
+    ``CLIPPER_PUREPYTHON=1``).  Deadlines and timers use the loop's clock; batch latencies
+    are measured with ``time.perf_counter`` unless a clock is injected, because uvloop's
+    ``loop.time()`` ticks in whole milliseconds, as coarse as the fast models' batches.
+    """
 
     def __init__(self, send: Callable[[bytes, list], bool], *, queue_capacity: int = 20_000,
                  clock: Callable[[], float] | None = None,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None, impl: Any = None) -> None:
         self._send = send
         self._loop = loop or asyncio.get_event_loop()
         self._clock = clock or self._loop.time
+        self._stopwatch = clock or time.perf_counter
+        self.impl = impl or sched.impl
+        self._ADMIT = self.impl.ADMIT
         self.queue_capacity = queue_capacity
         self.models: dict[ModelKey, ModelQueue] = {}
         self._by_identity: dict[bytes, Replica] = {}
         self._batches: dict[int, InFlight] = {}
         self._batch_ids = itertools.count(1)
+        self._expired: list = []
+        #: called after each answered batch: (model queue, batch size, latency s, compute s)
         self.on_batch_done: Callable[[ModelQueue, int, float, float], None] | None = None
         self.on_replica_change: Callable[[ModelKey], None] | None = None
 
@@ -177,174 +348,188 @@ class Scheduler:
                      slo_s: float) -> ModelQueue:
         mq = self.models.get(key)
         if mq is None:
-            mq = self.models[key] = ModelQueue(key, input_type, self.queue_capacity, cfg, slo_s)
-        else:
+            mq = self.models[key] = ModelQueue(key, input_type, self.queue_capacity, cfg, slo_s,
+                                               self.impl)
+        elif cfg != mq.cfg or slo_s != mq.slo_s:
             self.configure(key, cfg, slo_s)
         return mq
 
     def configure(self, key: ModelKey, cfg: BatchingConfig | None = None,
                   slo_s: float | None = None) -> None:
-        """Change batching parameters at run time; replicas get fresh sizers if needed."""
+        """Change batching parameters at run time.  Replicas keep their learned AIMD size
+        (within a new cap); a fixed batch size applies to the next batch."""
         mq = self.models[key]
-        resize = False
-        if cfg is not None and cfg != mq.cfg:
+        if cfg is not None:
             mq.cfg = cfg
-            resize = True
-        if slo_s is not None and slo_s != mq.slo_s:
+        if slo_s is not None:
             mq.slo_s = slo_s
-            for r in mq.replicas.values():
-                r.sizer.budget = mq.budget_s
-        if resize:
-            for r in mq.replicas.values():
-                r.sizer = mq.new_sizer()
+        c = mq.cfg
+        mq.core.configure(c.wait_for(mq.slo_s), c.budget_fraction)
+        for r in mq.order:
+            r.sizer.reconfigure(c.batch_size, c.aimd_step, c.aimd_backoff, c.aimd_cap)
         self._dispatch(mq)
 
     def remove_model(self, key: ModelKey, explanation: str = "model version removed") -> None:
         mq = self.models.pop(key, None)
         if mq is None:
             return
-        for r in list(mq.replicas.values()):
+        for r in list(mq.order):
             self._drop_replica(mq, r, explanation, requeue=False)
-        expired: list = []
-        for q in mq.queue.pop_batch(float("inf"), len(mq.queue), expired):
+        # now=-inf: every queued query comes out as "live", none as expired
+        for q in mq.queue.pop_batch(float("-inf"), len(mq.queue), []):
             answer(q, (False, explanation))
         if mq.wait_timer:
             mq.wait_timer.cancel()
+            mq.wait_timer = None
 
     # ---------------------------------------------------------------- queries
-    def submit(self, key: ModelKey, q: Query) -> bool:
-        """Queue ``q`` for model version ``key``.  False when it cannot be queued (unknown
-        version or queue full); the caller answers it."""
+    def submit(self, key: ModelKey, q: Any) -> bool:
+        """Queue ``q`` for model version ``key``.
+
+        False when it cannot be queued: unknown version, or shed by admission control (queue
+        full, or its deadline cannot be met given the queue ahead of it and the replicas'
+        measured batch latency).  A shed query is answered here with ``(False, "shed: ...")``;
+        the caller answers the others.
+        """
         mq = self.models.get(key)
         if mq is None:
             return False
-        now = self._clock()
-        queue = mq.queue
-        if len(queue) >= queue.capacity:
-            expired: list = []
-            queue.drop_expired(now, expired)
-            self._expire(mq, expired)
-        if not queue.push(q):
-            mq.shed += 1
+        expired = self._expired
+        verdict = mq.core.admit(q, self._clock(), mq.sizers, expired)
+        if expired:
+            self._expire(mq, expired, -1.0)
+        if verdict != self._ADMIT:
+            answer(q, (False, mq.shed_reason(verdict)))
             return False
-        mq.queries += 1
         self._dispatch(mq)
         return True
 
-    def _expire(self, mq: ModelQueue, expired: list) -> None:
-        if expired:
-            mq.expired += len(expired)
-            for q in expired:
-                answer(q, (False, "deadline passed while queued"))
+    def _expire(self, mq: ModelQueue, expired: list, now: float) -> None:
+        """Answer queries taken out of the queue without a batch: past their deadline, or
+        (at dispatch, ``now`` given) due before the batch could come back."""
+        late = None
+        for q in expired:
+            if q.deadline > now >= 0:
+                if late is None:
+                    late = (f"shed: deadline cannot be met: a batch of model {mq.label} takes "
+                            f"about {(mq.core.last_horizon - now) * 1e3:.1f} ms")
+                answer(q, (False, late))
+            else:
+                answer(q, (False, f"deadline passed while queued for model {mq.label}"))
+        expired.clear()
 
     # ---------------------------------------------------------------- dispatch
-    def _dispatch(self, mq: ModelQueue) -> None:
+    def _dispatch(self, mq: ModelQueue, force: bool = False) -> None:
+        """Give free replicas batches.  ``force`` sends the first batch without waiting for
+        it to fill (the delayed-batching timer ran out)."""
         queue = mq.queue
-        if not len(queue) or not mq.replicas:
+        order = mq.order
+        if not len(queue) or not order:
             return
         now = self._clock()
-        replicas = list(mq.replicas.values())
-        n = len(replicas)
+        core = mq.core
+        n = len(order)
+        limit = mq.cfg.max_in_flight
+        start = mq.rr
+        expired = self._expired
         for i in range(n):
-            if not len(queue):
-                break
-            r = replicas[(mq.rr + i) % n]
-            if r.suspect:
+            r = order[(start + i) % n]
+            if r._suspect or r._draining:
                 continue
-            while len(r.in_flight) < mq.cfg.max_in_flight and len(queue):
+            while len(r.in_flight) < limit:
+                if not len(queue):
+                    return
                 size = r.sizer.current
-                wait = mq.batch_wait_s
-                if wait > 0 and len(queue) < size:
-                    head = queue.live_head(now)
-                    if head is None:
+                if not force:
+                    when = core.dispatch_at(now, size)
+                    if when > now:
+                        if mq.waiting_since < 0:
+                            mq.waiting_since = now
+                        self._arm_wait(mq, when)
                         return
-                    fill_by = head.arrival + wait
-                    if now < fill_by and len(queue) < size:
-                        if mq.wait_since < 0:
-                            mq.wait_since = now
-                        self._arm_wait(mq, fill_by)
-                        return
-                expired: list = []
-                batch = queue.pop_batch(now, size, expired)
-                self._expire(mq, expired)
+                batch = core.take(now, r.sizer, expired)
+                if expired:
+                    self._expire(mq, expired, now)
                 if not batch:
-                    break
-                self._send_batch(mq, r, batch, now)
-        mq.rr = (mq.rr + 1) % n
+                    continue
+                force = False
+                mq.rr = (start + i + 1) % n
+                if not self._send_batch(mq, r, batch, now):
+                    return  # the replica is gone; _drop_replica dispatched again
 
     def _arm_wait(self, mq: ModelQueue, when: float) -> None:
         if mq.wait_timer is not None:
-            if mq.wait_timer.when() <= when:
+            # (compare with our own copy of the time: uvloop's call_at returns a plain Handle,
+            # without when(), for a time already past)
+            if mq.wait_until <= when:
                 return
             mq.wait_timer.cancel()
         mq.wait_timer = self._loop.call_at(when, self._wait_done, mq)
+        mq.wait_until = when
 
     def _wait_done(self, mq: ModelQueue) -> None:
         mq.wait_timer = None
         if self.models.get(mq.key) is mq:
-            # the wait is over: dispatch whatever is there, full or not
-            saved = mq.cfg.batch_wait_s
-            mq.cfg.batch_wait_s = 0.0
-            try:
-                self._dispatch(mq)
-            finally:
-                mq.cfg.batch_wait_s = saved
-                mq.wait_since = -1.0  # nothing left to send: the wait ends with no batch
+            self._dispatch(mq, force=True)
 
-    def _send_batch(self, mq: ModelQueue, r: Replica, batch: list, now: float) -> None:
+    def _send_batch(self, mq: ModelQueue, r: Replica, batch: list, now: float) -> bool:
         batch_id = next(self._batch_ids)
-        inputs = [q.input for q in batch]
+        core = mq.core
+        n = len(batch)
         try:
-            frames = P.encode(P.PredictBatch(batch_id, mq.input_type, inputs))
+            frames = P.encode(P.PredictBatch(batch_id, mq.input_type, [q.input for q in batch]))
         except Exception as e:  # an input the codec cannot carry: answer, don't crash
             log.batching.error("cannot encode a batch for %s: %s", mq.label, e)
             for q in batch:
                 answer(q, (False, f"input could not be sent to the model: {e}"))
-            return
-        fl = InFlight(batch_id, r, batch, now)
-        latest = 0.0
-        arrivals = 0.0
-        for q in batch:
-            q.dispatches += 1
-            arrivals += q.arrival
-            if q.deadline > latest:
-                latest = q.deadline
-        mq.stats["queue_delay_s"].add(now * len(batch) - arrivals, len(batch))
-        # batch wait: how long delayed batching held this batch back (0 when it did not)
-        waited = 0.0
-        if mq.wait_since >= 0:
-            waited = now - mq.wait_since
-            mq.wait_since = -1.0
-        mq.stats["batch_wait_s"].add(waited)
+            return True
+        st = mq.stats
+        st["queue_delay_s"].add(now * n - core.last_arrivals, n)
+        if mq.waiting_since >= 0:
+            st["batch_wait_s"].add(now - mq.waiting_since)
+            mq.waiting_since = -1.0
+        else:
+            st["batch_wait_s"].add(0.0)
         if not self._send(r.identity, frames):
             log.batching.warning("replica %s of %s unreachable; removing it", r.instance_id,
                                  mq.label)
             for q in batch:
                 mq.queue.requeue(q)
             self._drop_replica(mq, r, "replica unreachable")
-            return
+            return False
+        fl = InFlight(batch_id, r, batch, now, self._stopwatch(), core.last_budget)
         r.in_flight[batch_id] = fl
         self._batches[batch_id] = fl
-        # RPC timeout: generous against this replica's usual latency, never past the last
-        # deadline in the batch (by then every query in it has its default output)
-        timeout = latest - now
-        if r.latency_ewma > 0:
-            timeout = min(timeout, max(0.05, 4 * r.latency_ewma))
-        fl.timer = self._loop.call_at(now + max(timeout, 0.001), self._on_timeout, batch_id)
+        s = r.sizer
+        s.busy_until = (s.busy_until if s.busy_until > now else now) + s.expected(n)
+        # RPC timeout: generous against this replica's own measured latency.  It does not
+        # follow the queries' deadlines: a query past its deadline already has its default
+        # from the frontend, and blaming the replica for a deadline the queue consumed would
+        # make it suspect and shrink its batches for nothing.
+        if mq.cfg.rpc_timeout_s is not None:
+            timeout = mq.cfg.rpc_timeout_s
+        elif s.batches:
+            timeout = max(0.05, 4 * s.latency * len(r.in_flight))
+        else:  # nothing measured yet (a first batch may load the model): be patient
+            timeout = max(1.0, 2 * (core.last_latest - now))
+        fl.timer = self._loop.call_at(now + timeout, self._on_timeout, batch_id)
+        return True
 
     # ---------------------------------------------------------------- answers
     def _finish(self, identity: bytes, batch_id: int) -> tuple[InFlight, Replica] | None:
-        fl = self._batches.pop(batch_id, None)
+        fl = self._batches.get(batch_id)
         r = self._by_identity.get(identity)
         if fl is None or r is None or fl.replica is not r:
-            if fl is not None:  # not this peer's batch: put it back
-                self._batches[batch_id] = fl
-            return None
+            return None  # unknown, forgotten, or another peer's batch
+        del self._batches[batch_id]
         r.in_flight.pop(batch_id, None)
         if fl.timer is not None:
             fl.timer.cancel()
-        r.last_seen = self._clock()
-        if r.suspect:
+        now = self._clock()
+        r.last_seen = now
+        if not r.in_flight:
+            r.sizer.busy_until = now
+        if r._suspect:
             log.batching.info("replica %s answered again; no longer suspect", r.instance_id)
             r.suspect = False
         return fl, r
@@ -354,24 +539,31 @@ class Scheduler:
         if done is None:
             return False
         fl, r = done
-        mq = self.models.get(r.key)
-        if len(msg.outputs) != len(fl.queries):
-            return self.on_error(identity, P.Error(msg.batch_id, "ProtocolError",
-                                                   "wrong number of outputs"), done)
-        for q, out in zip(fl.queries, msg.outputs):
-            answer(q, (True, out))
-        now = self._clock()
-        latency = now - fl.sent_at
+        queries = fl.queries
+        n = len(queries)
+        if len(msg.outputs) != n:
+            return self.on_error(identity, P.Error(
+                msg.batch_id, "ProtocolError",
+                f"the replica returned {len(msg.outputs)} outputs for a batch of {n}"), done)
+        for q, out in zip(queries, msg.outputs):
+            if not q.answered:
+                q.answered = True
+                fut = q.future
+                if not fut.done():
+                    fut.set_result((True, out))
+        latency = self._stopwatch() - fl.started
         r.batches += 1
-        r.latency_ewma = latency if r.latency_ewma == 0 else 0.8 * r.latency_ewma + 0.2 * latency
-        r.sizer.observe(len(fl.queries), latency)
+        if not fl.timed_out:  # a timeout already backed off; one overrun, one decrease
+            r.sizer.observe(n, latency, fl.budget)
+        mq = self.models.get(r.key)
         if mq is not None:
-            n = len(fl.queries)
+            mq.batches += 1
             st = mq.stats
             st["rpc_s"].add(latency)
             st["batch_size"].add(n)
             compute = msg.compute_us / 1e6
             st["model_compute_s"].add(compute)
+            mq.recent.append((n, latency))
             if self.on_batch_done is not None:
                 self.on_batch_done(mq, n, latency, compute)
             self._dispatch(mq)
@@ -401,20 +593,26 @@ class Scheduler:
         r = fl.replica
         fl.timer = None
         fl.timed_out = True
+        r.timeouts += 1
         mq = self.models.get(r.key)
-        if not r.suspect:
-            log.batching.warning("replica %s missed the RPC timeout of batch %d; suspect",
-                                 r.instance_id, batch_id)
+        if not r._suspect:
+            log.batching.warning("replica %s missed the RPC timeout of batch %d; suspect until "
+                                 "it answers or heartbeats", r.instance_id, batch_id)
         r.suspect = True
+        r.sizer.overrun()
         if mq is None:
             return
-        # an overrun teaches AIMD even before the answer arrives
-        r.sizer.observe(len(fl.queries), mq.budget_s * 2)
+        mq.timeouts += 1
+        self._requeue(mq, fl.queries)
+        self._dispatch(mq)
+
+    def _requeue(self, mq: ModelQueue, queries: list) -> None:
+        """Put unanswered queries whose deadline still allows back into the queue."""
         now = self._clock()
-        for q in fl.queries:
+        for q in queries:
             if not q.answered and q.deadline > now:
                 mq.queue.requeue(q)
-        self._dispatch(mq)
+                mq.requeued += 1
 
     # ---------------------------------------------------------------- replicas
     def add_replica(self, identity: bytes, reg: P.Register) -> Replica | None:
@@ -431,13 +629,15 @@ class Scheduler:
         if old is not None:
             # a reconnect: the old socket's batches are lost, re-send their queries
             self._drop_replica(mq, old, "replica reconnected", notify=False)
-        r = Replica(identity, reg.instance_id, key, reg.pid, reg.info, mq.new_sizer(), now)
         stale = self._by_identity.get(identity)
         if stale is not None and stale is not old:
             smq = self.models.get(stale.key)
             if smq is not None:
                 self._drop_replica(smq, stale, "identity reused", notify=False)
-        mq.replicas[reg.instance_id] = r
+            else:
+                del self._by_identity[identity]
+        r = Replica(identity, reg.instance_id, key, reg.pid, reg.info, mq.new_sizer(), now)
+        mq._add(r)
         self._by_identity[identity] = r
         log.rpc.info("replica %s of %s registered (pid %d)", reg.instance_id, mq.label, reg.pid)
         if self.on_replica_change:
@@ -446,11 +646,20 @@ class Scheduler:
         return r
 
     def touch(self, identity: bytes) -> bool:
+        """A heartbeat.  A suspect replica that heartbeats is idle: the batches that timed
+        out there are lost (their queries were requeued), and it takes batches again."""
         r = self._by_identity.get(identity)
         if r is None:
             return False
-        r.last_seen = self._clock()
-        if r.suspect and not r.in_flight:
+        now = r.last_seen = self._clock()
+        if r._suspect:
+            for batch_id, fl in list(r.in_flight.items()):
+                if fl.timed_out:
+                    del r.in_flight[batch_id]
+                    self._batches.pop(batch_id, None)
+            if not r.in_flight:
+                r.sizer.busy_until = now
+            log.batching.info("replica %s heartbeats again; no longer suspect", r.instance_id)
             r.suspect = False
             mq = self.models.get(r.key)
             if mq is not None:
@@ -473,23 +682,23 @@ class Scheduler:
 
     def _drop_replica(self, mq: ModelQueue, r: Replica, reason: str, *, requeue: bool = True,
                       notify: bool = True) -> None:
-        if mq.replicas.get(r.instance_id) is r:
-            del mq.replicas[r.instance_id]
+        mq._remove(r)
         if self._by_identity.get(r.identity) is r:
             del self._by_identity[r.identity]
-        now = self._clock()
+        r.sizer.available = False
+        lost = []
         for batch_id, fl in list(r.in_flight.items()):
             self._batches.pop(batch_id, None)
             if fl.timer is not None:
                 fl.timer.cancel()
-            for q in fl.queries:
-                if q.answered:
-                    continue
-                if requeue and q.deadline > now:
-                    mq.queue.requeue(q)
-                elif not requeue:
-                    answer(q, (False, f"replica lost: {reason}"))
+            if not (fl.timed_out and requeue):  # a timeout requeued those already
+                lost.extend(fl.queries)
         r.in_flight.clear()
+        if requeue:
+            self._requeue(mq, lost)
+        else:
+            for q in lost:
+                answer(q, (False, f"replica lost: {reason}"))
         log.rpc.info("replica %s of %s removed: %s", r.instance_id, mq.label, reason)
         if notify and self.on_replica_change:
             self.on_replica_change(mq.key)
@@ -500,14 +709,14 @@ class Scheduler:
         """Remove replicas silent for ``silent_after`` s that owe no answer, or are suspect."""
         gone = []
         for mq in list(self.models.values()):
-            for r in list(mq.replicas.values()):
+            for r in list(mq.order):
                 if now - r.last_seen > silent_after and (not r.in_flight or r.suspect):
                     self._drop_replica(mq, r, f"silent for {now - r.last_seen:.1f} s")
                     gone.append(r)
         return gone
 
     def replicas(self) -> list[Replica]:
-        return [r for mq in self.models.values() for r in mq.replicas.values()]
+        return [r for mq in self.models.values() for r in mq.order]
 
     def fail_all(self, explanation: str) -> None:
         """Answer everything queued or in flight (shutdown)."""

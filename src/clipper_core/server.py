@@ -147,10 +147,12 @@ class ClipperServer:
         reg = self.registry
         for key, mv in reg.models.items():
             cfg = self.batching.get(key)
-            if cfg is None or cfg.batch_size != mv.batch_size:
+            if cfg is None:
                 cfg = self.batching[key] = BatchingConfig(
                     batch_size=mv.batch_size, aimd_step=self.config.aimd_step,
                     aimd_backoff=self.config.aimd_backoff, aimd_cap=self.config.aimd_cap)
+            elif cfg.batch_size != mv.batch_size:  # keep the other run-time settings
+                cfg = self.batching[key] = cfg.replace(batch_size=mv.batch_size)
             self.scheduler.ensure_model(key, mv.input_type, cfg, reg.slo_s_of_model(mv.name))
         for key in list(self.scheduler.models):
             if key not in reg.models:
@@ -181,7 +183,7 @@ class ClipperServer:
         r = self.scheduler.replica_by_instance(instance_id)
         if r is None:
             return None
-        r.suspect = True  # no new batches
+        r.draining = True  # no new batches
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
 
@@ -250,6 +252,30 @@ class ClipperServer:
         mv = self.registry.update_model(mv.key, replicas=n)
         await self.manager.set_replicas(mv, n, self.drain)
         return mv
+
+    def set_batching(self, name: str, version: str | None, **changes: Any) -> BatchingConfig:
+        """Change a model version's batching parameters at run time (see
+        :class:`BatchingConfig`).  ``batch_size`` is stored with the model and survives a
+        restart; the other parameters hold until the frontend restarts."""
+        mv = self.registry.get_model(name, version)
+        cfg = self.batching.get(mv.key)
+        if cfg is None:  # pragma: no cover - sync_models creates one per model version
+            raise ConfigError(f"model {mv.name}:{mv.version} has no batching queue")
+        cfg = cfg.replace(**changes)  # validates every value before anything changes
+        self.batching[mv.key] = cfg
+        if cfg.batch_size != mv.batch_size:
+            self.registry.update_model(mv.key, batch_size=cfg.batch_size)  # persists; syncs
+        self.scheduler.configure(mv.key, cfg, self.registry.slo_s_of_model(mv.name))
+        log.batching.info("model %s:%s batching set to %s", mv.name, mv.version, cfg)
+        return cfg
+
+    def batching_stats(self, name: str, version: str | None, recent: bool = False) -> dict:
+        """The batching configuration and the scheduler's counters of a model version."""
+        mv = self.registry.get_model(name, version)
+        mq = self.scheduler.models.get(mv.key)
+        if mq is None:  # pragma: no cover - sync_models creates one per model version
+            raise ConfigError(f"model {mv.name}:{mv.version} has no batching queue")
+        return mq.snapshot(recent=recent)
 
     def containers(self) -> list[dict]:
         live = {r.instance_id: r for r in self.scheduler.replicas()}

@@ -53,7 +53,7 @@ async def test_shed_and_default_outcomes(setup):
     outs = await metrics.track("with-default", 2,
                                proc.predict("with-default", [[1.0], [2.0]], timeout_ms=30))
     assert [(o.default, o.shed) for o in outs] == [(True, False), (True, True)]
-    assert "queue is full" in outs[1].explanation
+    assert "shed: the queue of model m:1 is full" in outs[1].explanation
     # with the queue full, an app without a default gets 503 Overloaded: counted as shed
     blocker = asyncio.ensure_future(metrics.track(
         "with-default", 1, proc.predict("with-default", [[3.0]], timeout_ms=30)))

@@ -205,7 +205,7 @@ async def test_full_queue_ends_the_flight(rig):
     rig.answer(1)
     a, b = await t
     assert a.output == 1.0 and not a.default
-    assert b.default and "queue is full" in b.explanation
+    assert b.default and "shed: the queue of model m:1 is full" in b.explanation
     assert rig.cache.in_flight == 0 and rig.cache.entries == 2  # [9.0] and [1.0]
     await busy
 

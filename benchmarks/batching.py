@@ -1,0 +1,222 @@
+"""Batching gain: no batching (maximum 1) vs a fixed maximum of 32 vs AIMD, in one run.
+
+A real Clipper (``clipper_core.testing.ClipperProcess``) serves three copies of one model
+whose batch costs 1 ms + 0.05 ms per item (a sleep: the cost of an accelerator, not of this
+machine's CPUs), one replica each, configured ``batch_size`` 1, 32 and -1 (AIMD).  An aiohttp
+client drives each in a closed loop at one concurrency for a few seconds; the three run
+interleaved, in a rotating order, for several rounds (the client runs on uvloop: on a 2-core
+machine its CPU time per query is about the server's, so it is part of what is measured).  Reported per configuration: prediction
+throughput (answers that are not the default), all answers per second (a shed query is
+answered at once, and a closed-loop client sends its next one at once), client-side p50/p99
+latency of all answers,
+default share, mean batch size, mean and p99 batch latency (RPC round trip) and the Clipper
+process's CPU time per answer, as median (min-max) over the rounds; and the throughput ratios against batch size 1,
+taken per round.
+
+Run: ``python benchmarks/batching.py [--concurrency 64] [--duration 4] [--rounds 3]``.
+Saves JSON under ``benchmarks/results/``.  Loopback runs on a shared 2-core machine swing
+1.5-2x between repetitions: compare within one run, read the ranges.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import aiohttp
+import orjson
+import uvloop
+
+from clipper_core.testing import ClipperProcess
+
+CONFIGS = {"batch-1": 1, "fixed-32": 32, "aimd": -1}
+
+
+def linear_cost(inputs):
+    """The benchmark model: 1 ms + 0.05 ms per item, answers x[0] + 1."""
+    import time
+
+    time.sleep(0.001 + 0.00005 * len(inputs))
+    return [float(x[0]) + 1 for x in inputs]
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc (Linux)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def drive(url: str, concurrency: int, warmup_s: float, duration_s: float,
+                server_pid: int) -> dict:
+    """Closed loop: ``concurrency`` workers each send the next query when one is answered.
+    Only answers that complete inside the measured window (after the warm-up) count."""
+    lat: list[float] = []
+    preds = defaults = errors = 0
+    t_begin = time.perf_counter()
+    t_start = t_begin + warmup_s
+    t_end = t_start + duration_s
+    cpu = {}
+    headers = {"Content-Type": "application/json"}
+
+    async def mark() -> None:
+        await asyncio.sleep(warmup_s)
+        cpu["server0"] = cpu_seconds(server_pid)
+        cpu["client0"] = time.process_time()
+
+    async def worker(session: aiohttp.ClientSession, w: int) -> None:
+        nonlocal preds, defaults, errors
+        i = 0
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= t_end:
+                return
+            i += 1
+            x = float(w * 1_000_000 + i)
+            body = orjson.dumps({"input": [x]})
+            async with session.post(url, data=body, headers=headers) as r:
+                raw = await r.read()
+                status = r.status
+            t1 = time.perf_counter()
+            if t1 < t_start or t1 > t_end:
+                continue
+            lat.append(t1 - t0)
+            if status != 200:
+                errors += 1
+                continue
+            ans = orjson.loads(raw)
+            if ans["default"]:
+                defaults += 1
+            elif ans["output"] == x + 1:
+                preds += 1
+            else:
+                errors += 1
+
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=conn) as session:
+        await asyncio.gather(mark(), *(worker(session, w) for w in range(concurrency)))
+    server_cpu = cpu_seconds(server_pid) - cpu["server0"]
+    client_cpu = time.process_time() - cpu["client0"]
+    lat.sort()
+    n = len(lat)
+    return {
+        "answers": n, "predictions": preds, "defaults": defaults, "errors": errors,
+        "throughput": preds / duration_s, "answers_per_s": n / duration_s,
+        "p50_ms": lat[n // 2] * 1e3 if n else None,
+        "p99_ms": lat[min(n - 1, int(0.99 * n))] * 1e3 if n else None,
+        "default_share": defaults / n if n else None,
+        "server_cpu_us_per_answer": server_cpu / n * 1e6 if n else None,
+        "client_cpu_us_per_answer": client_cpu / n * 1e6 if n else None,
+    }
+
+
+def batch_stats(conn, model: str, before: dict) -> dict:
+    after = conn.get_batching(model, recent_batches=True)
+    b0, b1 = before["stats"]["batch_size"], after["stats"]["batch_size"]
+    count = b1["count"] - b0["count"]
+    rpc = after["stats"]["rpc_s"]["sum"] - before["stats"]["rpc_s"]["sum"]
+    recent = after["recent_batches"][-count:] if count else []
+    lats = sorted(lat for _, lat in recent)
+    return {
+        "batches": count,
+        "mean_batch": (b1["sum"] - b0["sum"]) / count if count else 0.0,
+        "mean_batch_ms": rpc / count * 1e3 if count else None,
+        "p99_batch_ms": lats[min(len(lats) - 1, int(0.99 * len(lats)))] * 1e3 if lats else None,
+        "budget_ms": after["budget_s"] * 1e3,
+        "aimd_size": [r["batch_size"] for r in after["replicas"].values()],
+        "shed": after["shed"] - before["shed"],
+        "rpc_timeouts": after["timeouts"] - before["timeouts"],
+    }
+
+
+def med(xs: list) -> str:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "-"
+    m = statistics.median(xs)
+    digits = 0 if m >= 100 else (1 if m >= 1 else 2)
+    return f"{m:.{digits}f} ({min(xs):.{digits}f}-{max(xs):.{digits}f})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--duration", type=float, default=4.0, help="measured seconds per run")
+    ap.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--slo-ms", type=float, default=100.0)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = ap.parse_args(argv)
+
+    runs: list[dict] = []
+    with ClipperProcess() as clipper:
+        conn = clipper.conn
+        info = conn.server_info()
+        for name, size in CONFIGS.items():
+            app = model = f"bench-{name}"
+            conn.register_application(app, "doubles", -1.0, int(args.slo_ms * 1000),
+                                     cache_enabled=False)
+            conn.deploy_python_closure(model, 1, "doubles", linear_cost, batch_size=size)
+            conn.link_model_to_app(app, model)
+        names = list(CONFIGS)
+        for r in range(args.rounds):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for name in order:
+                model = f"bench-{name}"
+                before = conn.get_batching(model)
+                res = uvloop.run(drive(f"{clipper.query_url}/{model}/predict",
+                                       args.concurrency, args.warmup, args.duration,
+                                       clipper.proc.pid))
+                res.update(batch_stats(conn, model, before))
+                res.update({"config": name, "round": r})
+                runs.append(res)
+                print(f"round {r} {name:9} {res['throughput']:8.0f} pred/s  "
+                      f"p99 {res['p99_ms']:6.1f} ms  default {res['default_share']:5.1%}  "
+                      f"mean batch {res['mean_batch']:5.1f}", flush=True)
+
+    by = {n: [x for x in runs if x["config"] == n] for n in CONFIGS}
+    print(f"\nbatching: model 1 ms + 0.05 ms/item, concurrency {args.concurrency}, SLO "
+          f"{args.slo_ms:g} ms, {args.rounds} rounds x {args.duration:g} s, interleaved; "
+          "median (min-max)")
+    cols = [("pred/s", "throughput"), ("answers/s", "answers_per_s"), ("p50 ms", "p50_ms"),
+            ("p99 ms", "p99_ms"),
+            ("default %", None), ("mean batch", "mean_batch"), ("batch ms", "mean_batch_ms"),
+            ("p99 batch ms", "p99_batch_ms"),
+            ("srv CPU us/answer", "server_cpu_us_per_answer")]
+    print(f"{'config':9} " + " ".join(f"{c:>18}" for c, _ in cols))
+    for n, rs in by.items():
+        cells = []
+        for _, key in cols:
+            if key is None:
+                cells.append(med([x["default_share"] * 100 for x in rs]))
+            else:
+                cells.append(med([x[key] for x in rs]))
+        print(f"{n:9} " + " ".join(f"{c:>18}" for c in cells))
+    ratios = {}
+    for n in ("fixed-32", "aimd"):
+        rr = [a["throughput"] / b["throughput"] for a, b in zip(by[n], by["batch-1"])
+              if b["throughput"] > 0]
+        ratios[n] = rr
+        print(f"throughput {n} / batch-1: {med(rr)}x")
+    aimd_p99 = statistics.median(x["p99_ms"] for x in by["aimd"])
+    print(f"AIMD p99 {aimd_p99:.1f} ms against the {args.slo_ms:g} ms SLO: "
+          f"{'under' if aimd_p99 < args.slo_ms else 'OVER'}")
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"batching-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    with open(path, "w") as f:
+        json.dump({"benchmark": "batching", "args": vars(args), "runs": runs,
+                   "ratios_vs_batch_1": ratios, "server": info, "python": sys.version,
+                   "machine": platform.machine(), "cpus": os.cpu_count(),
+                   "loadavg": os.getloadavg()}, f, indent=1)
+    print(f"saved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
