@@ -65,7 +65,8 @@ class Replica:
     """One container replica of a model version, as the frontend sees it."""
 
     __slots__ = ("identity", "instance_id", "key", "pid", "info", "in_flight", "last_seen",
-                 "suspect", "sizer", "registered_at", "batches", "errors", "latency_ewma")
+                 "suspect", "sizer", "registered_at", "batches", "errors", "latency_ewma",
+                 "draining")
 
     def __init__(self, identity: bytes, instance_id: str, key: ModelKey, pid: int, info: dict,
                  sizer: BatchSizer, now: float) -> None:
@@ -82,16 +83,20 @@ class Replica:
         self.batches = 0
         self.errors = 0
         self.latency_ewma = 0.0
+        #: being scaled down: gets no new batches (unlike ``suspect``, an answer or a
+        #: heartbeat never clears it)
+        self.draining = False
 
     def to_json(self) -> dict:
         return {"instance_id": self.instance_id, "model_name": self.key[0],
                 "model_version": self.key[1], "pid": self.pid, "suspect": self.suspect,
+                "draining": self.draining,
                 "in_flight": len(self.in_flight), "batch_size": self.sizer.current,
                 "batches": self.batches, "errors": self.errors, "info": self.info}
 
 
 class InFlight:
-    __slots__ = ("batch_id", "replica", "queries", "sent_at", "timer", "timed_out")
+    __slots__ = ("batch_id", "replica", "queries", "sent_at", "timer", "timed_out", "probe")
 
     def __init__(self, batch_id: int, replica: Replica, queries: list, sent_at: float) -> None:
         self.batch_id = batch_id
@@ -100,6 +105,8 @@ class InFlight:
         self.sent_at = sent_at
         self.timer: asyncio.TimerHandle | None = None
         self.timed_out = False
+        #: set for a warm-up call (:meth:`Scheduler.probe`): resolves with an Answer
+        self.probe: asyncio.Future | None = None
 
 
 class ModelQueue:
@@ -140,7 +147,12 @@ class ModelQueue:
                           self.budget_s, c.aimd_cap)
 
     def healthy_replicas(self) -> int:
-        return sum(1 for r in self.replicas.values() if not r.suspect)
+        return sum(1 for r in self.replicas.values() if not r.suspect and not r.draining)
+
+
+def _resolve(fut: asyncio.Future, value: Answer) -> None:
+    if not fut.done():
+        fut.set_result(value)
 
 
 def answer(q: Query, value: Answer) -> None:
@@ -247,7 +259,7 @@ class Scheduler:
             if not len(queue):
                 break
             r = replicas[(mq.rr + i) % n]
-            if r.suspect:
+            if r.suspect or r.draining:
                 continue
             while len(r.in_flight) < mq.cfg.max_in_flight and len(queue):
                 size = r.sizer.current
@@ -321,6 +333,41 @@ class Scheduler:
             timeout = min(timeout, max(0.05, 4 * r.latency_ewma))
         fl.timer = self._loop.call_at(now + max(timeout, 0.001), self._on_timeout, batch_id)
 
+    # ---------------------------------------------------------------- warm-up calls
+    def probe(self, r: Replica, inputs: list, timeout_s: float) -> asyncio.Future:
+        """Send ``inputs`` (already parsed; empty = a protocol-level probe that the container
+        answers without calling the model) to replica ``r`` alone, outside the queue.
+
+        The future resolves with ``(True, outputs)`` or ``(False, explanation)``: the replica
+        raised, missed ``timeout_s``, or was lost.
+        """
+        fut = self._loop.create_future()
+        mq = self.models.get(r.key)
+        if mq is None or mq.replicas.get(r.instance_id) is not r:
+            fut.set_result((False, f"replica {r.instance_id} is not connected"))
+            return fut
+        batch_id = next(self._batch_ids)
+        try:
+            frames = P.encode(P.PredictBatch(batch_id, mq.input_type, inputs))
+        except Exception as e:
+            fut.set_result((False, f"the warm-up input cannot be sent to the model: {e}"))
+            return fut
+        if not self._send(r.identity, frames):
+            fut.set_result((False, f"replica {r.instance_id} is unreachable"))
+            return fut
+        now = self._clock()
+        fl = InFlight(batch_id, r, [], now)
+        fl.probe = fut
+        r.in_flight[batch_id] = fl
+        self._batches[batch_id] = fl
+        fl.timer = self._loop.call_at(now + timeout_s, self._on_timeout, batch_id)
+        return fut
+
+    def _after_probe(self, r: Replica) -> None:
+        mq = self.models.get(r.key)
+        if mq is not None:
+            self._dispatch(mq)
+
     # ---------------------------------------------------------------- answers
     def _finish(self, identity: bytes, batch_id: int) -> tuple[InFlight, Replica] | None:
         fl = self._batches.pop(batch_id, None)
@@ -343,6 +390,10 @@ class Scheduler:
         if done is None:
             return False
         fl, r = done
+        if fl.probe is not None:
+            _resolve(fl.probe, (True, msg.outputs))
+            self._after_probe(r)
+            return True
         mq = self.models.get(r.key)
         if len(msg.outputs) != len(fl.queries):
             return self.on_error(identity, P.Error(msg.batch_id, "ProtocolError",
@@ -371,9 +422,15 @@ class Scheduler:
         if done is None:
             return False
         fl, r = done
-        r.errors += 1
         mq = self.models.get(r.key)
         label = mq.label if mq else f"{r.key[0]}:{r.key[1]}"
+        if fl.probe is not None:
+            log.batching.error("warm-up call of replica %s of %s raised %s: %s\n%s",
+                               r.instance_id, label, msg.error, msg.message, msg.traceback)
+            _resolve(fl.probe, (False, f"model {label} raised {msg.error}: {msg.message}"))
+            self._after_probe(r)
+            return True
+        r.errors += 1
         log.batching.error("model %s raised %s: %s (replica %s)\n%s", label, msg.error,
                            msg.message, r.instance_id, msg.traceback)
         for q in fl.queries:
@@ -390,6 +447,13 @@ class Scheduler:
         r = fl.replica
         fl.timer = None
         fl.timed_out = True
+        if fl.probe is not None:
+            self._batches.pop(batch_id, None)
+            r.in_flight.pop(batch_id, None)
+            _resolve(fl.probe, (False, f"replica {r.instance_id} did not answer the warm-up "
+                                       "call in time"))
+            self._after_probe(r)
+            return
         mq = self.models.get(r.key)
         if not r.suspect:
             log.batching.warning("replica %s missed the RPC timeout of batch %d; suspect",
@@ -471,6 +535,8 @@ class Scheduler:
             self._batches.pop(batch_id, None)
             if fl.timer is not None:
                 fl.timer.cancel()
+            if fl.probe is not None:
+                _resolve(fl.probe, (False, f"replica {r.instance_id} was lost: {reason}"))
             for q in fl.queries:
                 if q.answered:
                     continue

@@ -119,6 +119,10 @@ def _loop(chan: DealerChannel, model: Model, register: list, hb: float,
 
 
 def _evaluate(model: Model, msg: P.PredictBatch) -> list:
+    if not msg.inputs:
+        # an empty batch is the frontend's warm-up probe: it proves this loop answers; the
+        # model is not called (many models cannot take an empty batch)
+        return P.encode(P.Result(msg.batch_id, [], 0))
     try:
         t0 = time.perf_counter()
         outputs = model.predict(msg.inputs)
