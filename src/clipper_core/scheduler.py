@@ -121,7 +121,10 @@ class ModelQueue:
         self.cfg = cfg
         self.slo_s = slo_s
         self.replicas: dict[str, Replica] = {}
-        self.wait_timer: asyncio.TimerHandle | None = None
+        #: a Handle, not always a TimerHandle: uvloop's call_at returns a plain Handle (no
+        #: ``when()``) for a time it rounds into the past, so the time is kept beside it
+        self.wait_timer: asyncio.Handle | None = None
+        self.wait_until = 0.0
         self.rr = 0
         # counters for the metrics layer
         self.shed = 0
@@ -282,9 +285,10 @@ class Scheduler:
 
     def _arm_wait(self, mq: ModelQueue, when: float) -> None:
         if mq.wait_timer is not None:
-            if mq.wait_timer.when() <= when:
+            if mq.wait_until <= when:
                 return
             mq.wait_timer.cancel()
+        mq.wait_until = when
         mq.wait_timer = self._loop.call_at(when, self._wait_done, mq)
 
     def _wait_done(self, mq: ModelQueue) -> None:

@@ -193,3 +193,25 @@ def test_empty_batch_is_answered_without_calling_the_model():
         out = P.decode(container._evaluate(Recorder(), msg))
         assert out == P.Result(7, [], 0)
     assert calls == []
+
+
+def test_delayed_batching_survives_a_timer_uvloop_rounds_into_the_past():
+    """uvloop's call_at returns a plain Handle (no when()) for a time it rounds into the
+    past; the scheduler must not ask that handle for its time (it answered 500s under load)."""
+    import uvloop
+
+    async def main():
+        s, wire, (r,) = _sched()
+        mq = s.models[("m", "1")]
+        mq.cfg.batch_wait_s = 0.0005  # under uvloop's 1 ms clock resolution
+        loop = asyncio.get_running_loop()
+        for i in range(3):
+            now = loop.time()
+            s.submit(("m", "1"), Query(i, np.array([1.0]), now, now + 1.0,
+                                       loop.create_future()))
+        s._arm_wait(mq, loop.time() - 1.0)  # a time in the past: a plain Handle
+        s._arm_wait(mq, loop.time() + 1.0)
+        await asyncio.sleep(0.01)
+        assert [m for _, m in wire.sent if isinstance(m, P.PredictBatch)]
+
+    uvloop.run(main())
