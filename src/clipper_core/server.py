@@ -202,6 +202,8 @@ class ClipperServer:
         if r is None:
             return None
         r.draining = True  # no new batches, whatever it answers meanwhile
+        log.container.info("draining replica %s of %s:%s (%d batch(es) in flight)",
+                           instance_id, r.key[0], r.key[1], len(r.in_flight))
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
 

@@ -25,7 +25,7 @@ def answers_two(inputs):
 def answers_two_slowly(inputs):
     import time
 
-    time.sleep(0.002)  # a batch is in flight for a while: scale-down must drain it
+    time.sleep(0.01)  # a batch is in flight for a while: scale-down must drain it
     return [2 for _ in inputs]
 
 
@@ -284,6 +284,9 @@ def test_scale_up_and_down_under_steady_load_loses_nothing(clipper, unique):
     gone = [pid for iid, pid in three.items() if iid != left[0]["instance_id"]]
     assert len(gone) == 2
     _wait(lambda: not any(_alive(p) for p in gone), what="scaled-down replicas to exit")
+    drained = [line for line in clipper.log().splitlines() if "draining replica" in line
+               and any(iid in line for iid in three)]
+    assert len(drained) == 2, drained
     assert c.get_model_info(model)["num_replicas"] == 1
 
 
