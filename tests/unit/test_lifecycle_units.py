@@ -215,3 +215,21 @@ def test_delayed_batching_survives_a_timer_uvloop_rounds_into_the_past():
         assert [m for _, m in wire.sent if isinstance(m, P.PredictBatch)]
 
     uvloop.run(main())
+
+
+def test_a_container_queues_nothing_while_no_frontend_is_connected():
+    """Sends never block and nothing piles up for a frontend that is away (a backlog would
+    fill the high-water mark and then block the container, SIGTERM included)."""
+    import socket
+
+    from clipper_rpc.transport import DealerChannel
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there
+    chan = DealerChannel(f"tcp://127.0.0.1:{port}")
+    try:
+        hb = P.encode(P.Heartbeat())
+        assert not any(chan.try_send(hb) for _ in range(5000))
+    finally:
+        chan.close()
