@@ -347,9 +347,16 @@ class ClipperServer:
                                     mv.name, mv.version, value[0] if value else value)
                 return
             why = f"the warm-up call failed: {value}"
-            if self.scheduler.replica_by_instance(r.instance_id) is r and inputs \
+            if self.scheduler.replica_by_instance(r.instance_id) is r \
                     and loop.time() < deadline:
-                # the replica is there and its model raised: deploying on would serve errors
+                # the replica is there and answered with an error
+                if not inputs:
+                    # a container that hands the empty probe to its model: its loop answers
+                    log.container.warning("replica %s of %s:%s answered the warm-up probe "
+                                          "with an error (%s); it serves", r.instance_id,
+                                          mv.name, mv.version, value)
+                    return
+                # its model raised on the warm-up input: deploying on would serve errors
                 raise ModelError(f"model {mv.name}:{mv.version} was not deployed: its warm-up "
                                  f"call failed: {value} (the previous version, if any, stays "
                                  "current)")

@@ -48,6 +48,19 @@ class SlowToLoad:
         return [3 for _ in inputs]
 
 
+class CannotLoad:
+    """A model whose replica cannot start: unpickling it raises."""
+
+    def __getstate__(self):
+        return {}
+
+    def __setstate__(self, state):
+        raise RuntimeError("missing weights file")
+
+    def __call__(self, inputs):
+        return [0 for _ in inputs]
+
+
 def raises_on_warmup(inputs):
     raise ValueError("this model cannot answer anything")
 
@@ -124,6 +137,13 @@ class SteadyLoad:
                         f"default output, e.g. {bad[:3]}"
 
 
+def retire(conn, model):
+    """Stop every replica of ``model`` (the session's Clipper is shared by many tests)."""
+    for m in conn.get_all_models(verbose=True):
+        if m["model_name"] == model and m["num_replicas"]:
+            conn.set_num_replicas(model, 0, m["model_version"])
+
+
 @pytest.fixture
 def versioned(clipper, unique):
     """An app whose model has v1 (answers 1) and v2 (answers 2, current)."""
@@ -133,7 +153,8 @@ def versioned(clipper, unique):
     c.deploy_python_closure(model, 1, "doubles", answers_one)
     c.link_model_to_app(app, model)
     c.deploy_python_closure(model, 2, "doubles", answers_two)
-    return app, model
+    yield app, model
+    retire(c, model)
 
 
 def test_versions_plain_pinned_and_unknown(clipper, versioned):
@@ -195,6 +216,20 @@ def test_failed_warm_up_changes_nothing(clipper, versioned):
     # the version can be deployed again, properly this time
     c.deploy_python_closure(model, 3, "doubles", answers_one, warmup_input=[1.0])
     assert clipper.predict(app, {"input": [1.0]})[1]["output"] == 1
+
+
+def test_deploy_whose_replica_never_registers_changes_nothing(clipper, versioned):
+    app, model = versioned
+    c = clipper.conn
+    with pytest.raises(ClipperAdminError) as e:
+        c.deploy_python_closure(model, 3, "doubles", CannotLoad(), ready_timeout_s=2)
+    assert e.value.status == 400
+    assert "no replica registered within 2 s" in e.value.cause and "logs" in e.value.cause
+    assert f"{model}:3" not in c.get_all_models()
+    assert not [r for r in c.get_all_model_replicas(verbose=True)
+                if r["model_name"] == model and r["model_version"] == "3"]
+    assert not os.path.exists(os.path.join(clipper.state_dir, "models", model, "3"))
+    assert clipper.predict(app, {"input": [1.0]})[1]["output"] == 2
 
 
 def test_deploy_validation(clipper, unique):
@@ -288,6 +323,7 @@ def test_scale_up_and_down_under_steady_load_loses_nothing(clipper, unique):
                and any(iid in line for iid in three)]
     assert len(drained) == 2, drained
     assert c.get_model_info(model)["num_replicas"] == 1
+    retire(c, model)
 
 
 def test_scale_validation(clipper, versioned):
@@ -347,6 +383,7 @@ def test_update_unregister_and_unlink(clipper, unique):
     assert e.value.status == 404 and app in e.value.cause
     # the model stays deployed after its app went
     assert c.get_model_info(model)["connected_replicas"] == 1
+    retire(c, model)
 
 
 def test_delete_versions_and_stop_inactive(clipper, versioned, unique):
@@ -407,6 +444,5 @@ def test_concurrent_management_calls(clipper, unique):
           and len(_replicas(c, models[1])) == final,
           what="the replica count to settle on the registered one")
     for m in models:
-        c.set_num_replicas(m, 0, version=1)
-    c.set_num_replicas(models[0], 0, version=2)
+        retire(c, m)
     assert not any(_replicas(c, m) for m in models)
