@@ -66,6 +66,7 @@ class StateStore:
         elif not os.access(self.path, os.R_OK | os.W_OK):
             raise StateStoreError(f"the state file {self.path} is not readable and writable by "
                                   f"this user; fix its permissions or {self._recovery()}")
+        db = None
         try:
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
@@ -83,8 +84,11 @@ class StateStore:
                     f"reads version {SCHEMA_VERSION}; {self._recovery()}")
             return db
         except StateStoreError:
+            db.close()
             raise
         except (sqlite3.Error, ValueError) as e:
+            if db is not None:
+                db.close()
             raise StateStoreError(
                 f"the state file {self.path} is corrupted or not a Clipper state database "
                 f"({e}); {self._recovery()}") from None

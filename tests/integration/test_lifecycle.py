@@ -1,13 +1,15 @@
 """Model lifecycle with real processes: versions, warm-up, rollback and scaling under a steady
 load, the management routes that change apps and models, concurrent management calls."""
 
-import asyncio
+import http.client
+import json
 import os
+import queue
 import threading
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
-import aiohttp
 import pytest
 
 from clipper_core.admin import ClipperAdminError
@@ -84,50 +86,62 @@ def _alive(pid):
 
 
 class SteadyLoad:
-    """Open-loop queries at a steady rate from a thread of its own.  ``results`` holds one
-    (sent, done, status, body) per query, times on ``time.monotonic()``."""
+    """Queries at a steady rate: a pacer thread issues one ticket every 1/rate s and worker
+    threads, each with its own keep-alive connection, send one query per ticket (a queue of
+    tickets builds up if the server is slow, so the rate does not follow the answers).
+    ``results`` holds one (sent, done, status, body) per query, times on
+    ``time.monotonic()``."""
 
-    def __init__(self, url, body, rate=200.0):
-        self.url = url
-        self.body = body
+    def __init__(self, url, body, rate=200.0, workers=16):
+        u = urllib.parse.urlparse(url)
+        self.host, self.port, self.path = u.hostname, u.port, u.path
+        self.payload = json.dumps(body)
         self.rate = rate
         self.results = []
+        self._tickets = queue.Queue()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._threads = [threading.Thread(target=self._pace, daemon=True)] + [
+            threading.Thread(target=self._work, daemon=True) for _ in range(workers)]
 
     def __enter__(self):
-        self._thread.start()
+        for t in self._threads:
+            t.start()
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
-        self._thread.join(60)
-        assert not self._thread.is_alive(), "the load generator did not finish"
+        for t in self._threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in self._threads), "the load did not finish"
 
-    async def _run(self):
-        timeout = aiohttp.ClientTimeout(total=30)
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256),
-                                         timeout=timeout) as session:
-            tasks = []
-            t0 = time.monotonic()
-            i = 0
-            while not self._stop.is_set():
-                delay = t0 + i / self.rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                i += 1
-                tasks.append(asyncio.ensure_future(self._one(session)))
-            await asyncio.gather(*tasks)
+    def _pace(self):
+        t0 = time.monotonic()
+        i = 0
+        while not self._stop.is_set():
+            delay = t0 + i / self.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            i += 1
+            self._tickets.put(i)
+        for _ in self._threads[1:]:
+            self._tickets.put(None)
 
-    async def _one(self, session):
-        sent = time.monotonic()
+    def _work(self):
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
         try:
-            async with session.post(self.url, json=self.body) as resp:
-                body = await resp.json(content_type=None)
-                status = resp.status
-        except Exception as e:  # counted as a failed query
-            status, body = -1, repr(e)
-        self.results.append((sent, time.monotonic(), status, body))
+            while self._tickets.get() is not None:
+                sent = time.monotonic()
+                try:
+                    conn.request("POST", self.path, self.payload,
+                                 {"Content-Type": "application/json"})
+                    resp = conn.getresponse()
+                    status, body = resp.status, json.loads(resp.read())
+                except Exception as e:  # counted as a failed query
+                    conn.close()
+                    status, body = -1, repr(e)
+                self.results.append((sent, time.monotonic(), status, body))
+        finally:
+            conn.close()
 
     def check_all_answered(self):
         """Every query got HTTP 200 with a prediction (no error, no default output)."""
