@@ -113,8 +113,39 @@ class ClipperConnection:
             "policy_params": policy_params or {}, "cache_enabled": cache_enabled,
             "cache_ttl_s": cache_ttl_s})["app"]
 
+    _UNSET = object()
+
+    def update_application(self, name: str, *, slo_micros: int | None = None,
+                           default_output: Any = _UNSET, policy: str | None = None,
+                           policy_params: dict | None = None,
+                           cache_enabled: bool | None = None) -> dict:
+        """Change what is given of an app's SLO, default output (``None`` = no default),
+        policy and cache setting; the next query sees the change."""
+        body: dict[str, Any] = {"name": name}
+        if slo_micros is not None:
+            body["latency_slo_micros"] = slo_micros
+        if default_output is not self._UNSET:
+            body["default_output"] = default_output
+        if policy is not None:
+            body["policy"] = policy
+        if policy_params is not None:
+            body["policy_params"] = policy_params
+        if cache_enabled is not None:
+            body["cache_enabled"] = cache_enabled
+        return self._call("update_app", body)["app"]
+
+    def unregister_application(self, name: str) -> None:
+        """Remove an app; the models linked to it stay deployed."""
+        self._call("delete_app", {"name": name})
+
     def link_model_to_app(self, app_name: str, model_name: str) -> None:
         self._call("add_model_links", {"app_name": app_name, "model_names": [model_name]})
+
+    def unlink_model_from_app(self, app_name: str, model_name: str) -> None:
+        self._call("delete_model_links", {"app_name": app_name, "model_names": [model_name]})
+
+    def get_linked_models(self, app_name: str) -> list:
+        return self._call("get_linked_models", {"app_name": app_name})
 
     def get_all_apps(self, verbose: bool = False) -> list:
         return self._call("get_all_applications", {"verbose": verbose})
@@ -126,14 +157,25 @@ class ClipperConnection:
     def deploy_python_closure(self, name: str, version: Any, input_type: str,
                               func: Callable[[list], list], num_replicas: int = 1,
                               batch_size: int = -1, labels: list | None = None,
-                              gpus: list | None = None) -> dict:
+                              gpus: list | None = None, *, warmup_input: Any = None,
+                              ready_timeout_s: float | None = None) -> dict:
         """Serialise ``func`` (and what it captures) with cloudpickle and run it as
-        ``num_replicas`` replicas; returns once the first replica serves."""
+        ``num_replicas`` replicas.
+
+        Returns once a replica has registered and answered a warm-up call (``warmup_input``,
+        one input as the query API takes it, when given; else a protocol-level probe that
+        does not call the model); only then does this version become current, so the
+        previous one serves until that moment.  A failed deploy changes nothing."""
         blob = base64.b64encode(pickle_closure(func)).decode()
-        return self._call("deploy_python_closure", {
+        body: dict[str, Any] = {
             "model_name": name, "model_version": str(version), "input_type": input_type,
             "closure": blob, "num_replicas": num_replicas, "batch_size": batch_size,
-            "labels": labels or [], "gpus": gpus or []})["model"]
+            "labels": labels or [], "gpus": gpus or []}
+        if warmup_input is not None:
+            body["warmup_input"] = warmup_input
+        if ready_timeout_s is not None:
+            body["ready_timeout_s"] = ready_timeout_s
+        return self._call("deploy_python_closure", body)["model"]
 
     def register_model(self, name: str, version: Any, input_type: str, batch_size: int = -1,
                        labels: list | None = None) -> dict:
@@ -142,10 +184,14 @@ class ClipperConnection:
                                         "input_type": input_type, "batch_size": batch_size,
                                         "labels": labels or []})["model"]
 
-    def set_model_version(self, name: str, version: Any) -> None:
-        self._call("set_model_version", {"model_name": name, "model_version": str(version)})
+    def set_model_version(self, name: str, version: Any) -> dict:
+        """Make ``version`` current (rollback, roll-forward); instantaneous."""
+        return self._call("set_model_version",
+                          {"model_name": name, "model_version": str(version)})["model"]
 
     def set_num_replicas(self, name: str, num_replicas: int, version: Any = None) -> dict:
+        """Scale a model version (default: the current one); scaling down drains each
+        stopped replica's batch in flight first."""
         body = {"model_name": name, "num_replicas": num_replicas}
         if version is not None:
             body["model_version"] = str(version)
@@ -184,6 +230,17 @@ class ClipperConnection:
         if version is not None:
             body["model_version"] = str(version)
         return self._call("get_batching", body)
+
+    def delete_versioned_model(self, name: str, version: Any) -> dict:
+        """Stop the replicas of one model version and forget it."""
+        return self._call("delete_versioned_model",
+                          {"model_name": name, "model_version": str(version)})["model"]
+
+    def stop_inactive_model_versions(self, model_names: list[str]) -> list[str]:
+        """Stop and forget every non-current version of the named models; returns the
+        ``name:version`` of each."""
+        return self._call("stop_inactive_model_versions",
+                          {"model_names": list(model_names)})["stopped"]
 
     def get_all_models(self, verbose: bool = False) -> list:
         return self._call("get_all_models", {"verbose": verbose})

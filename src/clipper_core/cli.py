@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from typing import Any
 
 from . import log
 from .config import (DEFAULT_CACHE_BYTES, DEFAULT_MGMT_PORT, DEFAULT_QUERY_PORT,
@@ -117,51 +118,259 @@ def _stop(args: argparse.Namespace) -> int:
     return 1
 
 
-def _status(args: argparse.Namespace) -> int:
+# ---------------------------------------------------------------- client commands
+class CliError(Exception):
+    """A message for the user; the command exits with ``code``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _conn(args: argparse.Namespace):
+    """The ClipperConnection for --management-url, $CLIPPER_MANAGEMENT_URL, or the Clipper
+    running on --state-dir (its endpoints.json)."""
     from .admin import ClipperConnection
 
-    ep = _endpoints(args.state_dir)
-    url = args.management_url or (ep or {}).get("management")
-    conn = ClipperConnection(url)
-    try:
-        apps = conn.get_all_apps(verbose=True)
-        models = conn.get_all_models(verbose=True)
-        containers = conn.get_all_model_replicas(verbose=True)
-    except ClipperError as e:
-        print(f"clipper: {e.cause}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps({"apps": apps, "models": models, "replicas": containers}, indent=2))
-        return 0
-    print(f"{'APP':20} {'INPUT':8} {'SLO(ms)':>8}  MODELS")
-    for a in apps:
-        print(f"{a['name']:20} {a['input_type']:8} {a['latency_slo_micros'] / 1000:>8g}  "
-              f"{','.join(a['linked_models']) or '-'}")
-    print(f"\n{'MODEL':20} {'VERSION':10} {'CURRENT':8} {'REPLICAS':>8} {'CONNECTED':>9}")
-    for m in models:
-        print(f"{m['model_name']:20} {m['model_version']:10} "
-              f"{'yes' if m['is_current_version'] else '':8} {m['num_replicas']:>8} "
-              f"{m['connected_replicas']:>9}")
-    print(f"\n{'REPLICA':40} {'PID':>7} {'STATE':10} {'HEALTHY':7} {'RESTARTS':>8}")
-    for c in containers:
-        print(f"{c['instance_id']:40} {c.get('pid') or '-':>7} {c['state']:10} "
-              f"{'yes' if c['healthy'] else 'no':7} {c.get('restarts', 0):>8}")
+    url = args.management_url or os.environ.get("CLIPPER_MANAGEMENT_URL")
+    if not url:
+        ep = _endpoints(args.state_dir)
+        if ep is None or "management" not in ep:
+            raise CliError(f"no running Clipper found for state directory {args.state_dir} "
+                           "(start one with `clipper start`, or pass --management-url)")
+        if not _alive(ep.get("pid")):
+            raise CliError(f"the Clipper recorded in {args.state_dir} (pid {ep.get('pid')}) is "
+                           "not running; start it again with `clipper start`")
+        url = ep["management"]
+    return ClipperConnection(url, token=args.mgmt_token)
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    cells = [[("-" if v is None or v == "" else str(v)) for v in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    for r in cells:
+        lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def _out(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2) if args.json else text)
+
+
+def _apps_table(apps: list[dict]) -> str:
+    return _table(["APP", "INPUT", "SLO(ms)", "DEFAULT", "POLICY", "MODELS"],
+                  [[a["name"], a["input_type"], f"{a['latency_slo_micros'] / 1000:g}",
+                    json.dumps(a.get("default_output")), a.get("policy", "single"),
+                    ",".join(a.get("linked_models", []))] for a in apps])
+
+
+def _models_table(models: list[dict]) -> str:
+    return _table(["MODEL", "VERSION", "CURRENT", "INPUT", "REPLICAS", "CONNECTED", "HEALTHY",
+                   "RUNTIME"],
+                  [[m["model_name"], m["model_version"], "yes" if m["is_current_version"] else "",
+                    m["input_type"], m["num_replicas"], m["connected_replicas"],
+                    m.get("healthy_replicas", ""), m.get("runtime", {}).get("kind", "")]
+                   for m in models])
+
+
+def _replicas_table(containers: list[dict]) -> str:
+    return _table(["MODEL:VERSION", "REPLICA", "PID", "STATE", "CONNECTED", "HEALTHY",
+                   "RESTARTS"],
+                  [[f"{c['model_name']}:{c['model_version']}", c["instance_id"], c.get("pid"),
+                    c["state"], "yes" if c.get("connected") else "no",
+                    "yes" if c.get("healthy") else "no", c.get("restarts", 0)]
+                   for c in containers])
+
+
+def _status(args: argparse.Namespace) -> int:
+    conn = _conn(args)
+    apps = conn.get_all_apps(verbose=True)
+    models = conn.get_all_models(verbose=True)
+    containers = conn.get_all_model_replicas(verbose=True)
+    text = (f"Clipper at {conn.url}\n\nAPPS\n{_apps_table(apps)}\n\nMODELS\n"
+            f"{_models_table(models)}\n\nREPLICAS\n{_replicas_table(containers)}")
+    _out(args, {"management_url": conn.url, "apps": apps, "models": models,
+                "replicas": containers}, text)
     return 0
+
+
+def _apps(args: argparse.Namespace) -> int:
+    apps = _conn(args).get_all_apps(verbose=True)
+    _out(args, apps, _apps_table(apps))
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    models = _conn(args).get_all_models(verbose=True)
+    _out(args, models, _models_table(models))
+    return 0
+
+
+def _json_arg(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise CliError(f"{what} must be JSON (e.g. 0.0, \"label\", [1, 2]), got {text!r}: {e}",
+                       2) from None
+
+
+def load_function(spec: str):
+    """The function named by ``path/to/file.py:function`` or ``module:function``."""
+    import importlib
+    import importlib.util
+
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise CliError(f"give the function as path/to/file.py:function or module:function, "
+                       f"got {spec!r}", 2)
+    try:
+        if target.endswith(".py") or os.sep in target or "/" in target:
+            path = os.path.abspath(target)
+            if not os.path.isfile(path):
+                raise CliError(f"no such file: {target}", 2)
+            # a private module name: the user's file must not shadow an installed module
+            base = "".join(c if c.isalnum() else "_" for c in
+                           os.path.splitext(os.path.basename(path))[0])
+            name = f"clipper_deployed_{base}"
+            mod_spec = importlib.util.spec_from_file_location(name, path)
+            if mod_spec is None or mod_spec.loader is None:
+                raise CliError(f"cannot load {target} as Python source", 2)
+            mod = importlib.util.module_from_spec(mod_spec)
+            sys.modules[name] = mod  # cloudpickle ships it by value from here
+            sys.path.insert(0, os.path.dirname(path))
+            mod_spec.loader.exec_module(mod)
+        else:
+            sys.path.insert(0, os.getcwd())
+            mod = importlib.import_module(target)
+    except CliError:
+        raise
+    except Exception as e:  # the user's code raised while loading: say so, no traceback
+        raise CliError(f"cannot load {target}: {type(e).__name__}: {e}", 2) from None
+    fn: Any = mod
+    for part in attr.split("."):
+        if not hasattr(fn, part):
+            raise CliError(f"{target} has no attribute {attr!r}", 2)
+        fn = getattr(fn, part)
+    if not callable(fn):
+        raise CliError(f"{spec} is not callable (it is a {type(fn).__name__})", 2)
+    return fn
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    fn = load_function(args.function)
+    warm = None if args.warmup_input is None else _json_arg(args.warmup_input,
+                                                            "--warmup-input")
+    conn = _conn(args)
+    if args.app:
+        conn.get_app_info(args.app)  # fail before deploying when the app does not exist
+    mv = conn.deploy_python_closure(args.name, args.version, args.input_type, fn,
+                                    num_replicas=args.replicas, batch_size=args.batch_size,
+                                    labels=args.label, warmup_input=warm,
+                                    ready_timeout_s=args.timeout)
+    if args.app:
+        conn.link_model_to_app(args.app, args.name)
+    text = (f"deployed {mv['model_name']}:{mv['model_version']} with {mv['num_replicas']} "
+            "replica(s); it is the current version"
+            + (f", linked to app {args.app}" if args.app else ""))
+    _out(args, {"model": mv, "linked_app": args.app}, text)
+    return 0
+
+
+def _register_app(args: argparse.Namespace) -> int:
+    default = None if args.default_output is None else _json_arg(args.default_output,
+                                                                 "--default-output")
+    app = _conn(args).register_application(args.name, args.input_type, default,
+                                           int(round(args.slo_ms * 1000)))
+    _out(args, app, f"registered app {app['name']} ({app['input_type']}, SLO "
+                    f"{app['latency_slo_micros'] / 1000:g} ms)")
+    return 0
+
+
+def _unregister_app(args: argparse.Namespace) -> int:
+    _conn(args).unregister_application(args.name)
+    _out(args, {"success": True}, f"unregistered app {args.name}")
+    return 0
+
+
+def _link(args: argparse.Namespace) -> int:
+    _conn(args).link_model_to_app(args.app, args.model)
+    _out(args, {"success": True}, f"linked model {args.model} to app {args.app}")
+    return 0
+
+
+def _unlink(args: argparse.Namespace) -> int:
+    _conn(args).unlink_model_from_app(args.app, args.model)
+    _out(args, {"success": True}, f"unlinked model {args.model} from app {args.app}")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    mv = _conn(args).set_model_version(args.model, args.version)
+    _out(args, mv, f"model {args.model} now serves version {mv['model_version']}")
+    return 0
+
+
+def _scale(args: argparse.Namespace) -> int:
+    mv = _conn(args).set_num_replicas(args.model, args.replicas, args.version)
+    _out(args, mv, f"model {mv['model_name']}:{mv['model_version']} scaled to "
+                   f"{mv['num_replicas']} replica(s)")
+    return 0
+
+
+def _delete_version(args: argparse.Namespace) -> int:
+    mv = _conn(args).delete_versioned_model(args.model, args.version)
+    _out(args, mv, f"deleted model {mv['model_name']}:{mv['model_version']}")
+    return 0
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="clipper", description="Clipper prediction serving")
     ap.add_argument("--state-dir", default=os.environ.get("CLIPPER_STATE_DIR",
                                                           DEFAULT_STATE_DIR))
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    # the client commands also take --state-dir after the command name
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--state-dir", default=argparse.SUPPRESS,
+                        help="find the running Clipper through this state directory")
+    client.add_argument("--management-url", default=None,
+                        help="management API URL (default: the Clipper of --state-dir)")
+    client.add_argument("--mgmt-token", default=None,
+                        help="management API token (default: $CLIPPER_MGMT_TOKEN)")
+    client.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     s = sub.add_parser("start", help="run Clipper in the foreground")
+    s.add_argument("--state-dir", default=argparse.SUPPRESS)
     s.add_argument("--host", default="127.0.0.1", help="query API address (default 127.0.0.1)")
     s.add_argument("--query-port", type=int, default=DEFAULT_QUERY_PORT)
     s.add_argument("--mgmt-host", default="127.0.0.1")
     s.add_argument("--mgmt-port", type=int, default=DEFAULT_MGMT_PORT)
     s.add_argument("--mgmt-token", default=None)
     s.add_argument("--rpc-host", default="127.0.0.1")
-    s.add_argument("--rpc-port", type=int, default=DEFAULT_RPC_PORT)
+    s.add_argument("--rpc-port", type=int, default=DEFAULT_RPC_PORT,
+                   help="model RPC port; keep it across restarts so that running replicas "
+                        "reconnect and are re-adopted")
     s.add_argument("--cache-bytes", type=byte_size, default=DEFAULT_CACHE_BYTES,
                    help="memory budget of the prediction cache, e.g. 64MiB (the default); "
                         "0 caches nothing")
@@ -169,18 +378,83 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", default="INFO")
     s.set_defaults(fn=_start)
     st = sub.add_parser("stop", help="stop the Clipper running on --state-dir")
+    st.add_argument("--state-dir", default=argparse.SUPPRESS)
     st.add_argument("--timeout", type=float, default=30.0)
     st.set_defaults(fn=_stop)
-    ss = sub.add_parser("status", help="apps, models and replicas")
-    ss.add_argument("--management-url", default=None)
-    ss.add_argument("--json", action="store_true")
-    ss.set_defaults(fn=_status)
+
+    sub.add_parser("status", parents=[client],
+                   help="apps, models, versions and replicas with their health"
+                   ).set_defaults(fn=_status)
+    sub.add_parser("apps", parents=[client], help="list the apps").set_defaults(fn=_apps)
+    sub.add_parser("models", parents=[client],
+                   help="list the model versions").set_defaults(fn=_models)
+
+    d = sub.add_parser("deploy", parents=[client], help="deploy a Python function as a model",
+                       description="Deploy a Python function (a batch in, a list of outputs "
+                                   "out) as model NAME version VERSION.  It becomes current "
+                                   "once a replica has answered a warm-up call.")
+    d.add_argument("name", help="model name (a DNS-1123 label)")
+    d.add_argument("version", help="model version")
+    d.add_argument("function", help="path/to/file.py:function or module:function")
+    d.add_argument("--input-type", required=True,
+                   help="ints, floats, doubles, bytes or strings")
+    d.add_argument("--replicas", type=_nonneg_int, default=1)
+    d.add_argument("--batch-size", type=int, default=-1, help="-1 = adaptive (default)")
+    d.add_argument("--app", default=None, help="link the model to this app after deploying")
+    d.add_argument("--warmup-input", default=None,
+                   help="one input (JSON) the new version must answer before it becomes "
+                        "current")
+    d.add_argument("--label", action="append", default=[])
+    d.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait for the first replica (default 60)")
+    d.set_defaults(fn=_deploy)
+
+    ra = sub.add_parser("register-app", parents=[client], help="register an application")
+    ra.add_argument("name")
+    ra.add_argument("--input-type", required=True)
+    ra.add_argument("--default-output", default=None, help="JSON; default: no default output")
+    ra.add_argument("--slo-ms", type=float, default=100.0, help="latency SLO (default 100 ms)")
+    ra.set_defaults(fn=_register_app)
+    ua = sub.add_parser("unregister-app", parents=[client], help="remove an application")
+    ua.add_argument("name")
+    ua.set_defaults(fn=_unregister_app)
+
+    ln = sub.add_parser("link", parents=[client], help="serve an app with a model")
+    ln.add_argument("app")
+    ln.add_argument("model")
+    ln.set_defaults(fn=_link)
+    ul = sub.add_parser("unlink", parents=[client], help="unlink a model from an app")
+    ul.add_argument("app")
+    ul.add_argument("model")
+    ul.set_defaults(fn=_unlink)
+    rb = sub.add_parser("rollback", parents=[client],
+                        help="make VERSION the current version of MODEL (instantaneous)")
+    rb.add_argument("model")
+    rb.add_argument("version")
+    rb.set_defaults(fn=_rollback)
+    sc = sub.add_parser("scale", parents=[client], help="set the number of replicas of a model")
+    sc.add_argument("model")
+    sc.add_argument("replicas", type=_nonneg_int)
+    sc.add_argument("--version", default=None, help="default: the current version")
+    sc.set_defaults(fn=_scale)
+    dv = sub.add_parser("delete-version", parents=[client],
+                        help="stop the replicas of a model version and forget it")
+    dv.add_argument("model")
+    dv.add_argument("version")
+    dv.set_defaults(fn=_delete_version)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except CliError as e:
+        print(f"clipper: {e}", file=sys.stderr)
+        return e.code
+    except ClipperError as e:
+        print(f"clipper: {e.cause}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -38,6 +38,22 @@ def _verbose(body: dict) -> bool:
     return bool(field(body, "verbose", bool, required=False, default=False))
 
 
+def _str_list(body: dict, name: str, *, required: bool = True, nonempty: bool = True) -> list:
+    val = field(body, name, list, required=required, default=[])
+    if required and nonempty and not val:
+        raise BadRequest(f"field {name!r} must be a non-empty list of strings")
+    for i, v in enumerate(val):
+        if not isinstance(v, str):
+            raise BadRequest(f"field {name!r} must be a list of strings, item {i} is "
+                             f"{type(v).__name__}")
+    return val
+
+
+def _version(body: dict, required: bool = True) -> str | None:
+    v = field(body, "model_version", (str, int), required=required)
+    return None if v is None else str(v)
+
+
 @routes.get("/admin/ping")
 async def ping(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
@@ -67,6 +83,40 @@ async def add_app(request: web.Request) -> web.Response:
     return json_response({"success": True, "app": app.to_json()})
 
 
+@routes.post("/admin/update_app")
+async def update_app(request: web.Request) -> web.Response:
+    """Change an app's SLO, default output, policy or cache setting (given fields only)."""
+    b = await _body(request)
+    name = field(b, "name", str)
+    changes = {}
+    if "latency_slo_micros" in b:
+        changes["slo_micros"] = field(b, "latency_slo_micros", int)
+    if "default_output" in b:
+        changes["default_output"] = b["default_output"]
+    if "policy" in b:
+        changes["policy"] = field(b, "policy", str)
+    if "policy_params" in b:
+        changes["policy_params"] = field(b, "policy_params", dict)
+    if "cache_enabled" in b:
+        changes["cache_enabled"] = field(b, "cache_enabled", bool)
+    if "input_type" in b:
+        changes["input_type"] = field(b, "input_type", str)
+    if not changes:
+        raise BadRequest("nothing to update: give latency_slo_micros, default_output, policy, "
+                         "policy_params or cache_enabled")
+    app = _server(request).update_app(name, **changes)
+    return json_response({"success": True, "app": app.to_json()})
+
+
+@routes.post("/admin/delete_app")
+@routes.post("/admin/delete_application")
+async def delete_app(request: web.Request) -> web.Response:
+    """Unregister an app (original Clipper: ``unregister_application``)."""
+    b = await _body(request)
+    _server(request).delete_app(field(b, "name", str))
+    return json_response({"success": True})
+
+
 @routes.post("/admin/add_model")
 async def add_model(request: web.Request) -> web.Response:
     b = await _body(request)
@@ -74,20 +124,27 @@ async def add_model(request: web.Request) -> web.Response:
         field(b, "model_name", str), field(b, "model_version", (str, int)),
         field(b, "input_type", str),
         batch_size=field(b, "batch_size", int, required=False, default=-1),
-        labels=tuple(field(b, "labels", list, required=False, default=[])))
+        labels=tuple(_str_list(b, "labels", required=False)))
     return json_response({"success": True, "model": mv.to_json()})
 
 
 @routes.post("/admin/deploy_python_closure")
 async def deploy_python_closure(request: web.Request) -> web.Response:
     b = await _body(request)
+    gpus = field(b, "gpus", list, required=False, default=[])
+    for g in gpus:
+        if isinstance(g, bool) or not isinstance(g, (str, int)):
+            raise BadRequest("field 'gpus' must be a list of GPU indices or 'cpu'")
     mv = await _server(request).deploy_closure(
         field(b, "model_name", str), field(b, "model_version", (str, int)),
         field(b, "input_type", str), field(b, "closure", str),
         num_replicas=field(b, "num_replicas", int, required=False, default=1),
         batch_size=field(b, "batch_size", int, required=False, default=-1),
-        labels=tuple(field(b, "labels", list, required=False, default=[])),
-        gpus=tuple(str(g) for g in field(b, "gpus", list, required=False, default=[])))
+        labels=tuple(_str_list(b, "labels", required=False)),
+        gpus=tuple(str(g) for g in gpus),
+        warmup_input=b.get("warmup_input"),
+        ready_timeout_s=field(b, "ready_timeout_s", (int, float), required=False,
+                              default=60.0))
     return json_response({"success": True, "model": mv.to_json()})
 
 
@@ -95,26 +152,42 @@ async def deploy_python_closure(request: web.Request) -> web.Response:
 async def add_model_links(request: web.Request) -> web.Response:
     b = await _body(request)
     app = field(b, "app_name", str)
-    names = field(b, "model_names", list)
-    for n in names:
+    for n in _str_list(b, "model_names"):
         _server(request).registry.link(app, n)
     return json_response({"success": True})
+
+
+@routes.post("/admin/delete_model_links")
+async def delete_model_links(request: web.Request) -> web.Response:
+    """Unlink models from an app (original Clipper: ``unlink_model_from_app``)."""
+    b = await _body(request)
+    app = field(b, "app_name", str)
+    for n in _str_list(b, "model_names"):
+        _server(request).registry.unlink(app, n)
+    return json_response({"success": True})
+
+
+@routes.post("/admin/get_linked_models")
+async def get_linked_models(request: web.Request) -> web.Response:
+    b = await _body(request)
+    s = _server(request)
+    name = field(b, "app_name", str)
+    s.registry.get_app(name)
+    return json_response(list(s.registry.links.get(name, [])))
 
 
 @routes.post("/admin/set_model_version")
 async def set_model_version(request: web.Request) -> web.Response:
     b = await _body(request)
-    _server(request).registry.set_current_version(field(b, "model_name", str),
-                                                  str(field(b, "model_version", (str, int))))
-    return json_response({"success": True})
+    mv = _server(request).set_model_version(field(b, "model_name", str), _version(b))
+    return json_response({"success": True, "model": mv.to_json()})
 
 
 @routes.post("/admin/set_num_replicas")
 async def set_num_replicas(request: web.Request) -> web.Response:
     b = await _body(request)
-    version = field(b, "model_version", (str, int), required=False)
     mv = await _server(request).set_num_replicas(
-        field(b, "model_name", str), None if version is None else str(version),
+        field(b, "model_name", str), _version(b, required=False),
         field(b, "num_replicas", int))
     return json_response({"success": True, "model": mv.to_json()})
 
@@ -178,6 +251,22 @@ async def get_batching(request: web.Request) -> web.Response:
         (stats["model_name"], stats["model_version"])])
     return json_response(stats)
 
+@routes.post("/admin/delete_versioned_model")
+async def delete_versioned_model(request: web.Request) -> web.Response:
+    """Stop a model version's replicas and forget it (not the current version, unless it
+    is the model's last and no app links the model)."""
+    b = await _body(request)
+    mv = await _server(request).delete_version(field(b, "model_name", str), _version(b))
+    return json_response({"success": True, "model": mv.to_json()})
+
+
+@routes.post("/admin/stop_inactive_model_versions")
+async def stop_inactive_model_versions(request: web.Request) -> web.Response:
+    """Stop and forget every non-current version of the named models."""
+    b = await _body(request)
+    stopped = await _server(request).stop_inactive_versions(_str_list(b, "model_names"))
+    return json_response({"success": True, "stopped": stopped})
+
 
 def _app_json(s: "ClipperServer", name: str) -> dict:
     d = s.registry.get_app(name).to_json()
@@ -207,6 +296,7 @@ def _model_json(s: "ClipperServer", key: tuple) -> dict:
     d["is_current_version"] = s.registry.current.get(mv.name) == mv.version
     mq = s.scheduler.models.get(key)
     d["connected_replicas"] = len(mq.replicas) if mq else 0
+    d["healthy_replicas"] = mq.healthy_replicas() if mq else 0
     return d
 
 
@@ -224,9 +314,7 @@ async def get_all_models(request: web.Request) -> web.Response:
 async def get_model(request: web.Request) -> web.Response:
     s = _server(request)
     b = await _body(request)
-    version = field(b, "model_version", (str, int), required=False)
-    mv = s.registry.get_model(field(b, "model_name", str),
-                              None if version is None else str(version))
+    mv = s.registry.get_model(field(b, "model_name", str), _version(b, required=False))
     return json_response(_model_json(s, mv.key))
 
 

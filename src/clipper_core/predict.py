@@ -114,6 +114,9 @@ class QueryProcessor:
             if version is None:
                 return None
         else:
+            if isinstance(version, bool) or not isinstance(version, (str, int)):
+                raise InvalidInput(f"'version' must be a string (or an integer) naming a "
+                                   f"version of model {name!r}, got {type(version).__name__}")
             if not isinstance(version, str):
                 version = str(version)
             self.registry.get_model(name, version)  # UnknownVersion names the versions

@@ -11,7 +11,8 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from .config import AppConfig, ModelVersion, check_name, check_version
-from .errors import Conflict, ConfigError, UnknownApp, UnknownModel, UnknownVersion
+from .errors import (ClipperError, Conflict, ConfigError, StateStoreError, UnknownApp,
+                     UnknownModel, UnknownVersion)
 from .state import StateStore
 
 ModelKey = tuple
@@ -30,6 +31,16 @@ class Registry:
         self._load()
 
     def _load(self) -> None:
+        try:
+            self._load_records()
+        except StateStoreError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, ClipperError) as e:
+            what = e.cause if isinstance(e, ClipperError) else f"{type(e).__name__}: {e}"
+            raise self.store.invalid(f"a record does not describe a valid app or model "
+                                     f"({what})") from None
+
+    def _load_records(self) -> None:
         for d in self.store.apps():
             app = AppConfig(d["name"], d["input_type"], d.get("default_output"),
                             d["latency_slo_micros"], d.get("policy", "single"),
@@ -63,8 +74,17 @@ class Registry:
         return app
 
     def update_app(self, name: str, **changes: Any) -> AppConfig:
+        """Change an app's SLO, default output, policy or cache setting (not its input
+        type: its linked models take that type)."""
         with self._lock:
-            app = replace(self.get_app(name), **changes)
+            old = self.get_app(name)
+            if "input_type" in changes and changes["input_type"] != old.input_type:
+                raise ConfigError(f"the input type of app {name!r} cannot change (it is "
+                                  f"{old.input_type}); register a new app instead")
+            app = replace(old, **changes)
+            if app.policy == "single" and len(self.links.get(name, [])) > 1:
+                raise ConfigError(f"app {name!r} links {len(self.links[name])} models; "
+                                  "policy 'single' serves one")
             self.store.put_app(name, app.to_json())
             self.apps[name] = app
         self._emit("app", name)
@@ -126,6 +146,42 @@ class Registry:
                 raise UnknownModel(f"no model named {name!r}")
             raise UnknownVersion(f"model {name!r} has no version {version!r}; versions: "
                                  f"{', '.join(vs)}")
+        return mv
+
+    def check_delete(self, name: str, version: str) -> None:
+        """Raise Conflict if version ``version`` of ``name`` may not be deleted now."""
+        mv = self.get_model(name, check_version(version))
+        if self.current.get(name) != mv.version:
+            return
+        if len(self.versions(name)) > 1:
+            raise Conflict(f"version {mv.version!r} is the current version of model {name!r}; "
+                           "make another version current first (set_model_version)")
+        apps = self.apps_of_model(name)
+        if apps:
+            raise Conflict(f"model {name!r} is linked to {', '.join(sorted(apps))}; unlink it "
+                           "before deleting its last version")
+
+    def delete_version(self, name: str, version: str, *, force: bool = False) -> ModelVersion:
+        """Forget one version of a model.  The current version can go only when it is the
+        last one and no app links the model (or with ``force``, used to undo a failed
+        deploy: then the links go too)."""
+        with self._lock:
+            mv = self.get_model(name, check_version(version))
+            last = len(self.versions(name)) == 1
+            if not force:
+                self.check_delete(name, mv.version)
+            self.store.delete_model_version(name, mv.version, drop_current=last)
+            del self.models[mv.key]
+            if last:
+                self.current.pop(name, None)
+                for app, models in self.links.items():
+                    if name in models:
+                        models.remove(name)
+            elif self.current.get(name) == mv.version:  # forced: fall back to the newest other
+                other = self.versions(name)[-1]
+                self.store.set_current_version(name, other)
+                self.current[name] = other
+        self._emit("model", name)
         return mv
 
     def set_current_version(self, name: str, version: str) -> None:

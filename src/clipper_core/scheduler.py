@@ -177,13 +177,14 @@ class Replica:
     def to_json(self) -> dict:
         return {"instance_id": self.instance_id, "model_name": self.key[0],
                 "model_version": self.key[1], "pid": self.pid, "suspect": self._suspect,
+                "draining": self._draining,
                 "in_flight": len(self.in_flight), "batch_size": self.sizer.current,
                 "batches": self.batches, "errors": self.errors, "info": self.info}
 
 
 class InFlight:
     __slots__ = ("batch_id", "replica", "queries", "sent_at", "started", "budget", "timer",
-                 "timed_out")
+                 "timed_out", "probe")
 
     def __init__(self, batch_id: int, replica: Replica, queries: list, sent_at: float,
                  started: float, budget: float) -> None:
@@ -195,6 +196,8 @@ class InFlight:
         self.budget = budget
         self.timer: asyncio.TimerHandle | None = None
         self.timed_out = False
+        #: set for a warm-up call (:meth:`Scheduler.probe`): resolves with an Answer
+        self.probe: asyncio.Future | None = None
 
 
 class ModelQueue:
@@ -258,7 +261,7 @@ class ModelQueue:
                                     self.budget_s, c.aimd_cap)
 
     def healthy_replicas(self) -> int:
-        return sum(1 for r in self.order if not r.suspect)
+        return sum(1 for r in self.order if not r.suspect and not r.draining)
 
     def _add(self, r: Replica) -> None:
         self.replicas[r.instance_id] = r
@@ -302,6 +305,11 @@ class ModelQueue:
         if recent:
             d["recent_batches"] = [list(p) for p in self.recent]
         return d
+
+
+def _resolve(fut: asyncio.Future, value: Answer) -> None:
+    if not fut.done():
+        fut.set_result(value)
 
 
 def answer(q: Any, value: Answer) -> None:
@@ -464,6 +472,7 @@ class Scheduler:
             if mq.wait_until <= when:
                 return
             mq.wait_timer.cancel()
+        mq.wait_until = when
         mq.wait_timer = self._loop.call_at(when, self._wait_done, mq)
         mq.wait_until = when
 
@@ -515,6 +524,41 @@ class Scheduler:
         fl.timer = self._loop.call_at(now + timeout, self._on_timeout, batch_id)
         return True
 
+    # ---------------------------------------------------------------- warm-up calls
+    def probe(self, r: Replica, inputs: list, timeout_s: float) -> asyncio.Future:
+        """Send ``inputs`` (already parsed; empty = a protocol-level probe that the container
+        answers without calling the model) to replica ``r`` alone, outside the queue.
+
+        The future resolves with ``(True, outputs)`` or ``(False, explanation)``: the replica
+        raised, missed ``timeout_s``, or was lost.
+        """
+        fut = self._loop.create_future()
+        mq = self.models.get(r.key)
+        if mq is None or mq.replicas.get(r.instance_id) is not r:
+            fut.set_result((False, f"replica {r.instance_id} is not connected"))
+            return fut
+        batch_id = next(self._batch_ids)
+        try:
+            frames = P.encode(P.PredictBatch(batch_id, mq.input_type, inputs))
+        except Exception as e:
+            fut.set_result((False, f"the warm-up input cannot be sent to the model: {e}"))
+            return fut
+        if not self._send(r.identity, frames):
+            fut.set_result((False, f"replica {r.instance_id} is unreachable"))
+            return fut
+        now = self._clock()
+        fl = InFlight(batch_id, r, [], now, self._stopwatch(), 0.0)
+        fl.probe = fut
+        r.in_flight[batch_id] = fl
+        self._batches[batch_id] = fl
+        fl.timer = self._loop.call_at(now + timeout_s, self._on_timeout, batch_id)
+        return fut
+
+    def _after_probe(self, r: Replica) -> None:
+        mq = self.models.get(r.key)
+        if mq is not None:
+            self._dispatch(mq)
+
     # ---------------------------------------------------------------- answers
     def _finish(self, identity: bytes, batch_id: int) -> tuple[InFlight, Replica] | None:
         fl = self._batches.get(batch_id)
@@ -539,6 +583,10 @@ class Scheduler:
         if done is None:
             return False
         fl, r = done
+        if fl.probe is not None:
+            _resolve(fl.probe, (True, msg.outputs))
+            self._after_probe(r)
+            return True
         queries = fl.queries
         n = len(queries)
         if len(msg.outputs) != n:
@@ -574,9 +622,15 @@ class Scheduler:
         if done is None:
             return False
         fl, r = done
-        r.errors += 1
         mq = self.models.get(r.key)
         label = mq.label if mq else f"{r.key[0]}:{r.key[1]}"
+        if fl.probe is not None:
+            log.batching.error("warm-up call of replica %s of %s raised %s: %s\n%s",
+                               r.instance_id, label, msg.error, msg.message, msg.traceback)
+            _resolve(fl.probe, (False, f"model {label} raised {msg.error}: {msg.message}"))
+            self._after_probe(r)
+            return True
+        r.errors += 1
         log.batching.error("model %s raised %s: %s (replica %s)\n%s", label, msg.error,
                            msg.message, r.instance_id, msg.traceback)
         for q in fl.queries:
@@ -593,6 +647,13 @@ class Scheduler:
         r = fl.replica
         fl.timer = None
         fl.timed_out = True
+        if fl.probe is not None:
+            self._batches.pop(batch_id, None)
+            r.in_flight.pop(batch_id, None)
+            _resolve(fl.probe, (False, f"replica {r.instance_id} did not answer the warm-up "
+                                       "call in time"))
+            self._after_probe(r)
+            return
         r.timeouts += 1
         mq = self.models.get(r.key)
         if not r._suspect:
@@ -691,6 +752,8 @@ class Scheduler:
             self._batches.pop(batch_id, None)
             if fl.timer is not None:
                 fl.timer.cancel()
+            if fl.probe is not None:
+                _resolve(fl.probe, (False, f"replica {r.instance_id} was lost: {reason}"))
             if not (fl.timed_out and requeue):  # a timeout requeued those already
                 lost.extend(fl.queries)
         r.in_flight.clear()

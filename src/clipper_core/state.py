@@ -1,4 +1,5 @@
-"""The state store: apps, models, versions, links, replica counts and policy state in SQLite.
+"""The state store: apps, models, versions, links, replica counts, the local replica processes
+and policy state in SQLite.
 
 One file, ``state.db`` in the state directory.  Every write is its own transaction, so a
 frontend killed at any moment restarts from a consistent state.
@@ -12,6 +13,7 @@ import sqlite3
 import threading
 from typing import Any, Iterator
 
+from . import log
 from .errors import StateStoreError
 
 SCHEMA_VERSION = 1
@@ -28,6 +30,7 @@ CREATE TABLE IF NOT EXISTS links (app TEXT NOT NULL, model TEXT NOT NULL,
     PRIMARY KEY (app, model));
 CREATE TABLE IF NOT EXISTS policy_state (app TEXT NOT NULL, uid TEXT NOT NULL,
     data TEXT NOT NULL, PRIMARY KEY (app, uid));
+CREATE TABLE IF NOT EXISTS replicas (instance_id TEXT PRIMARY KEY, data TEXT NOT NULL);
 """
 
 
@@ -51,9 +54,19 @@ class StateStore:
                 "then be deployed again), or start with --state-dir pointing elsewhere")
 
     def _open(self) -> sqlite3.Connection:
-        if os.path.exists(self.path) and not os.access(self.path, os.R_OK | os.W_OK):
+        if os.path.isdir(self.path):
+            raise StateStoreError(f"the state file {self.path} is a directory, not a Clipper "
+                                  f"state database; {self._recovery()}")
+        if not os.path.exists(self.path):
+            log.state.info("no state file at %s: starting with an empty state", self.path)
+            if os.path.isdir(os.path.join(self.state_dir, "models")):
+                log.state.warning("the state directory %s holds deployed models but no state "
+                                  "file: apps and models must be registered again",
+                                  self.state_dir)
+        elif not os.access(self.path, os.R_OK | os.W_OK):
             raise StateStoreError(f"the state file {self.path} is not readable and writable by "
                                   f"this user; fix its permissions or {self._recovery()}")
+        db = None
         try:
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
@@ -71,8 +84,11 @@ class StateStore:
                     f"reads version {SCHEMA_VERSION}; {self._recovery()}")
             return db
         except StateStoreError:
+            db.close()
             raise
         except (sqlite3.Error, ValueError) as e:
+            if db is not None:
+                db.close()
             raise StateStoreError(
                 f"the state file {self.path} is corrupted or not a Clipper state database "
                 f"({e}); {self._recovery()}") from None
@@ -91,33 +107,61 @@ class StateStore:
 
     def _docs(self, sql: str, args: tuple = ()) -> Iterator[Any]:
         for row in self._exec(sql, args):
-            yield json.loads(row[0])
+            try:
+                yield json.loads(row[0])
+            except (ValueError, TypeError) as e:
+                raise self.invalid(f"a record is not valid JSON ({e})") from None
+
+    def invalid(self, what: str) -> StateStoreError:
+        """The error for a readable state file whose content makes no sense."""
+        return StateStoreError(f"the state file {self.path} is corrupted: {what}; "
+                               f"{self._recovery()}")
 
     # -------------------------------------------------------------- apps
     def put_app(self, name: str, data: dict) -> None:
         self._exec("INSERT OR REPLACE INTO apps VALUES (?, ?)", (name, json.dumps(data)))
 
     def delete_app(self, name: str) -> None:
+        self._transaction(("DELETE FROM apps WHERE name=?", (name,)),
+                          ("DELETE FROM links WHERE app=?", (name,)),
+                          ("DELETE FROM policy_state WHERE app=?", (name,)))
+
+    def _transaction(self, *statements: tuple) -> None:
         with self._lock:
-            self._db.execute("BEGIN")
-            self._db.execute("DELETE FROM apps WHERE name=?", (name,))
-            self._db.execute("DELETE FROM links WHERE app=?", (name,))
-            self._db.execute("DELETE FROM policy_state WHERE app=?", (name,))
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("BEGIN")
+                try:
+                    for sql, args in statements:
+                        self._db.execute(sql, args)
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise StateStoreError(f"state store at {self.path} failed: {e}") from None
 
     def apps(self) -> list[dict]:
         return list(self._docs("SELECT data FROM apps ORDER BY name"))
 
     # -------------------------------------------------------------- models
     def put_model(self, name: str, version: str, data: dict) -> None:
-        self._exec("INSERT OR REPLACE INTO models (name, version, data) VALUES (?, ?, ?)",
+        # an upsert, not INSERT OR REPLACE: the row keeps its creation time (version order)
+        self._exec("INSERT INTO models (name, version, data) VALUES (?, ?, ?) "
+                   "ON CONFLICT (name, version) DO UPDATE SET data = excluded.data",
                    (name, version, json.dumps(data)))
 
-    def delete_model_version(self, name: str, version: str) -> None:
-        self._exec("DELETE FROM models WHERE name=? AND version=?", (name, version))
+    def delete_model_version(self, name: str, version: str, *,
+                             drop_current: bool = False) -> None:
+        """Forget one version; ``drop_current`` also forgets the model's current version and
+        its links (its last version is going)."""
+        stmts: list[tuple] = [("DELETE FROM models WHERE name=? AND version=?", (name, version))]
+        if drop_current:
+            stmts.append(("DELETE FROM current_versions WHERE name=?", (name,)))
+            stmts.append(("DELETE FROM links WHERE model=?", (name,)))
+        self._transaction(*stmts)
 
     def models(self) -> list[dict]:
-        return list(self._docs("SELECT data FROM models ORDER BY name, created, version"))
+        return list(self._docs("SELECT data FROM models ORDER BY name, created, rowid"))
 
     def set_current_version(self, name: str, version: str | None) -> None:
         if version is None:
@@ -137,6 +181,19 @@ class StateStore:
 
     def links(self) -> list[tuple[str, str]]:
         return [tuple(r) for r in self._exec("SELECT app, model FROM links ORDER BY rowid")]
+
+    # -------------------------------------------------------------- replica processes
+    def put_replica(self, instance_id: str, data: dict) -> None:
+        """Remember a replica process the local manager started (to re-adopt it after a
+        crash of the frontend)."""
+        self._exec("INSERT OR REPLACE INTO replicas VALUES (?, ?)",
+                   (instance_id, json.dumps(data)))
+
+    def delete_replica(self, instance_id: str) -> None:
+        self._exec("DELETE FROM replicas WHERE instance_id=?", (instance_id,))
+
+    def replicas(self) -> list[dict]:
+        return list(self._docs("SELECT data FROM replicas ORDER BY instance_id"))
 
     # -------------------------------------------------------------- policy state
     def put_policy_state(self, app: str, uid: str, data: Any) -> None:

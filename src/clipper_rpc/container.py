@@ -85,10 +85,15 @@ def serve_model(model: Model, *, model_name: str, model_version: str, input_type
 
 def _loop(chan: DealerChannel, model: Model, register: list, hb: float,
           stop: threading.Event) -> None:
+    # Sends never block: while no frontend is connected (not up yet, restarting) nothing is
+    # queued, and REGISTER is retried until one is; a stop request is always seen promptly.
     heartbeat = P.encode(P.Heartbeat())
-    chan.send(register)
+    must_register = True
     last_sent = last_heard = time.monotonic()
     while not stop.is_set():
+        if must_register and chan.try_send(register):
+            must_register = False
+            last_sent = time.monotonic()
         frames = chan.recv(min(hb, 0.1))
         now = time.monotonic()
         if frames is not None:
@@ -99,11 +104,12 @@ def _loop(chan: DealerChannel, model: Model, register: list, hb: float,
                 log.error("dropped a malformed message from the frontend: %s", e)
                 continue
             if isinstance(msg, P.PredictBatch):
-                chan.send(_evaluate(model, msg))
+                if not chan.try_send(_evaluate(model, msg)):
+                    log.warning("the frontend went away; the answer to batch %d is dropped "
+                                "(it re-sends the queries)", msg.batch_id)
                 now = last_sent = time.monotonic()
             elif isinstance(msg, P.Reset):
-                chan.send(register)
-                last_sent = now
+                must_register = True
             elif isinstance(msg, P.Shutdown):
                 log.info("frontend asked this container to shut down")
                 return
@@ -111,14 +117,18 @@ def _loop(chan: DealerChannel, model: Model, register: list, hb: float,
         if now - last_heard > 5 * hb:
             # the frontend went silent (restarted?): ZeroMQ reconnects by itself, so
             # announce ourselves again
-            chan.send(register)
-            last_sent = last_heard = now
-        elif now - last_sent >= hb:
-            chan.send(heartbeat)
+            must_register = True
+            last_heard = now
+        elif not must_register and now - last_sent >= hb:
+            chan.try_send(heartbeat)
             last_sent = now
 
 
 def _evaluate(model: Model, msg: P.PredictBatch) -> list:
+    if not msg.inputs:
+        # an empty batch is the frontend's warm-up probe: it proves this loop answers; the
+        # model is not called (many models cannot take an empty batch)
+        return P.encode(P.Result(msg.batch_id, [], 0))
     try:
         t0 = time.perf_counter()
         outputs = model.predict(msg.inputs)

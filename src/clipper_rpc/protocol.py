@@ -169,7 +169,9 @@ def encode_inputs(input_type: str, inputs: Sequence[Any]) -> tuple[bytes, Any]:
     if input_type in NUMERIC_DTYPES:
         dtype = NUMERIC_DTYPES[input_type]
         lengths = np.fromiter((len(x) for x in inputs), LENGTH_DTYPE, len(inputs))
-        if len(inputs) == 1:
+        if not inputs:  # an empty batch is the frontend's warm-up probe
+            data = np.empty(0, dtype)
+        elif len(inputs) == 1:
             data = np.ascontiguousarray(inputs[0], dtype=dtype)
         else:
             data = np.concatenate(inputs).astype(dtype, copy=False)

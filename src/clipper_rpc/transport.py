@@ -129,6 +129,10 @@ class DealerChannel:
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.RECONNECT_IVL, 100)
         self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        # queue nothing while the frontend is away: a backlog of stale heartbeats would fill
+        # the high-water mark after ~1000 s and then block every send (and SIGTERM with it),
+        # and would flood a restarted frontend; the container re-registers instead
+        self._sock.setsockopt(zmq.IMMEDIATE, 1)
         self._sock.connect(address)
         self._poller = zmq.Poller()
         self._poller.register(self._sock, zmq.POLLIN)
@@ -136,6 +140,14 @@ class DealerChannel:
     def send(self, frames: Sequence) -> None:
         # large arrays are sent without copy; small frames are cheap to copy either way
         self._sock.send_multipart(list(frames), copy=False)
+
+    def try_send(self, frames: Sequence) -> bool:
+        """Send without blocking; False (nothing sent) while no frontend is connected."""
+        try:
+            self._sock.send_multipart(list(frames), flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            return False
 
     def recv(self, timeout_s: float) -> list | None:
         """One message's frames (as zero-copy buffers), or None after ``timeout_s``."""
