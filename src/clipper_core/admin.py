@@ -109,6 +109,22 @@ class ClipperConnection:
             "latency_slo_micros": slo_micros, "policy": policy,
             "policy_params": policy_params or {}, "cache_enabled": cache_enabled})["app"]
 
+    def set_app_policy(self, name: str, policy: str, policy_params: dict | None = None, *,
+                       reset: bool = False) -> dict:
+        """Change the selection policy of app ``name`` (or only its parameters: the same
+        policy keeps what it learned unless ``reset``)."""
+        return self._call("set_app_policy", {"name": name, "policy": policy,
+                                             "policy_params": policy_params or {},
+                                             "reset": reset})["app"]
+
+    def get_app_policy(self, name: str, uid: str | None = None) -> dict:
+        """The app's policy and, per linked model, its weight (the user's with ``uid``), how
+        often it was selected and how much feedback it got."""
+        body: dict = {"name": name}
+        if uid is not None:
+            body["uid"] = uid
+        return self._call("get_app_policy", body)
+
     def link_model_to_app(self, app_name: str, model_name: str) -> None:
         self._call("add_model_links", {"app_name": app_name, "model_names": [model_name]})
 

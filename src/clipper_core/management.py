@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from .errors import Unauthorized
+from .predict import check_uid
 from .http import MAX_BODY, error_middleware, field, json_object, json_response, read_json
 from . import sched
 from .sched import COMPILED
@@ -114,6 +115,27 @@ async def set_num_replicas(request: web.Request) -> web.Response:
         field(b, "model_name", str), None if version is None else str(version),
         field(b, "num_replicas", int))
     return json_response({"success": True, "model": mv.to_json()})
+
+
+@routes.post("/admin/set_app_policy")
+async def set_app_policy(request: web.Request) -> web.Response:
+    b = await _body(request)
+    app = _server(request).set_app_policy(
+        field(b, "name", str), field(b, "policy", str),
+        field(b, "policy_params", dict, required=False, default={}),
+        reset=field(b, "reset", bool, required=False, default=False))
+    return json_response({"success": True, "app": app.to_json()})
+
+
+@routes.post("/admin/get_app_policy")
+async def get_app_policy(request: web.Request) -> web.Response:
+    """The app's policy, each linked model's weight, selection and feedback counts (for one
+    user's state with ``uid``)."""
+    b = await _body(request)
+    uid = b.get("uid")
+    if uid is not None:
+        uid = check_uid(uid)
+    return json_response(_server(request).app_policy_info(field(b, "name", str), uid))
 
 
 def _app_json(s: "ClipperServer", name: str) -> dict:

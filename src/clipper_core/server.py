@@ -20,10 +20,12 @@ from .config import AppConfig, ModelVersion, ServerConfig, check_name, check_ver
 from .containers.local import LocalProcessManager
 from .errors import BadRequest, ConfigError, StateStoreError
 from .frontend import make_app as make_query_app
+from .policies import make_policy
 from .predict import QueryProcessor
 from .registry import Registry
 from .rpc import RpcServer
 from .scheduler import BatchingConfig, Scheduler
+from .selection import Selection
 from .state import StateStore
 
 ENDPOINTS_FILE = "endpoints.json"
@@ -70,8 +72,11 @@ class ClipperServer:
         self.manager = LocalProcessManager(
             rpc_endpoint, os.path.join(cfg.state_dir, "logs"),
             on_exit=lambda iid, why: self.scheduler.remove_replica(iid, why))
-        self.processor = QueryProcessor(self.registry, self.scheduler)
+        self.selection = Selection(self.store)
+        self.processor = QueryProcessor(self.registry, self.scheduler, self.selection)
         self.registry.listeners.append(lambda *_: self.sync_models())
+        self.registry.listeners.append(self._on_registry_event)
+        self.selection.start(self._app_exists)
         self.sync_models()
 
         from .management import make_app as make_mgmt_app
@@ -118,6 +123,11 @@ class ClipperServer:
             await runner.shutdown()
         if hasattr(self, "scheduler"):
             self.scheduler.fail_all("Clipper is shutting down")
+        if hasattr(self, "selection"):
+            try:
+                await self.selection.close(self._app_exists)  # learned weights survive
+            except Exception:
+                log.state.exception("policy state not written at shutdown")
         if hasattr(self, "manager"):
             await self.manager.close()
         if hasattr(self, "rpc"):
@@ -189,9 +199,43 @@ class ClipperServer:
         check()
         return fut
 
+    # ---------------------------------------------------------------- selection policies
+    def _app_exists(self, name: str) -> bool:
+        return name in self.registry.apps
+
+    def _on_registry_event(self, event: str, name: Any) -> None:
+        if event == "app_deleted":
+            self.selection.forget(name)
+
+    def set_app_policy(self, name: str, policy: str, policy_params: dict | None = None,
+                       reset: bool = False) -> AppConfig:
+        """Change an app's selection policy or its parameters.  The same policy with new
+        parameters keeps what it learned (unless ``reset``); another policy starts afresh."""
+        app = self.registry.get_app(name)
+        params = {} if policy_params is None else policy_params
+        make_policy(policy, params)  # ConfigError names what is wrong
+        links = self.registry.links.get(name, [])
+        if policy == "single" and len(links) > 1:
+            raise ConfigError(f"app {name!r} links {len(links)} models ({', '.join(links)}) and "
+                              "policy 'single' serves one; unlink the others first")
+        if reset:
+            self.selection.forget(name)
+        updated = self.registry.update_app(name, policy=policy, policy_params=params)
+        self.selection.get(updated)  # carries the state over, or drops it
+        log.server.info("app %s: policy %s %s -> %s %s%s", name, app.policy,
+                        app.policy_params, policy, params, " (state reset)" if reset else "")
+        return updated
+
+    def app_policy_info(self, name: str, uid: str | None = None) -> dict:
+        app = self.registry.get_app(name)
+        info = self.selection.get(app).snapshot(self.registry.links.get(name, []), uid)
+        info["app"] = name
+        return info
+
     # ---------------------------------------------------------------- management operations
     def add_app(self, name: str, input_type: str, default_output: Any,
                 slo_micros: int, **kw: Any) -> AppConfig:
+        make_policy(kw.get("policy", "single"), kw.get("policy_params"))
         return self.registry.add_app(AppConfig(name, input_type, default_output, slo_micros, **kw))
 
     def add_model(self, name: str, version: Any, input_type: str, *, batch_size: int = -1,
