@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from dataclasses import dataclass
 from typing import Any
 
 from . import log
@@ -34,17 +33,27 @@ MAX_BATCH_INPUTS = 10_000
 FEEDBACK_TIMEOUT_S = 1.0
 
 
-@dataclass(frozen=True)
 class Outcome:
-    """The answer to one query, before formatting."""
+    """The answer to one query, before formatting (a plain slotted class: one is built per
+    query on the hot path, and a frozen dataclass costs three times as much to build)."""
 
-    query_id: int
-    output: Any
-    default: bool
-    explanation: str | None = None
-    #: the models (``name:version``) whose predictions formed the answer
-    models: tuple = ()
-    confidence: float = 1.0
+    __slots__ = ("query_id", "output", "default", "explanation", "models", "confidence")
+
+    def __init__(self, query_id: int, output: Any, default: bool,
+                 explanation: str | None = None, models: tuple = (),
+                 confidence: float = 1.0) -> None:
+        self.query_id = query_id
+        self.output = output
+        self.default = default
+        self.explanation = explanation
+        #: the models (``name:version``) whose predictions formed the answer
+        self.models = models
+        self.confidence = confidence
+
+    def __repr__(self) -> str:
+        return (f"Outcome(query_id={self.query_id!r}, output={self.output!r}, "
+                f"default={self.default!r}, explanation={self.explanation!r}, "
+                f"models={self.models!r}, confidence={self.confidence!r})")
 
     def to_json(self) -> dict:
         d = {"query_id": self.query_id, "output": self.output, "default": self.default,
@@ -103,21 +112,22 @@ class QueryProcessor:
             return f"no healthy replica of model {key[0]}:{key[1]}"
         return f"model {key[0]}:{key[1]} did not answer within the deadline ({slo_ms:g} ms)"
 
-    def _slo_s(self, app: AppConfig, timeout_ms: Any) -> float:
-        slo_s = app.slo_micros / 1e6
-        if timeout_ms is not None:
-            if (isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float))
-                    or timeout_ms <= 0):
-                raise InvalidInput(f"timeout_ms must be a positive number of milliseconds, "
-                                   f"got {timeout_ms!r}")
-            slo_s = min(slo_s, timeout_ms / 1e3)  # a request may only shorten the SLO
-        return slo_s
+    @staticmethod
+    def _slo_s(slo_s: float, timeout_ms: Any) -> float:
+        if (isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float))
+                or timeout_ms <= 0):
+            raise InvalidInput(f"timeout_ms must be a positive number of milliseconds, "
+                               f"got {timeout_ms!r}")
+        return min(slo_s, timeout_ms / 1e3)  # a request may only shorten the SLO
+
+    def _refused(self, key: tuple, q: Query) -> None:
+        mq = self.scheduler.models.get(key)
+        answer(q, (False, "the model's queue is full (overload)" if mq is not None
+                   else f"model {key[0]}:{key[1]} is not loaded"))
 
     def _submit(self, key: tuple, q: Query) -> None:
         if not self.scheduler.submit(key, q):
-            mq = self.scheduler.models.get(key)
-            answer(q, (False, "the model's queue is full (overload)" if mq is not None
-                       else f"model {key[0]}:{key[1]} is not loaded"))
+            self._refused(key, q)
 
     async def _wait(self, queries: list, deadline: float, keys: Any, slo_ms: float) -> None:
         """Until every query is answered, or the deadline answers the rest."""
@@ -149,20 +159,19 @@ class QueryProcessor:
     async def predict(self, app_name: str, raw_inputs: list, *, version: Any = None,
                       timeout_ms: Any = None, uid: Any = None) -> list[Outcome]:
         app = self.registry.get_app(app_name)
-        slo_s = self._slo_s(app, timeout_ms)
-        uid = check_uid(uid)
-        if app.policy == "single":
-            return await self._predict_single(app, raw_inputs, version, slo_s)
-        if version is not None:
-            raise InvalidInput(f"'version' applies to apps that serve one model; app "
-                               f"{app.name!r} combines its linked models with policy "
-                               f"{app.policy!r} (set each model's version with "
-                               "set_model_version)")
-        return await self._predict_policy(app, raw_inputs, slo_s, uid)
-
-    # ---------------------------------------------------------------- one model (fast path)
-    async def _predict_single(self, app: AppConfig, raw_inputs: list, version: Any,
-                              slo_s: float) -> list[Outcome]:
+        slo_s = app.slo_micros / 1e6
+        if timeout_ms is not None:
+            slo_s = self._slo_s(slo_s, timeout_ms)
+        if uid is not None:
+            uid = check_uid(uid)
+        if app.policy != "single":
+            if version is not None:
+                raise InvalidInput(f"'version' applies to apps that serve one model; app "
+                                   f"{app.name!r} combines its linked models with policy "
+                                   f"{app.policy!r} (set each model's version with "
+                                   "set_model_version)")
+            return await self._predict_policy(app, raw_inputs, slo_s, uid)
+        # one model: the fast path, inline (every call and coroutine here costs per query)
         key = self.route(app, version)
         parse = PARSERS[app.input_type]
         parsed = [parse(x, app.name) for x in raw_inputs]  # all valid before any is queued
@@ -174,11 +183,22 @@ class QueryProcessor:
         now = loop.time()
         deadline = now + slo_s
         queries = []
+        submit = self.scheduler.submit
         for qid, x in zip(ids, parsed):
             q = Query(qid, x, now, deadline, loop.create_future())
-            self._submit(key, q)
+            if not submit(key, q):
+                self._refused(key, q)
             queries.append(q)
-        await self._wait(queries, deadline, key, slo_s * 1e3)
+        timer = loop.call_at(deadline, self._expire, queries, key, slo_s * 1e3)
+        try:
+            if len(queries) == 1:
+                await queries[0].future
+            else:
+                await asyncio.gather(*(q.future for q in queries))
+        finally:
+            timer.cancel()
+            for q in queries:
+                q.answered = True  # a cancelled request must not be computed
         label = (f"{key[0]}:{key[1]}",)
         out = []
         answered = 0
