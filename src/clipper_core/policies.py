@@ -343,9 +343,9 @@ class _ExpWeights(Policy):
 
     def __init__(self, params=None, rng=None) -> None:
         super().__init__(params, rng)
-        self.eta = float(_param_num(self.params, "eta", 0.05, 0.0, 100.0, self.name,
+        self.eta = float(_param_num(self.params, "eta", 0.03, 0.0, 100.0, self.name,
                                     lo_open=True))
-        self.min_weight = float(_param_num(self.params, "min_weight", 1e-3, 1e-12, 0.1,
+        self.min_weight = float(_param_num(self.params, "min_weight", 3e-4, 1e-12, 0.1,
                                            self.name))
         self.logw: dict[str, float] = {}
 
@@ -424,7 +424,8 @@ class Exp3(_ExpWeights):
     Exp3's update divides a model's loss by the probability that the loss was observed.
     Clipper's feedback path evaluates every linked model on the feedback input, so every loss
     is observed (probability one) and the update is the full-information one: each model's
-    weight is multiplied by exp(-eta · loss).
+    weight is multiplied by exp(-eta · loss).  For the same reason exploration is not needed
+    to learn, and ``gamma`` defaults to a small 0.01.
     """
 
     name = "exp3"
@@ -432,7 +433,7 @@ class Exp3(_ExpWeights):
 
     def __init__(self, params=None, rng=None) -> None:
         super().__init__(params, rng)
-        self.gamma = float(_param_num(self.params, "gamma", 0.05, 0.0, 1.0, self.name))
+        self.gamma = float(_param_num(self.params, "gamma", 0.01, 0.0, 1.0, self.name))
 
     def select(self, models, uid):
         k = len(models)

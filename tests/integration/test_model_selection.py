@@ -168,7 +168,7 @@ def test_two_users_each_converge_to_their_own_model(clipper, models):
         for uid, own in (("alice", "x"), ("bob", "y")):
             outs = [client.post(f"/{app}/predict", {"uid": uid, "input": [1.0]})[1]["output"]
                     for _ in range(40)]
-            # exp3 still explores (gamma 5%): most, not all, queries go to the user's model
+            # exp3 still explores (gamma): most, maybe not all, queries go to the user's model
             assert outs.count(own) >= 34, (uid, outs)
     finally:
         client.close()
