@@ -34,7 +34,10 @@ MAX_UID_CHARS = 256
 class AppSelection:
     """An application's policy: instances, per-user states, counters."""
 
-    def __init__(self, app: AppConfig, store: StateStore | None, max_users: int) -> None:
+    def __init__(self, app: AppConfig, store: StateStore | None, max_users: int,
+                 previous: "AppSelection | None" = None, keep_state: bool = False) -> None:
+        """``previous``: the app's selection before its policy changed; its counters carry
+        over, and with ``keep_state`` (same policy, new params) its learned states too."""
         self.config = app
         self.name = app.name
         self.store = store
@@ -50,6 +53,12 @@ class AppSelection:
         self.feedback_by_model: dict[str, int] = {}
         self.loss_sum: dict[str, float] = {}
         self.errors = 0
+        self.personalized = False
+        if previous is not None:
+            self.selected = previous.selected
+            self.feedback = previous.feedback
+            self.feedback_by_model = previous.feedback_by_model
+            self.loss_sum = previous.loss_sum
         try:
             self.cls = load_policy(app.policy)
             params = dict(app.policy_params)
@@ -66,7 +75,28 @@ class AppSelection:
             log.server.error("app %s: %s", app.name, self.error)
             return
         self.personalized = bool(self.cls.personalized)
-        self._load()
+        if keep_state and previous is not None and previous.error is None:
+            self._take_over(previous)
+        else:
+            self._load()
+
+    def _take_over(self, old: "AppSelection") -> None:
+        """Carry the learned states over in memory (the store may still be receiving them)."""
+        def copy(p: Policy) -> Policy:
+            q = self._new()
+            self._restore(q, old._wrap(p))
+            return q
+
+        self.policy = copy(old.policy)
+        if APP_UID in old.dirty:
+            self.dirty[APP_UID] = self.policy
+        if self.personalized:
+            for uid, p in old.users.items():
+                self.users[uid] = copy(p)
+            for uid, p in old.dirty.items():
+                if uid != APP_UID:
+                    self.dirty[uid] = self.users.get(uid) or copy(p)
+        self.complete = old.complete
 
     def _new(self) -> Policy:
         return self.cls(dict(self.config.policy_params), self.rng)
@@ -192,38 +222,33 @@ class Selection:
         #: apps forgotten (reset, policy replaced, deleted) while a write was on its way
         self._deleted: set[str] = set()
 
-    def get(self, app: AppConfig) -> AppSelection:
+    def get(self, app: AppConfig, reset: bool = False) -> AppSelection:
+        """The app's selection; rebuilt when the app's policy or params changed (the same
+        policy with new params keeps what it learned; another policy, or ``reset``, starts
+        afresh).  Counters always carry over."""
         s = self.apps.get(app.name)
-        if s is not None and s.config is app:
-            return s
-        if s is not None and (s.config.policy, s.config.policy_params) == (
-                app.policy, app.policy_params):
-            s.config = app  # another field of the app changed (SLO, default): keep the state
-            return s
-        if s is not None:
-            self._carry_over(s, app)
-        s = self.apps[app.name] = AppSelection(app, self.store, self.max_users)
-        return s
-
-    def _carry_over(self, old: AppSelection, app: AppConfig) -> None:
-        """The app's policy or its params changed: a different policy starts afresh; the
-        same policy with new params keeps its learned state."""
-        if old.config.policy != app.policy:
-            self.forget(app.name)
-        else:
-            self.flush_app_now(old)
+        if s is not None and not reset:
+            if s.config is app:
+                return s
+            if (s.config.policy, s.config.policy_params) == (app.policy, app.policy_params):
+                s.config = app  # another field of the app changed (SLO, default)
+                return s
+        keep = not reset and s is not None and s.config.policy == app.policy
+        if reset or (s is not None and not keep):
+            self._drop_stored(app.name)
+        new = AppSelection(app, self.store, self.max_users, previous=s, keep_state=keep)
+        self.apps[app.name] = new
+        return new
 
     def forget(self, name: str) -> None:
-        """Drop an app's policy state from memory and from the store."""
+        """The app is gone: drop its policy state from memory and from the store."""
         self.apps.pop(name, None)
+        self._drop_stored(name)
+
+    def _drop_stored(self, name: str) -> None:
         self._deleted.add(name)
         if self.store is not None:
             self.store.delete_policy_states(name)
-
-    def flush_app_now(self, s: AppSelection) -> None:
-        docs = s.export()
-        if docs and self.store is not None:
-            self.store.put_policy_states(s.name, docs)
 
     # ---------------------------------------------------------------- writer
     async def flush(self, exists: Callable[[str], bool] | None = None) -> int:
@@ -265,7 +290,11 @@ class Selection:
             while True:
                 await asyncio.sleep(self.flush_interval_s)
                 try:
-                    await self.flush(exists)
+                    # shielded: a write under way finishes even when close() cancels the loop
+                    # (close's own flush then waits for it)
+                    await asyncio.shield(self.flush(exists))
+                except asyncio.CancelledError:
+                    raise
                 except Exception:  # never let the writer die
                     log.state.exception("policy state writer failed")
 

@@ -218,10 +218,8 @@ class ClipperServer:
         if policy == "single" and len(links) > 1:
             raise ConfigError(f"app {name!r} links {len(links)} models ({', '.join(links)}) and "
                               "policy 'single' serves one; unlink the others first")
-        if reset:
-            self.selection.forget(name)
         updated = self.registry.update_app(name, policy=policy, policy_params=params)
-        self.selection.get(updated)  # carries the state over, or drops it
+        self.selection.get(updated, reset=reset)  # carries the state over, or drops it
         log.server.info("app %s: policy %s %s -> %s %s%s", name, app.policy,
                         app.policy_params, policy, params, " (state reset)" if reset else "")
         return updated

@@ -1,5 +1,8 @@
 """The selection layer's state: per-user instances, persistence in a real state store."""
 
+import asyncio
+import threading
+
 import pytest
 
 from clipper_core.config import AppConfig
@@ -110,6 +113,44 @@ async def test_a_policy_that_cannot_be_loaded_is_reported_not_raised(store):
     a = Selection(store).get(app)
     assert "cannot import policy module 'gone_module_xyz'" in a.error
     assert a.snapshot(AB)["error"] == a.error
+    assert a.snapshot(AB, uid="u1")["error"] == a.error
+    assert a.for_uid("u1") is a.policy
+
+
+async def test_new_params_keep_the_state_even_while_a_write_is_under_way(store, monkeypatch):
+    app = make_app(store, params={"eta": 0.5})
+    s = Selection(store)
+    teach(s.get(app), None, "a")
+    teach(s.get(app), "u1", "b")
+    learned = s.get(app).for_uid("u1").weights(AB)
+    learned_app = s.get(app).policy.weights(AB)
+    go = threading.Event()
+    put = store.put_policy_states
+
+    def slow_put(app_name, docs):
+        go.wait(10)
+        put(app_name, docs)
+
+    monkeypatch.setattr(store, "put_policy_states", slow_put)
+    writing = asyncio.ensure_future(s.flush())
+    await asyncio.sleep(0.01)  # the flush has taken the dirty states; their write waits
+    assert not s.get(app).dirty and not writing.done()
+    app2 = AppConfig("app", "doubles", 0, 100_000, "exp4", {"eta": 0.1})
+    assert s.get(app2).for_uid("u1").weights(AB) == pytest.approx(learned)
+    assert s.get(app2).policy.weights(AB) == pytest.approx(learned_app)
+    go.set()
+    assert await writing == 2
+
+
+async def test_counters_survive_policy_changes_and_resets(store):
+    app = make_app(store, params={"eta": 0.5})
+    s = Selection(store)
+    s.get(app).count_selected("a", 5)
+    teach(s.get(app), None, "a", 3)
+    app2 = AppConfig("app", "doubles", 0, 100_000, "exp3", {})
+    a = s.get(app2, reset=True)
+    assert a.selected == {"a": 5} and a.feedback == 3
+    assert a.policy.weights(AB) == pytest.approx({"a": 0.5, "b": 0.5})
 
 
 async def test_snapshot_counts(store):
