@@ -462,7 +462,9 @@ class Exp4(_ExpWeights):
         return list(models)
 
     def combine(self, selected, preds):
-        ws = self.probabilities(selected)
+        # read-only: a link added while this query was in flight must not reset the weights
+        lw = self.logw
+        ws = {m: math.exp(lw[m]) if m in lw else 1.0 / len(selected) for m in selected}
         if self.loss_kind == "squared":
             return weighted_mean(selected, preds, ws)
         return weighted_vote(selected, preds, ws)

@@ -280,7 +280,9 @@ class QueryProcessor:
                     combined = policy.combine(chosen, preds)
                     if combined is not None:
                         o, conf = combined
-                        combined = (o, float(conf))
+                        conf = float(conf)
+                        conf = min(1.0, max(0.0, conf)) if conf == conf else 0.0  # NaN -> 0
+                        combined = (o, conf)
                 except Exception as e:
                     combined = None
                     why = self._policy_failed(sel, "combine", e)
