@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test build venv bench clean
+.PHONY: run test build venv bench bench-deps clean
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: build
 
 bench: build
 	$(PY) benchmarks/demo_throughput.py
+
+# scikit-learn for the benchmark scenarios' sklearn model (not a dependency of Clipper)
+bench-deps: $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
 
 clean:
 	rm -rf build $(VENV) src/*.egg-info src/clipper_core/*.so src/clipper_core/*.c \

@@ -110,11 +110,15 @@ class ClipperConnection:
     def register_application(self, name: str, input_type: str, default_output: Any,
                              slo_micros: int = 100_000, *, policy: str = "single",
                              policy_params: dict | None = None,
-                             cache_enabled: bool = True) -> dict:
+                             cache_enabled: bool = True,
+                             cache_ttl_s: float | None = None) -> dict:
+        """Create an application.  ``cache_enabled`` answers repeated inputs from the
+        prediction cache; ``cache_ttl_s`` (seconds) bounds the age of a cached answer."""
         return self._call("add_app", {
             "name": name, "input_type": input_type, "default_output": default_output,
             "latency_slo_micros": slo_micros, "policy": policy,
-            "policy_params": policy_params or {}, "cache_enabled": cache_enabled})["app"]
+            "policy_params": policy_params or {}, "cache_enabled": cache_enabled,
+            "cache_ttl_s": cache_ttl_s})["app"]
 
     def set_app_policy(self, name: str, policy: str, policy_params: dict | None = None, *,
                        reset: bool = False) -> dict:

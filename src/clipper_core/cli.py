@@ -11,8 +11,8 @@ import sys
 import time
 
 from . import log
-from .config import (DEFAULT_MGMT_PORT, DEFAULT_QUERY_PORT, DEFAULT_RPC_PORT, DEFAULT_STATE_DIR,
-                     ServerConfig)
+from .config import (DEFAULT_CACHE_BYTES, DEFAULT_MGMT_PORT, DEFAULT_QUERY_PORT,
+                     DEFAULT_RPC_PORT, DEFAULT_STATE_DIR, ServerConfig)
 from .errors import ClipperError
 
 
@@ -23,7 +23,7 @@ def _start(args: argparse.Namespace) -> int:
             state_dir=args.state_dir, query_host=args.host, query_port=args.query_port,
             mgmt_host=args.mgmt_host, mgmt_port=args.mgmt_port, rpc_host=args.rpc_host,
             rpc_port=args.rpc_port, mgmt_token=args.mgmt_token or os.environ.get(
-                "CLIPPER_MGMT_TOKEN"), demo=args.demo)
+                "CLIPPER_MGMT_TOKEN"), demo=args.demo, cache_bytes=args.cache_bytes)
     except ClipperError as e:
         print(f"clipper: {e.cause}", file=sys.stderr)
         return 2
@@ -63,6 +63,25 @@ def _start(args: argparse.Namespace) -> int:
         return 0
 
     return uvloop.run(main())
+
+
+_UNITS = {"": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+          "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def byte_size(text: str) -> int:
+    """``"67108864"``, ``"64MiB"``, ``"500MB"`` or ``"1GiB"`` as a number of bytes."""
+    t = text.strip().lower()
+    digits = t.rstrip("kmgib")
+    unit = t[len(digits):]
+    try:
+        n = float(digits)
+    except ValueError:
+        n = -1.0
+    if unit not in _UNITS or not 0 <= n < 2**62 or n != n:
+        raise argparse.ArgumentTypeError(
+            f"expected a size in bytes such as 67108864, 64MiB or 500MB, got {text!r}")
+    return int(n * _UNITS[unit])
 
 
 def _endpoints(state_dir: str) -> dict | None:
@@ -143,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mgmt-token", default=None)
     s.add_argument("--rpc-host", default="127.0.0.1")
     s.add_argument("--rpc-port", type=int, default=DEFAULT_RPC_PORT)
+    s.add_argument("--cache-bytes", type=byte_size, default=DEFAULT_CACHE_BYTES,
+                   help="memory budget of the prediction cache, e.g. 64MiB (the default); "
+                        "0 caches nothing")
     s.add_argument("--demo", action="store_true", help="deploy the demo app 'demo'")
     s.add_argument("--log-level", default="INFO")
     s.set_defaults(fn=_start)

@@ -19,6 +19,8 @@ DEFAULT_QUERY_PORT = 1337
 DEFAULT_MGMT_PORT = 1338
 DEFAULT_RPC_PORT = 7000
 DEFAULT_STATE_DIR = os.path.join(os.path.expanduser("~"), ".clipper")
+#: budget of the prediction cache (``clipper start --cache-bytes``)
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 
 
 def check_name(name: Any, what: str) -> str:
@@ -79,6 +81,9 @@ class ServerConfig:
     aimd_cap: int = 1024
     shutdown_grace_s: float = 3.0
     demo: bool = False
+    #: bytes the prediction cache may hold (0 stores nothing; identical queries in flight
+    #: still share one model call)
+    cache_bytes: int = DEFAULT_CACHE_BYTES
 
     def __post_init__(self) -> None:
         for name in ("query_port", "mgmt_port", "rpc_port"):
@@ -91,6 +96,10 @@ class ServerConfig:
             raise ConfigError("need 0 < heartbeat_interval_s < heartbeat_timeout_s")
         if self.queue_capacity < 1:
             raise ConfigError("queue_capacity must be at least 1")
+        if (not isinstance(self.cache_bytes, int) or isinstance(self.cache_bytes, bool)
+                or not 0 <= self.cache_bytes < 2**62):
+            raise ConfigError(f"cache_bytes must be a number of bytes >= 0, "
+                              f"got {self.cache_bytes!r}")
         if not is_loopback(self.mgmt_host) and not self.mgmt_token:
             raise ConfigError(
                 f"the management API deploys code: binding it to {self.mgmt_host} needs a "
@@ -110,6 +119,8 @@ class AppConfig:
     policy: str = "single"
     policy_params: dict = field(default_factory=dict)
     cache_enabled: bool = True
+    #: answers older than this many seconds are not served from the cache (None: no limit)
+    cache_ttl_s: float | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name, "application name")
@@ -120,12 +131,19 @@ class AppConfig:
                               f"600000000 (10 min), got {self.slo_micros!r}")
         if not isinstance(self.policy_params, dict):
             raise ConfigError("policy_params must be a JSON object")
+        if not isinstance(self.cache_enabled, bool):
+            raise ConfigError(f"cache_enabled must be true or false, got {self.cache_enabled!r}")
+        ttl = self.cache_ttl_s
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float))
+                                or not 0 < ttl < float("inf")):
+            raise ConfigError("cache_ttl_s must be a positive number of seconds or null (no "
+                              f"limit), got {ttl!r}")
 
     def to_json(self) -> dict:
         return {"name": self.name, "input_type": self.input_type,
                 "default_output": self.default_output, "latency_slo_micros": self.slo_micros,
                 "policy": self.policy, "policy_params": self.policy_params,
-                "cache_enabled": self.cache_enabled}
+                "cache_enabled": self.cache_enabled, "cache_ttl_s": self.cache_ttl_s}
 
 
 @dataclass(frozen=True)

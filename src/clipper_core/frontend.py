@@ -6,9 +6,12 @@ from aiohttp import web
 
 from .errors import BadRequest, InvalidInput, MissingField
 from .http import MAX_BODY, error_middleware, json_object, json_response, read_json
+from .metrics import Metrics
+from .oip import OipApi
 from .predict import MAX_BATCH_INPUTS, QueryProcessor
 
 PROCESSOR = web.AppKey("processor", QueryProcessor)
+METRICS = web.AppKey("metrics", Metrics)
 
 
 async def predict(request: web.Request) -> web.Response:
@@ -32,8 +35,10 @@ async def predict(request: web.Request) -> web.Response:
     else:
         raise MissingField("request body must have 'input' (one input) or 'input_batch' "
                            "(a list of inputs)")
-    outcomes = await proc.predict(app_name, inputs, version=body.get("version"),
-                                  timeout_ms=body.get("timeout_ms"), uid=body.get("uid"))
+    outcomes = await request.app[METRICS].track(
+        app_name, len(inputs),
+        proc.predict(app_name, inputs, version=body.get("version"),
+                     timeout_ms=body.get("timeout_ms"), uid=body.get("uid")))
     if batch:
         return json_response({"batch_predictions": [o.to_json() for o in outcomes]})
     return json_response(outcomes[0].to_json())
@@ -54,10 +59,27 @@ async def update(request: web.Request) -> web.Response:
                                              uid=body.get("uid")))
 
 
-def make_app(proc: QueryProcessor, max_body_bytes: int) -> web.Application:
+async def metrics_text(request: web.Request) -> web.Response:
+    """Prometheus exposition (``GET /metrics``)."""
+    body, content_type = request.app[METRICS].exposition(request.headers.get("Accept"))
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def stats(request: web.Request) -> web.Response:
+    """The same figures as JSON (``GET /stats``), for the benchmark CLI."""
+    return json_response(request.app[METRICS].stats())
+
+
+def make_app(proc: QueryProcessor, max_body_bytes: int,
+             metrics: Metrics | None = None) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=max_body_bytes)
+    metrics = metrics if metrics is not None else Metrics(proc)
     app[PROCESSOR] = proc
+    app[METRICS] = metrics
     app[MAX_BODY] = max_body_bytes
     app.router.add_post("/{app}/predict", predict)
     app.router.add_post("/{app}/update", update)
+    app.router.add_get("/metrics", metrics_text)
+    app.router.add_get("/stats", stats)
+    app.router.add_routes(OipApi(proc, metrics).routes())  # Open Inference Protocol v2
     return app

@@ -19,12 +19,17 @@ def json_response(obj: Any, status: int = 200) -> web.Response:
                         status=status, content_type=_JSON)
 
 
-async def read_json(request: web.Request) -> Any:
-    """The request body parsed as JSON; typed errors for an oversize or malformed body."""
+async def read_body(request: web.Request) -> bytes:
+    """The request body; ``PayloadTooLarge`` when it is over the app's limit."""
     try:
-        body = await request.read()
+        return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(request) from None
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body parsed as JSON; typed errors for an oversize or malformed body."""
+    body = await read_body(request)
     if not body:
         raise MalformedJSON("request body is empty; expected a JSON object")
     try:

@@ -13,7 +13,7 @@ from aiohttp import web
 from .errors import Unauthorized
 from .predict import check_uid
 from .http import MAX_BODY, error_middleware, field, json_object, json_response, read_json
-from . import sched
+from . import cache, sched
 from .sched import COMPILED
 
 if TYPE_CHECKING:
@@ -49,7 +49,9 @@ async def server_info(request: web.Request) -> web.Response:
     s = _server(request)
     return json_response({"endpoints": s.endpoints, "compiled_scheduler": COMPILED,
                           "scheduler_module": sched.impl.__name__,
-                          "scheduler_file": sched.impl.__file__})
+                          "scheduler_file": sched.impl.__file__,
+                          "compiled_cache": cache.COMPILED, "cache_module": cache.impl.__name__,
+                          "cache_file": cache.impl.__file__, "cache": s.cache.stats()})
 
 
 @routes.post("/admin/add_app")
@@ -61,7 +63,8 @@ async def add_app(request: web.Request) -> web.Response:
         field(b, "latency_slo_micros", int, required=False, default=100_000),
         policy=field(b, "policy", str, required=False, default="single"),
         policy_params=field(b, "policy_params", dict, required=False, default={}),
-        cache_enabled=field(b, "cache_enabled", bool, required=False, default=True))
+        cache_enabled=field(b, "cache_enabled", bool, required=False, default=True),
+        cache_ttl_s=field(b, "cache_ttl_s", required=False))  # AppConfig validates it
     return json_response({"success": True, "app": app.to_json()})
 
 

@@ -1,10 +1,14 @@
 """The query path between the HTTP handlers and the scheduler.
 
 ``QueryProcessor.predict`` looks up the app, parses each input once, asks the app's selection
-policy which models answer it, queues one query per (input, model) and answers every input by
-the request's deadline: with the combination of the predictions that arrived, or with the
-app's default output (flagged, with an explanation) when none can arrive in time.  A slow or
-dead model never delays an answer past the deadline; it only lowers the confidence.
+policy which models answer it, and answers every input by the request's deadline: with the
+combination of the predictions that arrived, or with the app's default output (flagged, with
+an explanation) when none can arrive in time.  A slow or dead model never delays an answer past
+the deadline; it only lowers the confidence.
+
+Apps that enable the prediction cache look up every (model, version, input) there first: a
+stored output answers at once, and a query identical to one being computed shares that
+computation.  Only the rest is queued, one query per (input, model).
 
 Apps with the default policy ``single`` take a fast path: one model, one query per input, no
 policy call per query.
@@ -20,9 +24,10 @@ import itertools
 from typing import Any
 
 from . import log
-from .config import AppConfig
-from .errors import InvalidInput, PredictionTimeout
-from .inputs import PARSERS
+from .cache import PredictionCache, key_prefix
+from .config import DEFAULT_CACHE_BYTES, AppConfig
+from .errors import InvalidInput, Overloaded, PredictionTimeout
+from .inputs import PARSERS, input_key
 from .registry import Registry
 from .scheduler import Scheduler, answer
 from .sched import Query
@@ -37,11 +42,12 @@ class Outcome:
     """The answer to one query, before formatting (a plain slotted class: one is built per
     query on the hot path, and a frozen dataclass costs three times as much to build)."""
 
-    __slots__ = ("query_id", "output", "default", "explanation", "models", "confidence")
+    __slots__ = ("query_id", "output", "default", "explanation", "models", "confidence",
+                 "cache_hit", "shed")
 
     def __init__(self, query_id: int, output: Any, default: bool,
                  explanation: str | None = None, models: tuple = (),
-                 confidence: float = 1.0) -> None:
+                 confidence: float = 1.0, cache_hit: bool = False, shed: bool = False) -> None:
         self.query_id = query_id
         self.output = output
         self.default = default
@@ -49,17 +55,24 @@ class Outcome:
         #: the models (``name:version``) whose predictions formed the answer
         self.models = models
         self.confidence = confidence
+        #: answered from the prediction cache, without a model call
+        self.cache_hit = cache_hit
+        #: answered with the default because admission control refused the query (metrics)
+        self.shed = shed
 
     def __repr__(self) -> str:
         return (f"Outcome(query_id={self.query_id!r}, output={self.output!r}, "
                 f"default={self.default!r}, explanation={self.explanation!r}, "
-                f"models={self.models!r}, confidence={self.confidence!r})")
+                f"models={self.models!r}, confidence={self.confidence!r}, "
+                f"cache_hit={self.cache_hit!r}, shed={self.shed!r})")
 
     def to_json(self) -> dict:
         d = {"query_id": self.query_id, "output": self.output, "default": self.default,
              "confidence": self.confidence, "models": list(self.models)}
         if self.default:
             d["default_explanation"] = self.explanation
+        if self.cache_hit:
+            d["cache_hit"] = True
         return d
 
 
@@ -76,11 +89,61 @@ def check_uid(uid: Any) -> str | None:
     return uid
 
 
+class SharedAnswer(asyncio.Future):
+    """The future of one scheduled query, shared by every request waiting for its input.
+
+    The scheduler resolves it with ``(ok, output)``.  Resolving it stores a successful output in
+    the prediction cache and counts down each waiting request at once, without an extra trip
+    through the event loop.
+    """
+
+    __slots__ = ("waiters", "flight", "proc")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, proc: "QueryProcessor") -> None:
+        super().__init__(loop=loop)
+        #: the requests waiting for it -> how many of their inputs it answers
+        self.waiters: dict = {}
+        #: the cache's Flight while identical queries may join; None once it ended
+        self.flight = None
+        self.proc = proc
+
+    def set_result(self, result: Any) -> None:
+        super().set_result(result)
+        if self.flight is not None:
+            self.proc._land(self, result)
+        for w, n in self.waiters.items():
+            w.count_down(n)
+
+
+class _Waiter:
+    """One request waiting for ``left`` more answers; ``late`` is set when it stops waiting
+    at its deadline."""
+
+    __slots__ = ("future", "left", "late")
+
+    def __init__(self, future: asyncio.Future) -> None:
+        self.future = future
+        self.left = 0
+        self.late: set | None = None
+
+    def count_down(self, n: int) -> None:
+        self.left -= n
+        if self.left == 0 and not self.future.done():
+            self.future.set_result(None)
+
+
+
 class QueryProcessor:
+    """The query path.  ``cache`` is the prediction cache (one per server): apps with
+    ``cache_enabled`` answer repeated inputs from it, and identical queries in flight share
+    one model call.  ``selection`` holds every app's policy state."""
+
     def __init__(self, registry: Registry, scheduler: Scheduler,
+                 cache: PredictionCache | None = None,
                  selection: Selection | None = None) -> None:
         self.registry = registry
         self.scheduler = scheduler
+        self.cache = cache if cache is not None else PredictionCache(DEFAULT_CACHE_BYTES)
         self.selection = selection if selection is not None else Selection(registry.store)
         self._ids = itertools.count(1)
         self.counts = {"prediction": 0, "default": 0, "feedback": 0}
@@ -120,44 +183,11 @@ class QueryProcessor:
                                f"got {timeout_ms!r}")
         return min(slo_s, timeout_ms / 1e3)  # a request may only shorten the SLO
 
-    def _refused(self, key: tuple, q: Query) -> None:
-        mq = self.scheduler.models.get(key)
-        answer(q, (False, "the model's queue is full (overload)" if mq is not None
-                   else f"model {key[0]}:{key[1]} is not loaded"))
-
-    def _submit(self, key: tuple, q: Query) -> None:
-        if not self.scheduler.submit(key, q):
-            self._refused(key, q)
-
-    async def _wait(self, queries: list, deadline: float, keys: Any, slo_ms: float) -> None:
-        """Until every query is answered, or the deadline answers the rest."""
-        loop = asyncio.get_running_loop()
-        timer = loop.call_at(deadline, self._expire, queries, keys, slo_ms)
-        try:
-            if len(queries) == 1:
-                await queries[0].future
-            else:
-                await asyncio.gather(*(q.future for q in queries))
-        finally:
-            timer.cancel()
-            for q in queries:
-                q.answered = True  # a cancelled request must not be computed
-
-    def _expire(self, queries: list, keys: Any, slo_ms: float) -> None:
-        """At the deadline: answer what is left.  ``keys`` is one model key for all
-        ``queries``, or a list of one key per query."""
-        whys: dict = {}
-        one = isinstance(keys, tuple)
-        for i, q in enumerate(queries):
-            if not q.answered:
-                key = keys if one else keys[i]
-                why = whys.get(key)
-                if why is None:
-                    why = whys[key] = self._explain_miss(key, slo_ms)
-                answer(q, (False, why))
-
     async def predict(self, app_name: str, raw_inputs: list, *, version: Any = None,
-                      timeout_ms: Any = None, uid: Any = None) -> list[Outcome]:
+                      timeout_ms: Any = None, uid: Any = None,
+                      parsed: bool = False) -> list[Outcome]:
+        """Answer every input by the deadline.  ``parsed=True``: the inputs are already what
+        the model receives (the OIP v2 decoder builds them from tensors)."""
         app = self.registry.get_app(app_name)
         slo_s = app.slo_micros / 1e6
         if timeout_ms is not None:
@@ -170,56 +200,180 @@ class QueryProcessor:
                                    f"{app.name!r} combines its linked models with policy "
                                    f"{app.policy!r} (set each model's version with "
                                    "set_model_version)")
-            return await self._predict_policy(app, raw_inputs, slo_s, uid)
+            key = None
+        else:
+            key = self.route(app, version)
+        if parsed:
+            inputs = raw_inputs
+        else:
+            parse = PARSERS[app.input_type]
+            inputs = [parse(x, app.name) for x in raw_inputs]  # all valid before any is queued
+        if app.policy != "single":
+            return await self._predict_policy(app, inputs, slo_s, uid)
         # one model: the fast path, inline (every call and coroutine here costs per query)
-        key = self.route(app, version)
-        parse = PARSERS[app.input_type]
-        parsed = [parse(x, app.name) for x in raw_inputs]  # all valid before any is queued
-        ids = [next(self._ids) for _ in parsed]
+        ids = [next(self._ids) for _ in inputs]
         if key is None:
             why = self._explain_miss(None, slo_s * 1e3)
             return [self._default(app, qid, why) for qid in ids]
         loop = asyncio.get_running_loop()
         now = loop.time()
         deadline = now + slo_s
-        queries = []
-        submit = self.scheduler.submit
-        for qid, x in zip(ids, parsed):
-            q = Query(qid, x, now, deadline, loop.create_future())
-            if not submit(key, q):
-                self._refused(key, q)
-            queries.append(q)
-        timer = loop.call_at(deadline, self._expire, queries, key, slo_s * 1e3)
-        try:
-            if len(queries) == 1:
-                await queries[0].future
-            else:
-                await asyncio.gather(*(q.future for q in queries))
-        finally:
-            timer.cancel()
-            for q in queries:
-                q.answered = True  # a cancelled request must not be computed
         label = (f"{key[0]}:{key[1]}",)
-        out = []
-        answered = 0
-        for q in queries:
-            ok, val = q.future.result()
-            if ok:
-                answered += 1
-                out.append(Outcome(q.query_id, val, False, None, label))
-            else:
-                out.append(self._default(app, q.query_id, val))
-        self.counts["prediction"] += answered
-        self.selection.get(app).count_selected(key[0], len(queries))
+        out: list = [None] * len(inputs)
+        # (position, query id, the scheduled query answering it): the query is this request's
+        # own, or one in flight for the same input that this request joins
+        waits: list = []
+        shed: set | None = None
+        cache = self.cache if app.cache_enabled else None
+        if cache is not None:
+            input_type = app.input_type
+            prefix = key_prefix(key[0], key[1], input_type)
+            max_age = -1.0 if app.cache_ttl_s is None else float(app.cache_ttl_s)
+            miss = cache.MISS
+        submit = self.scheduler.submit
+        for i, x in enumerate(inputs):
+            qid = ids[i]
+            if cache is not None:
+                kb = prefix + input_key(input_type, x)
+                val = cache.get(kb, now, max_age)
+                if val is not miss:
+                    out[i] = Outcome(qid, val, False, None, label, 1.0, True)
+                    continue
+                fl = cache.flight(kb)
+                if fl is not None:  # the same input is being computed: share its answer
+                    q = fl.query
+                    if not q.answered:
+                        cache.join(fl)
+                        if q.deadline < deadline:
+                            q.deadline = deadline  # computed while anyone still waits for it
+                        waits.append((i, qid, q))
+                        continue
+                    # dropped by the scheduler (expired) without an answer: start afresh
+                    q.future.flight = None
+                    cache.end_flight(fl)
+            fut = SharedAnswer(loop, self)
+            q = Query(qid, x, now, deadline, fut)
+            if cache is not None:
+                fut.flight = cache.start_flight(kb, q)
+            waits.append((i, qid, q))
+            if not submit(key, q):
+                if self._refused(key, q):
+                    shed = shed if shed is not None else set()
+                    shed.add(qid)
+        if waits:
+            late = await self._wait(loop, waits, deadline)
+            why = None
+            answered = 0
+            for i, qid, q in waits:
+                fut = q.future
+                if fut.done() and (late is None or q not in late):
+                    ok, val = fut.result()
+                else:
+                    ok = False
+                    val = why = why or self._explain_miss(key, slo_s * 1e3)
+                if ok:
+                    answered += 1
+                    out[i] = Outcome(qid, val, False, None, label)
+                else:
+                    out[i] = self._default(app, qid, val, shed is not None and qid in shed)
+            self.counts["prediction"] += answered
+        self.counts["prediction"] += len(out) - len(waits)  # the cache hits
+        self.selection.get(app).count_selected(key[0], len(out))
         return out
 
+    def _refused(self, key: tuple, q: Query) -> bool:
+        """Answer a query the scheduler did not accept; True when admission control refused
+        it (shed), False when the model version is not loaded."""
+        mq = self.scheduler.models.get(key)
+        answer(q, (False, "the model's queue is full (overload)" if mq is not None
+                   else f"model {key[0]}:{key[1]} is not loaded"))
+        return mq is not None
+
+    def _ask(self, key: tuple, x: Any, qid: int, now: float, deadline: float,
+             loop: asyncio.AbstractEventLoop, kb: bytes | None) -> tuple:
+        """``(query, shed)``: the query that computes model ``key``'s output for ``x``, and
+        whether admission control refused it.  With ``kb`` (the cache key; None when the app
+        does not use the cache) an identical query in flight is shared; otherwise a new one
+        is queued."""
+        cache = self.cache
+        if kb is not None:
+            fl = cache.flight(kb)
+            if fl is not None:
+                q = fl.query
+                if not q.answered:
+                    cache.join(fl)
+                    if q.deadline < deadline:
+                        q.deadline = deadline
+                    return q, False
+                q.future.flight = None  # dropped by the scheduler unanswered: start afresh
+                cache.end_flight(fl)
+        fut = SharedAnswer(loop, self)
+        q = Query(qid, x, now, deadline, fut)
+        if kb is not None:
+            fut.flight = cache.start_flight(kb, q)
+        if self.scheduler.submit(key, q):
+            return q, False
+        return q, self._refused(key, q)
+
+    async def _wait(self, loop: asyncio.AbstractEventLoop, waits: list,
+                    deadline: float) -> set | None:
+        """Wait until every query in ``waits`` (triples whose last item is the query) has its
+        answer or ``deadline`` comes; returns the queries that had no answer at the deadline
+        (None when all had one)."""
+        w = _Waiter(loop.create_future())
+        for _, _, q in waits:
+            fut = q.future
+            if not fut.done():
+                ws = fut.waiters
+                ws[w] = ws.get(w, 0) + 1
+                w.left += 1
+        if not w.left:
+            return None
+        timer = loop.call_at(deadline, self._give_up, w, waits)
+        try:
+            await w.future
+        finally:
+            timer.cancel()
+            if w.left and w.late is None:  # cancelled (the client went away)
+                self._give_up(w, waits)
+        return w.late
+
+    def _give_up(self, w: "_Waiter", waits: list) -> None:
+        """Stop waiting for the queries still unanswered; an answer that comes later is not
+        this request's (it has its default output by then)."""
+        late = set()
+        for _, _, q in waits:
+            fut = q.future
+            if fut.done():
+                continue
+            late.add(q)
+            ws = fut.waiters
+            ws.pop(w, None)
+            if not ws:  # nobody waits any more: never compute it, stop sharing it
+                q.answered = True
+                fl = fut.flight
+                if fl is not None:
+                    fut.flight = None
+                    self.cache.end_flight(fl)
+        w.late = late
+        if not w.future.done():
+            w.future.set_result(None)
+
+    def _land(self, fut: "SharedAnswer", result: Any) -> None:
+        fl = fut.flight
+        fut.flight = None
+        try:
+            ok, val = result
+            self.cache.finish(fl, ok, val, fut.get_loop().time())
+        except Exception:  # a broken output must not stop the batch's other answers
+            log.server.exception("cannot store an output of %r in the prediction cache",
+                                 fl.key[:64])
+
     # ---------------------------------------------------------------- selection policies
-    async def _predict_policy(self, app: AppConfig, raw_inputs: list, slo_s: float,
+    async def _predict_policy(self, app: AppConfig, inputs: list, slo_s: float,
                               uid: str | None) -> list[Outcome]:
         sel = self.selection.get(app)
-        parse = PARSERS[app.input_type]
-        parsed = [parse(x, app.name) for x in raw_inputs]
-        ids = [next(self._ids) for _ in parsed]
+        ids = [next(self._ids) for _ in inputs]
         if sel.error is not None:
             return [self._default(app, qid, sel.error) for qid in ids]
         links = list(self.registry.links.get(app.name) or ())
@@ -231,10 +385,17 @@ class QueryProcessor:
         now = loop.time()
         deadline = now + slo_s
         current = self.registry.current
-        queries: list = []
-        keys: list = []
-        plans: list = []  # per input: (query_id, selected names, [(name, key, query)], why)
-        for qid, x in zip(ids, parsed):
+        cache = self.cache if app.cache_enabled else None
+        if cache is not None:
+            input_type = app.input_type
+            max_age = -1.0 if app.cache_ttl_s is None else float(app.cache_ttl_s)
+            miss = cache.MISS
+            prefixes: dict = {}
+        waits: list = []  # (None, None, query) for _wait
+        # per input: (query_id, selected names, [(name, key, query | None, cached output,
+        # shed)], why)
+        plans: list = []
+        for qid, x in zip(ids, inputs):
             try:
                 chosen = policy.select(links, uid)
                 if not isinstance(chosen, (list, tuple)):
@@ -244,6 +405,7 @@ class QueryProcessor:
                 continue
             subs = []
             why = None
+            ikey = None
             for name in chosen:
                 v = current.get(name) if name in links else None
                 if v is None:
@@ -251,24 +413,48 @@ class QueryProcessor:
                            "model with a current version")
                     continue
                 key = (name, v)
-                q = Query(qid, x, now, deadline, loop.create_future())
-                self._submit(key, q)
-                subs.append((name, key, q))
-                queries.append(q)
-                keys.append(key)
                 sel.count_selected(name)
+                kb = None
+                if cache is not None:
+                    if ikey is None:
+                        ikey = input_key(input_type, x)
+                    prefix = prefixes.get(key)
+                    if prefix is None:
+                        prefix = prefixes[key] = key_prefix(name, v, input_type)
+                    kb = prefix + ikey
+                    val = cache.get(kb, now, max_age)
+                    if val is not miss:
+                        subs.append((name, key, None, val, False))
+                        continue
+                q, shed = self._ask(key, x, qid, now, deadline, loop, kb)
+                subs.append((name, key, q, None, shed))
+                waits.append((None, None, q))
             if not subs and why is None:
                 why = f"policy {app.policy!r} selected no model for this query"
             plans.append((qid, chosen, subs, why))
-        if queries:
-            await self._wait(queries, deadline, keys, slo_s * 1e3)
+        late = await self._wait(loop, waits, deadline) if waits else None
+        whys: dict = {}
         out = []
         for qid, chosen, subs, why in plans:
             preds = {}
             labels = []
             misses = []
-            for name, key, q in subs:
-                ok, val = q.future.result()
+            calls = 0
+            all_shed = bool(subs)
+            for name, key, q, val, shed in subs:
+                if q is None:
+                    ok = True  # from the cache
+                else:
+                    calls += 1
+                    fut = q.future
+                    if fut.done() and (late is None or q not in late):
+                        ok, val = fut.result()
+                    else:
+                        ok = False
+                        val = whys.get(key)
+                        if val is None:
+                            val = whys[key] = self._explain_miss(key, slo_s * 1e3)
+                all_shed = all_shed and shed
                 if ok:
                     preds[name] = val
                     labels.append(f"{key[0]}:{key[1]}")
@@ -287,13 +473,14 @@ class QueryProcessor:
                     combined = None
                     why = self._policy_failed(sel, "combine", e)
             if combined is not None:
-                out.append(Outcome(qid, combined[0], False, None, tuple(labels), combined[1]))
+                out.append(Outcome(qid, combined[0], False, None, tuple(labels), combined[1],
+                                   calls == 0))
                 self.counts["prediction"] += 1
                 continue
             if why is None:
                 why = ("no selected model answered: " + "; ".join(dict.fromkeys(misses))
                        if misses else "the policy could not combine the predictions")
-            out.append(self._default(app, qid, why))
+            out.append(self._default(app, qid, why, all_shed))
         return out
 
     def _policy_failed(self, sel: AppSelection, what: str, e: Exception) -> str:
@@ -304,20 +491,22 @@ class QueryProcessor:
                              type(e).__name__, e)
         return f"policy {sel.config.policy!r} failed in {what}: {type(e).__name__}: {e}"
 
-    def _default(self, app: AppConfig, qid: int, why: str) -> Outcome:
+    def _default(self, app: AppConfig, qid: int, why: str, shed: bool = False) -> Outcome:
         if app.default_output is None:
-            raise PredictionTimeout(f"no prediction for app {app.name!r} ({why}) and the app "
-                                    "has no default output")
+            err = Overloaded if shed else PredictionTimeout
+            raise err(f"no prediction for app {app.name!r} ({why}) and the app has no "
+                      "default output")
         self.counts["default"] += 1
-        return Outcome(qid, app.default_output, True, why, (), 0.0)
+        return Outcome(qid, app.default_output, True, why, (), 0.0, False, shed)
 
     # ---------------------------------------------------------------- feedback
     async def predictions_for_feedback(self, app: AppConfig, x: Any) -> dict[str, Any]:
         """``{model name: output}``: what each linked model (its current version) predicts
         for the parsed input ``x``.  Models that give no prediction within
         max(SLO, FEEDBACK_TIMEOUT_S) are left out."""
-        links = self.registry.links.get(app.name) or ()
-        keys = [(m, self.registry.current[m]) for m in links if m in self.registry.current]
+        reg = self.registry
+        links = reg.links.get(app.name) or ()
+        keys = [(m, reg.current[m]) for m in links if m in reg.current]
         found: dict[str, Any] = {}
         # PREDICTION CACHE: look up each key's (model, version, input) entry here first and
         # move the hits into ``found``; only the misses below are computed.
@@ -327,17 +516,18 @@ class QueryProcessor:
         now = loop.time()
         slo_s = max(app.slo_micros / 1e6, FEEDBACK_TIMEOUT_S)
         deadline = now + slo_s
-        queries = []
         qid = next(self._ids)
+        waits = []
         for key in keys:
-            q = Query(qid, x, now, deadline, loop.create_future())
-            self._submit(key, q)
-            queries.append(q)
-        await self._wait(queries, deadline, keys, slo_s * 1e3)
-        for key, q in zip(keys, queries):
-            ok, val = q.future.result()
-            if ok:
-                found[key[0]] = val
+            q, _ = self._ask(key, x, qid, now, deadline, loop, None)
+            waits.append((key, qid, q))
+        late = await self._wait(loop, waits, deadline)
+        for key, _, q in waits:
+            fut = q.future
+            if fut.done() and (late is None or q not in late):
+                ok, val = fut.result()
+                if ok:
+                    found[key[0]] = val
         return found
 
     async def feedback(self, app_name: str, raw_input: Any, label: Any, *,

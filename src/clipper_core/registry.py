@@ -33,7 +33,8 @@ class Registry:
         for d in self.store.apps():
             app = AppConfig(d["name"], d["input_type"], d.get("default_output"),
                             d["latency_slo_micros"], d.get("policy", "single"),
-                            d.get("policy_params", {}), d.get("cache_enabled", True))
+                            d.get("policy_params", {}), d.get("cache_enabled", True),
+                            d.get("cache_ttl_s"))
             self.apps[app.name] = app
         for d in self.store.models():
             mv = ModelVersion(d["model_name"], d["model_version"], d["input_type"],

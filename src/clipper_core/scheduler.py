@@ -115,6 +115,8 @@ class ModelQueue:
         self.slo_s = slo_s
         self.replicas: dict[str, Replica] = {}
         self.wait_timer: asyncio.TimerHandle | None = None
+        #: when delayed batching began holding a partial batch (-1: not holding one)
+        self.wait_since = -1.0
         self.rr = 0
         # counters for the metrics layer
         self.shed = 0
@@ -258,6 +260,8 @@ class Scheduler:
                         return
                     fill_by = head.arrival + wait
                     if now < fill_by and len(queue) < size:
+                        if mq.wait_since < 0:
+                            mq.wait_since = now
                         self._arm_wait(mq, fill_by)
                         return
                 expired: list = []
@@ -285,6 +289,7 @@ class Scheduler:
                 self._dispatch(mq)
             finally:
                 mq.cfg.batch_wait_s = saved
+                mq.wait_since = -1.0  # nothing left to send: the wait ends with no batch
 
     def _send_batch(self, mq: ModelQueue, r: Replica, batch: list, now: float) -> None:
         batch_id = next(self._batch_ids)
@@ -305,6 +310,12 @@ class Scheduler:
             if q.deadline > latest:
                 latest = q.deadline
         mq.stats["queue_delay_s"].add(now * len(batch) - arrivals, len(batch))
+        # batch wait: how long delayed batching held this batch back (0 when it did not)
+        waited = 0.0
+        if mq.wait_since >= 0:
+            waited = now - mq.wait_since
+            mq.wait_since = -1.0
+        mq.stats["batch_wait_s"].add(waited)
         if not self._send(r.identity, frames):
             log.batching.warning("replica %s of %s unreachable; removing it", r.instance_id,
                                  mq.label)

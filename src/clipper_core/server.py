@@ -16,10 +16,12 @@ from typing import Any
 from aiohttp import web
 
 from . import log
+from .cache import PredictionCache
 from .config import AppConfig, ModelVersion, ServerConfig, check_name, check_version
 from .containers.local import LocalProcessManager
 from .errors import BadRequest, ConfigError, StateStoreError
 from .frontend import make_app as make_query_app
+from .metrics import Metrics
 from .policies import make_policy
 from .predict import QueryProcessor
 from .registry import Registry
@@ -73,7 +75,11 @@ class ClipperServer:
             rpc_endpoint, os.path.join(cfg.state_dir, "logs"),
             on_exit=lambda iid, why: self.scheduler.remove_replica(iid, why))
         self.selection = Selection(self.store)
-        self.processor = QueryProcessor(self.registry, self.scheduler, self.selection)
+        self.cache = PredictionCache(cfg.cache_bytes)
+        self.processor = QueryProcessor(self.registry, self.scheduler, self.cache,
+                                        selection=self.selection)
+        self.metrics = Metrics(self.processor)
+        self.metrics.cache_stats = self.cache.stats
         self.registry.listeners.append(lambda *_: self.sync_models())
         self.registry.listeners.append(self._on_registry_event)
         self.selection.start(self._app_exists)
@@ -81,7 +87,8 @@ class ClipperServer:
 
         from .management import make_app as make_mgmt_app
 
-        query = await self._serve(make_query_app(self.processor, cfg.max_body_bytes),
+        query = await self._serve(make_query_app(self.processor, cfg.max_body_bytes,
+                                                 self.metrics),
                                   cfg.query_host, cfg.query_port)
         mgmt = await self._serve(make_mgmt_app(self, cfg.mgmt_token), cfg.mgmt_host,
                                  cfg.mgmt_port)

@@ -119,21 +119,25 @@ def test_slo_miss_answers_default_on_time(clipper, unique):
     c.link_model_to_app(app, model)
     u = urllib.parse.urlparse(clipper.query_url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
-    worst = 0.0
-    for _ in range(5):
-        status, body, elapsed = _timed_predict(conn, f"/{app}/predict", {"input": [1.0]})
-        assert status == 200
-        assert body["default"] is True and body["output"] == -1.0
-        # first the model misses the deadline, then its busy replica is suspect
-        assert model in body["default_explanation"]
-        worst = max(worst, elapsed)
-    # the SLO is 100 ms; the stated slack is 50 ms
-    assert worst <= 0.150, f"a default answer took {worst * 1000:.0f} ms (SLO 100 ms + 50 ms)"
-    # a shorter per-request timeout is honoured too
-    status, body, elapsed = _timed_predict(conn, f"/{app}/predict",
-                                           {"input": [1.0], "timeout_ms": 20})
-    assert body["default"] is True and elapsed <= 0.070
-    conn.close()
+    try:
+        worst = 0.0
+        for _ in range(5):
+            status, body, elapsed = _timed_predict(conn, f"/{app}/predict", {"input": [1.0]})
+            assert status == 200
+            assert body["default"] is True and body["output"] == -1.0
+            # the model misses the deadline, or its busy replica is suspect, or the query's
+            # deadline passes in the queue: each explanation says which
+            why = body["default_explanation"]
+            assert model in why or "deadline" in why, why
+            worst = max(worst, elapsed)
+        # the SLO is 100 ms; the stated slack is 50 ms
+        assert worst <= 0.150, f"a default answer took {worst * 1000:.0f} ms (SLO 100 ms + 50 ms)"
+        # a shorter per-request timeout is honoured too
+        status, body, elapsed = _timed_predict(conn, f"/{app}/predict",
+                                               {"input": [1.0], "timeout_ms": 20})
+        assert body["default"] is True and elapsed <= 0.070
+    finally:
+        conn.close()
 
 
 def picky(inputs):

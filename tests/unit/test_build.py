@@ -21,3 +21,26 @@ def test_pure_twin_is_the_same_source():
     here = os.path.dirname(pure.__file__)
     with open(os.path.join(here, "_sched_py.py")) as a, open(os.path.join(here, "_sched_c.py")) as b:
         assert a.read() == b.read(), "_sched_c.py is stale: run `make build`"
+
+
+def test_compiled_cache_is_what_the_server_imports():
+    import clipper_core.cache as cache
+    import clipper_core.predict as predict
+
+    assert cache.COMPILED
+    assert cache.impl.__name__ == "clipper_core._cache_c"
+    assert cache.impl.__file__.endswith((".so", ".pyd")), (
+        f"{cache.impl.__file__} is not an extension module: run `make build`")
+    assert predict.PredictionCache is cache.impl.PredictionCache
+    # the .pxd was picked up: extension types with C fields, no instance __dict__
+    c = cache.PredictionCache(1024)
+    assert not hasattr(c, "__dict__")
+    assert not hasattr(c.start_flight(b"k", None), "__dict__")
+    assert type(cache.impl.output_size).__name__ == "cython_function_or_method"
+
+
+def test_pure_cache_twin_is_the_same_source():
+    pure = importlib.import_module("clipper_core._cache_py")
+    here = os.path.dirname(pure.__file__)
+    with open(os.path.join(here, "_cache_py.py")) as a, open(os.path.join(here, "_cache_c.py")) as b:
+        assert a.read() == b.read(), "_cache_c.py is stale: run `make build`"

@@ -216,7 +216,10 @@ class _WorkerLevel:
 
     async def run(self) -> None:
         # Every worker starts at the shared t0, however early its "go" arrived.
-        await asyncio.sleep(max(0.0, self.t0 - monotonic()))
+        # (the loop's timer may fire a hair early against monotonic(); a request sent then
+        # would count as warm-up and exceed a --requests quota)
+        while (left := self.t0 - monotonic()) > 0:
+            await asyncio.sleep(left)
         ticker = asyncio.create_task(self._ticker())
         try:
             if self.plan.mode == "closed":
@@ -483,8 +486,9 @@ def _process_main(wid: int, workers: int, target: Target, commands: Any, results
         pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(_process_serve(wid, workers, target, commands, results, stop))
-    results.close()
-    results.join_thread()
+    # After "quit" nobody reads our results any more (an interrupted level's final
+    # message may still be buffered): do not wait to flush them into the pipe.
+    results.cancel_join_thread()
 
 
 async def _process_serve(wid: int, workers: int, target: Target, commands: Any, results: Any, stop: Any) -> None:

@@ -165,6 +165,13 @@ def format_table(result: SweepResult) -> str:
             "! a generator worker used >= 90% of a core: it may be the bottleneck; add --workers "
             "or run the generator on another machine"
         )
+    behind = [lvl for lvl in result.levels if lvl.generator_behind]
+    if behind:
+        worst = max(lvl.send_lag.p99 for lvl in behind if lvl.send_lag and lvl.send_lag.p99)
+        notes.append(
+            f"! the generator sent late at {', '.join(lvl.label for lvl in behind)} (send lag p99 up to "
+            f"{worst * 1e3:.1f} ms): short of CPU or of --max-inflight; the delay is counted in the latency"
+        )
     if cfg.stop_rule == "stability" and any(lvl.stable is False for lvl in result.levels):
         notes.append(
             f"some levels did not stabilise within {cfg.max_windows} windows of {cfg.window:g} s "

@@ -48,6 +48,7 @@ from .stats import LatencySummary, WindowStat, is_stable, summarize
 from .target import FLAG_CACHE_HIT, FLAG_DEFAULT, BenchConfigError, Target
 
 __all__ = [
+    "BEHIND_LAG_S",
     "SATURATION_CORES",
     "BenchConfig",
     "LevelResult",
@@ -60,6 +61,8 @@ __all__ = [
 
 #: A worker busier than this share of one core may itself be the bottleneck.
 SATURATION_CORES = 0.9
+#: Open loop: a p99 send lag above this means the generator fell behind its schedule.
+BEHIND_LAG_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,11 @@ class LevelResult:
         return self.generator_cpu_max_worker >= SATURATION_CORES
 
     @property
+    def generator_behind(self) -> bool:
+        """Open loop: requests left late (CPU, or a full --max-inflight); the delay is in the latency."""
+        return self.send_lag is not None and (self.send_lag.p99 or 0.0) > BEHIND_LAG_S
+
+    @property
     def error_count(self) -> int:
         return sum(self.errors.values())
 
@@ -236,6 +244,7 @@ class LevelResult:
                 "cpu_cores": self.generator_cpu,
                 "cpu_cores_max_worker": self.generator_cpu_max_worker,
                 "saturated": self.generator_saturated,
+                "behind_schedule": self.generator_behind,
             },
             "server": self.server,
         }

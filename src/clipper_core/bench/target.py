@@ -153,6 +153,8 @@ def build_target(
     if protocol not in PROTOCOLS:
         raise BenchConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     kind = detect_protocol(url) if protocol == "auto" else protocol
+    if not re.fullmatch(r"[A-Za-z]+", method):
+        raise BenchConfigError(f"--method must be an HTTP method such as POST, got {method!r}")
 
     hdrs: list[tuple[str, str]] = []
     for h in headers:
