@@ -13,8 +13,9 @@ computation.  Only the rest is queued, one query per (input, model).
 Apps with the default policy ``single`` take a fast path: one model, one query per input, no
 policy call per query.
 
-``QueryProcessor.feedback`` joins a label with the prediction each linked model makes for the
-input, and the app's policy learns from it.
+``QueryProcessor.feedback`` joins a label with the prediction each linked model made for the
+input (the cached one when there is one, else computed now), and the app's policy learns
+from it.
 """
 
 from __future__ import annotations
@@ -502,16 +503,28 @@ class QueryProcessor:
     # ---------------------------------------------------------------- feedback
     async def predictions_for_feedback(self, app: AppConfig, x: Any) -> dict[str, Any]:
         """``{model name: output}``: what each linked model (its current version) predicts
-        for the parsed input ``x``.  Models that give no prediction within
-        max(SLO, FEEDBACK_TIMEOUT_S) are left out."""
+        for the parsed input ``x``.  A prediction the cache holds is taken as it is (the one
+        the model made when the input was queried; no model call); the others are computed,
+        sharing a computation in flight for the same input.  Models that give no prediction
+        within max(SLO, FEEDBACK_TIMEOUT_S) are left out."""
         reg = self.registry
         links = reg.links.get(app.name) or ()
         keys = [(m, reg.current[m]) for m in links if m in reg.current]
         found: dict[str, Any] = {}
-        # PREDICTION CACHE: look up each key's (model, version, input) entry here first and
-        # move the hits into ``found``; only the misses below are computed.
         if not keys:
             return found
+        ikey = None
+        if app.cache_enabled:
+            input_type = app.input_type
+            ikey = input_key(input_type, x)
+            lookup = self.cache.lookup_versions
+            for name, v in keys:
+                got = lookup(name, [v], input_type, ikey)
+                if v in got:
+                    found[name] = got[v]
+            keys = [k for k in keys if k[0] not in found]
+            if not keys:
+                return found
         loop = asyncio.get_running_loop()
         now = loop.time()
         slo_s = max(app.slo_micros / 1e6, FEEDBACK_TIMEOUT_S)
@@ -519,7 +532,8 @@ class QueryProcessor:
         qid = next(self._ids)
         waits = []
         for key in keys:
-            q, _ = self._ask(key, x, qid, now, deadline, loop, None)
+            kb = None if ikey is None else key_prefix(key[0], key[1], input_type) + ikey
+            q, _ = self._ask(key, x, qid, now, deadline, loop, kb)
             waits.append((key, qid, q))
         late = await self._wait(loop, waits, deadline)
         for key, _, q in waits:

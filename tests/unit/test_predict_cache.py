@@ -275,3 +275,7 @@ async def test_a_multi_model_app_uses_the_cache_per_model(rig):
     (o,) = await rig.predict([[1.0]], app="ens")  # both outputs cached: no model call
     assert o.cache_hit and o.output == 1.0 and sorted(o.models) == ["m:1", "n:1"]
     assert o.to_json()["cache_hit"] is True and len(rig.sent) == 2
+    # feedback joins the label with the cached predictions, without a model call
+    preds = await rig.proc.predictions_for_feedback(rig.registry.get_app("ens"),
+                                                    np.array([1.0]))
+    assert preds == {"m": 1.0, "n": 1.0} and len(rig.sent) == 2
