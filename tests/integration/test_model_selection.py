@@ -6,9 +6,11 @@ import json
 import os
 import time
 import urllib.parse
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from clipper_core.admin import ClipperAdminError
 from clipper_core.testing import ClipperProcess, post_json
@@ -179,21 +181,60 @@ def test_two_users_each_converge_to_their_own_model(clipper, models):
     assert info["models"][mx]["selected"] + info["models"][my]["selected"] == 80
 
 
+def scrape(clipper):
+    """``/metrics`` parsed by prometheus_client's own parser: {(name, labels): value}."""
+    with urllib.request.urlopen(clipper.query_url + "/metrics", timeout=30) as r:
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def stats(clipper):
+    with urllib.request.urlopen(clipper.query_url + "/stats", timeout=30) as r:
+        return json.loads(r.read())
+
+
+def sample(samples, metric, **labels):
+    return samples.get((metric, tuple(sorted(labels.items()))))
+
+
 def test_exp4_learns_numbers_by_weighted_mean(clipper, models):
     conn = clipper.conn
     mh, md = models["half"], models["double"]
     app = register(conn, "exp4", [mh, md], {"loss": "squared", "loss_scale": 10.0, "eta": 1.0})
     status, body = clipper.predict(app, {"input": [2.0, 2.0]})
     assert body["output"] == pytest.approx(5.0)  # (2 + 8) / 2 with equal weights
+    # the selection figures in /metrics: one selection each, no feedback, equal weights
+    before = scrape(clipper)
+    for m in (mh, md):
+        labels = {"app": app, "model": m}
+        assert sample(before, "clipper_model_selections_total", **labels) == 1
+        assert sample(before, "clipper_model_feedback_total", **labels) == 0
+        assert sample(before, "clipper_policy_weight", **labels) == pytest.approx(0.5)
+    assert sample(before, "clipper_feedback_total", app=app) == 0
     for _ in range(15):  # the truth is the sum: half is off by 2, double by 4
         status, body = clipper.update(app, {"input": [2.0, 2.0], "label": 4.0})
         assert status == 200, body
         assert body["losses"] == {mh: pytest.approx(0.04), md: pytest.approx(0.16)}
     w = conn.get_app_policy(app)["models"]
     assert w[mh]["weight"] > w[md]["weight"]
+    after = scrape(clipper)
+    assert sample(after, "clipper_feedback_total", app=app) == 15
+    for m, loss in ((mh, 0.04), (md, 0.16)):
+        labels = {"app": app, "model": m}
+        assert sample(after, "clipper_model_feedback_total", **labels) == 15
+        assert sample(after, "clipper_model_feedback_mean_loss", **labels) == pytest.approx(loss)
+        assert sample(after, "clipper_policy_weight", **labels) == pytest.approx(w[m]["weight"])
+        assert sample(after, "clipper_model_selections_total", **labels) == 1
     status, body = clipper.predict(app, {"input": [2.0, 2.0]})
     assert body["output"] == pytest.approx(w[mh]["weight"] * 2 + w[md]["weight"] * 8)
     assert body["confidence"] == pytest.approx(1.0)
+    # the same figures as JSON in /stats; the second query selected both models again
+    sel = stats(clipper)["selection"][app]
+    assert sel["policy"] == "exp4" and sel["feedback"] == 15 and sel["policy_errors"] == 0
+    for m in (mh, md):
+        assert sel["models"][m]["selected"] == 2 and sel["models"][m]["feedback"] == 15
+        assert sel["models"][m]["weight"] == pytest.approx(w[m]["weight"])
 
 
 def test_weighted_split_is_sticky_per_user(clipper, models):
