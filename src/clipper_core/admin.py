@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import sysconfig
+import threading
 import urllib.error
 import urllib.request
 from typing import Any, Callable
@@ -37,6 +38,11 @@ def _installed(module: Any) -> bool:
     return any(f.startswith(r + os.sep) for r in roots)
 
 
+#: cloudpickle's by-value registry is process-global: deploys from several threads must not
+#: register and unregister the same module under each other
+_pickle_lock = threading.Lock()
+
+
 def pickle_closure(func: Callable) -> bytes:
     """cloudpickle ``func``; code from the user's own modules (scripts, notebooks, test files)
     travels by value, since the container cannot import those by name."""
@@ -44,13 +50,14 @@ def pickle_closure(func: Callable) -> bytes:
 
     mod = sys.modules.get(getattr(func, "__module__", None) or "")
     by_value = mod is not None and mod.__name__ != "__main__" and not _installed(mod)
-    if by_value:
-        cloudpickle.register_pickle_by_value(mod)
-    try:
-        return cloudpickle.dumps(func)
-    finally:
+    with _pickle_lock:
         if by_value:
-            cloudpickle.unregister_pickle_by_value(mod)
+            cloudpickle.register_pickle_by_value(mod)
+        try:
+            return cloudpickle.dumps(func)
+        finally:
+            if by_value:
+                cloudpickle.unregister_pickle_by_value(mod)
 
 
 class ClipperAdminError(ClipperError):
@@ -137,6 +144,22 @@ class ClipperConnection:
     def unregister_application(self, name: str) -> None:
         """Remove an app; the models linked to it stay deployed."""
         self._call("delete_app", {"name": name})
+
+    def set_app_policy(self, name: str, policy: str, policy_params: dict | None = None, *,
+                       reset: bool = False) -> dict:
+        """Change the selection policy of app ``name`` (or only its parameters: the same
+        policy keeps what it learned unless ``reset``)."""
+        return self._call("set_app_policy", {"name": name, "policy": policy,
+                                             "policy_params": policy_params or {},
+                                             "reset": reset})["app"]
+
+    def get_app_policy(self, name: str, uid: str | None = None) -> dict:
+        """The app's policy and, per linked model, its weight (the user's with ``uid``), how
+        often it was selected and how much feedback it got."""
+        body: dict = {"name": name}
+        if uid is not None:
+            body["uid"] = uid
+        return self._call("get_app_policy", body)
 
     def link_model_to_app(self, app_name: str, model_name: str) -> None:
         self._call("add_model_links", {"app_name": app_name, "model_names": [model_name]})

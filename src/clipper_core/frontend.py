@@ -38,10 +38,25 @@ async def predict(request: web.Request) -> web.Response:
     outcomes = await request.app[METRICS].track(
         app_name, len(inputs),
         proc.predict(app_name, inputs, version=body.get("version"),
-                     timeout_ms=body.get("timeout_ms")))
+                     timeout_ms=body.get("timeout_ms"), uid=body.get("uid")))
     if batch:
         return json_response({"batch_predictions": [o.to_json() for o in outcomes]})
     return json_response(outcomes[0].to_json())
+
+
+async def update(request: web.Request) -> web.Response:
+    """Feedback: ``{"uid"?, "input", "label"}``; the app's selection policy learns from it."""
+    proc = request.app[PROCESSOR]
+    app_name = request.match_info["app"]
+    proc.registry.get_app(app_name)
+    body = json_object(await read_json(request))
+    missing = [k for k in ("input", "label") if k not in body]
+    if missing:
+        raise MissingField(f"feedback must be a JSON object with 'input' (the query's input), "
+                           f"'label' (the true answer) and optionally 'uid' (the user); it "
+                           f"lacks {' and '.join(repr(k) for k in missing)}")
+    return json_response(await proc.feedback(app_name, body["input"], body["label"],
+                                             uid=body.get("uid")))
 
 
 async def metrics_text(request: web.Request) -> web.Response:
@@ -63,6 +78,7 @@ def make_app(proc: QueryProcessor, max_body_bytes: int,
     app[METRICS] = metrics
     app[MAX_BODY] = max_body_bytes
     app.router.add_post("/{app}/predict", predict)
+    app.router.add_post("/{app}/update", update)
     app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/stats", stats)
     app.router.add_routes(OipApi(proc, metrics).routes())  # Open Inference Protocol v2

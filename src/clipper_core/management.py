@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from .errors import BadRequest, Unauthorized
+from .predict import check_uid
 from .http import MAX_BODY, error_middleware, field, json_object, json_response, read_json
 from . import cache, sched
 from .sched import COMPILED
@@ -266,6 +267,27 @@ async def stop_inactive_model_versions(request: web.Request) -> web.Response:
     b = await _body(request)
     stopped = await _server(request).stop_inactive_versions(_str_list(b, "model_names"))
     return json_response({"success": True, "stopped": stopped})
+
+
+@routes.post("/admin/set_app_policy")
+async def set_app_policy(request: web.Request) -> web.Response:
+    b = await _body(request)
+    app = _server(request).set_app_policy(
+        field(b, "name", str), field(b, "policy", str),
+        field(b, "policy_params", dict, required=False, default={}),
+        reset=field(b, "reset", bool, required=False, default=False))
+    return json_response({"success": True, "app": app.to_json()})
+
+
+@routes.post("/admin/get_app_policy")
+async def get_app_policy(request: web.Request) -> web.Response:
+    """The app's policy, each linked model's weight, selection and feedback counts (for one
+    user's state with ``uid``)."""
+    b = await _body(request)
+    uid = b.get("uid")
+    if uid is not None:
+        uid = check_uid(uid)
+    return json_response(_server(request).app_policy_info(field(b, "name", str), uid))
 
 
 def _app_json(s: "ClipperServer", name: str) -> dict:

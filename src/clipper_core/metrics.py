@@ -2,8 +2,9 @@
 
 The query handlers count outcomes once per request (:meth:`Metrics.track`); the scheduler's
 ``on_batch_done`` hook feeds the per-model histograms once per batch; everything else (queue
-depth, replicas, shed/expired/error counters) is read from the scheduler's own attributes when a
-scrape comes.  Nothing here runs per query beyond a few additions, and nothing takes a lock:
+depth, replicas, shed/expired/error counters, and each app's selection policy: how often it
+chose each model, the model's current weight, the feedback it learned from) is read from the
+scheduler's and the selection layer's own attributes when a scrape comes.  Nothing here runs per query beyond a few additions, and nothing takes a lock:
 the event loop is the only writer.
 
 Histograms are kept here rather than in ``prometheus_client.Histogram`` because one request or
@@ -156,12 +157,10 @@ class Metrics:
                     shed += 1
                 else:
                     defaults += 1
-            hit = getattr(o, "cache_hit", None)  # set once the prediction cache answers
-            if hit is not None:
-                if hit:
-                    hits += 1
-                else:
-                    misses += 1
+            if o.cache_hit:
+                hits += 1
+            else:
+                misses += 1
         f.prediction += n - defaults - shed
         f.default += defaults
         f.shed += shed
@@ -210,10 +209,29 @@ class Metrics:
                      expired=mq.expired, errors=mq.errors)
             models[mq.label] = d
         apps = {name: self._app(name).to_json() for name in self.proc.registry.apps}
-        out = {"models": models, "apps": apps}
+        out = {"models": models, "apps": apps, "selection": self.selection()}
         cache = self._cache()
         if cache is not None:
             out["cache"] = cache
+        return out
+
+    def selection(self) -> dict:
+        """Per app: its policy, feedback and policy-error counts, and per linked or ever
+        selected model how often the policy chose it, its current weight (None where the
+        policy gives none) and its feedback count and mean loss (``Selection.snapshot``)."""
+        reg = self.proc.registry
+        snap = self.proc.selection.snapshot(reg.links)
+        out = {}
+        for name, s in snap.items():
+            if name not in reg.apps:
+                continue
+            models = {}
+            for model, f in s["models"].items():
+                w = f["weight"]  # a user policy's weights() may answer anything
+                ok = isinstance(w, (int, float)) and not isinstance(w, bool)
+                models[model] = dict(f, weight=float(w) if ok else None)
+            out[name] = {"policy": s["policy"], "feedback": s["feedback"],
+                         "policy_errors": s["policy_errors"], "models": models}
         return out
 
     def _cache(self) -> dict | None:
@@ -310,6 +328,42 @@ class _Collector:
         yield up
         yield from counters.values()
 
+        yield from _selection_families(m.selection())
+
         cache = m._cache()
         for k, v in (cache or {}).items():
             yield GaugeMetricFamily(f"clipper_cache_{k}", f"Prediction cache: {k}", value=v)
+
+
+def _selection_families(sel: dict) -> Iterator[Metric]:
+    """The selection layer's figures per app and model (see :meth:`Metrics.selection`)."""
+    lbl = ["app", "model"]
+    selected = CounterMetricFamily("clipper_model_selections", "Queries for which an app's "
+                                   "selection policy chose a model", labels=lbl)
+    weight = GaugeMetricFamily("clipper_policy_weight", "A model's current weight in its "
+                               "app's selection policy", labels=lbl)
+    feedback = CounterMetricFamily("clipper_model_feedback", "Feedback items that joined a "
+                                   "model's prediction with a label", labels=lbl)
+    loss = GaugeMetricFamily("clipper_model_feedback_mean_loss", "Mean loss of a model's "
+                             "predictions over its app's feedback", labels=lbl)
+    app_feedback = CounterMetricFamily("clipper_feedback", "Feedback items an app's policy "
+                                       "learned from", labels=["app"])
+    errors = CounterMetricFamily("clipper_policy_errors", "Times an app's policy raised (its "
+                                 "queries got the default output)", labels=["app"])
+    for app, s in sel.items():
+        app_feedback.add_metric([app], s["feedback"])
+        errors.add_metric([app], s["policy_errors"])
+        for model, f in s["models"].items():
+            key = [app, model]
+            selected.add_metric(key, f["selected"])
+            feedback.add_metric(key, f["feedback"])
+            if f["weight"] is not None:
+                weight.add_metric(key, f["weight"])
+            if f["mean_loss"] is not None:
+                loss.add_metric(key, f["mean_loss"])
+    yield selected
+    yield weight
+    yield feedback
+    yield loss
+    yield app_feedback
+    yield errors

@@ -20,7 +20,10 @@ a 4-byte little-endian length).  Outputs are encoded as one tensor: numbers as F
 their UTF-8 text, anything else (objects, mixed answers) as BYTES holding JSON text, marked by
 the output parameter ``content_type`` (``"str"`` or ``"json"``).  Clipper's fields travel in
 the response ``parameters``: ``default``, ``default_count``, ``default_explanation``,
-``model`` (``name:version``) and, once the prediction cache answers, ``cache_hit``.
+``model`` (``name:version`` of the first model that answered), ``models`` (every model that
+answered, comma-separated: an app whose policy combines several models names them all),
+``confidence`` (the lowest confidence of the answers that are not defaults), ``cache_hit``
+(every answer came from the prediction cache) and ``cache_hits``.
 
 Errors answer ``{"error": message, "code": clipper_error_code}`` with 400 (bad request or
 tensor), 404 (unknown app or version), 413 (body too large) or 503 (no answer and no default).
@@ -442,13 +445,15 @@ def clipper_parameters(outcomes: "list[Outcome]") -> dict:
     if defaults:
         params["default_count"] = len(defaults)
         params["default_explanation"] = defaults[0].explanation or ""
-    model = next((o.model for o in outcomes if o.model), None)
-    if model:
-        params["model"] = model
-    hits = [h for h in (getattr(o, "cache_hit", None) for o in outcomes) if h is not None]
-    if hits:
-        params["cache_hit"] = all(hits)
-        params["cache_hits"] = sum(1 for h in hits if h)
+    models = list(dict.fromkeys(m for o in outcomes for m in o.models))
+    if models:
+        params["model"] = models[0]
+        params["models"] = ",".join(models)
+    answers = [o.confidence for o in outcomes if not o.default]
+    if answers:
+        params["confidence"] = min(answers)
+    params["cache_hit"] = all(o.cache_hit for o in outcomes)
+    params["cache_hits"] = sum(1 for o in outcomes if o.cache_hit)
     return params
 
 
@@ -471,7 +476,7 @@ def infer_response(app_name: str, version: str | None, req: InferRequest,
     params = clipper_parameters(outcomes)
     model = params.get("model")
     resp: dict = {"model_name": app_name}
-    if model:
+    if model and params["models"] == model:  # one model answered: its version
         resp["model_version"] = model.rpartition(":")[2]
     elif version is not None:
         resp["model_version"] = version

@@ -1,15 +1,27 @@
 """The query path between the HTTP handlers and the scheduler.
 
-``QueryProcessor.predict`` resolves the app's route, parses each input once, queues one query
-per input and answers every one of them by the request's deadline: with the model's output, or
-with the app's default output (flagged, with an explanation) when no answer can arrive in time.
+``QueryProcessor.predict`` looks up the app, parses each input once, asks the app's selection
+policy which models answer it, and answers every input by the request's deadline: with the
+combination of the predictions that arrived, or with the app's default output (flagged, with
+an explanation) when none can arrive in time.  A slow or dead model never delays an answer past
+the deadline; it only lowers the confidence.
+
+Apps that enable the prediction cache look up every (model, version, input) there first: a
+stored output answers at once, and a query identical to one being computed shares that
+computation.  Only the rest is queued, one query per (input, model).
+
+Apps with the default policy ``single`` take a fast path: one model, one query per input, no
+policy call per query.
+
+``QueryProcessor.feedback`` joins a label with the prediction each linked model made for the
+input (the cached one when there is one, else computed now), and the app's policy learns
+from it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from dataclasses import dataclass
 from typing import Any
 
 from . import log
@@ -20,31 +32,62 @@ from .inputs import PARSERS, input_key
 from .registry import Registry
 from .scheduler import Scheduler, answer
 from .sched import Query
+from .selection import MAX_UID_CHARS, AppSelection, Selection
 
 MAX_BATCH_INPUTS = 10_000
+#: feedback waits for the models at least this long (or the app's SLO, if longer)
+FEEDBACK_TIMEOUT_S = 1.0
 
 
-@dataclass(frozen=True)
 class Outcome:
-    """The answer to one query, before formatting."""
+    """The answer to one query, before formatting (a plain slotted class: one is built per
+    query on the hot path, and a frozen dataclass costs three times as much to build)."""
 
-    query_id: int
-    output: Any
-    default: bool
-    explanation: str | None = None
-    model: str | None = None
-    #: answered from the prediction cache, without a model call
-    cache_hit: bool = False
-    #: answered with the default because admission control refused the query (metrics)
-    shed: bool = False
+    __slots__ = ("query_id", "output", "default", "explanation", "models", "confidence",
+                 "cache_hit", "shed")
+
+    def __init__(self, query_id: int, output: Any, default: bool,
+                 explanation: str | None = None, models: tuple = (),
+                 confidence: float = 1.0, cache_hit: bool = False, shed: bool = False) -> None:
+        self.query_id = query_id
+        self.output = output
+        self.default = default
+        self.explanation = explanation
+        #: the models (``name:version``) whose predictions formed the answer
+        self.models = models
+        self.confidence = confidence
+        #: answered from the prediction cache, without a model call
+        self.cache_hit = cache_hit
+        #: answered with the default because admission control refused the query (metrics)
+        self.shed = shed
+
+    def __repr__(self) -> str:
+        return (f"Outcome(query_id={self.query_id!r}, output={self.output!r}, "
+                f"default={self.default!r}, explanation={self.explanation!r}, "
+                f"models={self.models!r}, confidence={self.confidence!r}, "
+                f"cache_hit={self.cache_hit!r}, shed={self.shed!r})")
 
     def to_json(self) -> dict:
-        d = {"query_id": self.query_id, "output": self.output, "default": self.default}
+        d = {"query_id": self.query_id, "output": self.output, "default": self.default,
+             "confidence": self.confidence, "models": list(self.models)}
         if self.default:
             d["default_explanation"] = self.explanation
         if self.cache_hit:
             d["cache_hit"] = True
         return d
+
+
+def check_uid(uid: Any) -> str | None:
+    """A user id is a string (or an integer, taken as its decimal string) of at most 256
+    characters; None when absent."""
+    if uid is None:
+        return None
+    if isinstance(uid, int) and not isinstance(uid, bool):
+        return str(uid)
+    if not isinstance(uid, str) or not uid or len(uid) > MAX_UID_CHARS:
+        raise InvalidInput(f"'uid' must be a non-empty string of at most {MAX_UID_CHARS} "
+                           f"characters (or an integer), got {uid!r:.80}")
+    return uid
 
 
 class SharedAnswer(asyncio.Future):
@@ -90,21 +133,25 @@ class _Waiter:
             self.future.set_result(None)
 
 
+
 class QueryProcessor:
     """The query path.  ``cache`` is the prediction cache (one per server): apps with
     ``cache_enabled`` answer repeated inputs from it, and identical queries in flight share
-    one model call."""
+    one model call.  ``selection`` holds every app's policy state."""
 
     def __init__(self, registry: Registry, scheduler: Scheduler,
-                 cache: PredictionCache | None = None) -> None:
+                 cache: PredictionCache | None = None,
+                 selection: Selection | None = None) -> None:
         self.registry = registry
         self.scheduler = scheduler
         self.cache = cache if cache is not None else PredictionCache(DEFAULT_CACHE_BYTES)
+        self.selection = selection if selection is not None else Selection(registry.store)
         self._ids = itertools.count(1)
-        self.counts = {"prediction": 0, "default": 0}
+        self.counts = {"prediction": 0, "default": 0, "feedback": 0}
 
     def route(self, app: AppConfig, version: str | None) -> tuple | None:
-        """(model, version) that answers ``app``, or None when no model is linked."""
+        """(model, version) that answers a single-model ``app``, or None when no model is
+        linked."""
         links = self.registry.links.get(app.name)
         if not links:
             return None
@@ -132,24 +179,42 @@ class QueryProcessor:
             return f"no healthy replica of model {key[0]}:{key[1]}"
         return f"model {key[0]}:{key[1]} did not answer within the deadline ({slo_ms:g} ms)"
 
+    @staticmethod
+    def _slo_s(slo_s: float, timeout_ms: Any) -> float:
+        if (isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float))
+                or timeout_ms <= 0):
+            raise InvalidInput(f"timeout_ms must be a positive number of milliseconds, "
+                               f"got {timeout_ms!r}")
+        return min(slo_s, timeout_ms / 1e3)  # a request may only shorten the SLO
+
     async def predict(self, app_name: str, raw_inputs: list, *, version: Any = None,
-                      timeout_ms: Any = None, parsed: bool = False) -> list[Outcome]:
+                      timeout_ms: Any = None, uid: Any = None,
+                      parsed: bool = False) -> list[Outcome]:
         """Answer every input by the deadline.  ``parsed=True``: the inputs are already what
         the model receives (the OIP v2 decoder builds them from tensors)."""
         app = self.registry.get_app(app_name)
         slo_s = app.slo_micros / 1e6
         if timeout_ms is not None:
-            if (isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float))
-                    or timeout_ms <= 0):
-                raise InvalidInput(f"timeout_ms must be a positive number of milliseconds, "
-                                   f"got {timeout_ms!r}")
-            slo_s = min(slo_s, timeout_ms / 1e3)  # a request may only shorten the SLO
-        key = self.route(app, version)
+            slo_s = self._slo_s(slo_s, timeout_ms)
+        if uid is not None:
+            uid = check_uid(uid)
+        if app.policy != "single":
+            if version is not None:
+                raise InvalidInput(f"'version' applies to apps that serve one model; app "
+                                   f"{app.name!r} combines its linked models with policy "
+                                   f"{app.policy!r} (set each model's version with "
+                                   "set_model_version)")
+            key = None
+        else:
+            key = self.route(app, version)
         if parsed:
             inputs = raw_inputs
         else:
             parse = PARSERS[app.input_type]
             inputs = [parse(x, app.name) for x in raw_inputs]  # all valid before any is queued
+        if app.policy != "single":
+            return await self._predict_policy(app, inputs, slo_s, uid)
+        # one model: the fast path, inline (every call and coroutine here costs per query)
         ids = [next(self._ids) for _ in inputs]
         if key is None:
             why = self._explain_miss(None, slo_s * 1e3)
@@ -157,7 +222,7 @@ class QueryProcessor:
         loop = asyncio.get_running_loop()
         now = loop.time()
         deadline = now + slo_s
-        label = f"{key[0]}:{key[1]}"
+        label = (f"{key[0]}:{key[1]}",)
         out: list = [None] * len(inputs)
         # (position, query id, the scheduled query answering it): the query is this request's
         # own, or one in flight for the same input that this request joins
@@ -169,13 +234,14 @@ class QueryProcessor:
             prefix = key_prefix(key[0], key[1], input_type)
             max_age = -1.0 if app.cache_ttl_s is None else float(app.cache_ttl_s)
             miss = cache.MISS
+        submit = self.scheduler.submit
         for i, x in enumerate(inputs):
             qid = ids[i]
             if cache is not None:
                 kb = prefix + input_key(input_type, x)
                 val = cache.get(kb, now, max_age)
                 if val is not miss:
-                    out[i] = Outcome(qid, val, False, None, label, True)
+                    out[i] = Outcome(qid, val, False, None, label, 1.0, True)
                     continue
                 fl = cache.flight(kb)
                 if fl is not None:  # the same input is being computed: share its answer
@@ -194,15 +260,14 @@ class QueryProcessor:
             if cache is not None:
                 fut.flight = cache.start_flight(kb, q)
             waits.append((i, qid, q))
-            if not self.scheduler.submit(key, q):
-                if key in self.scheduler.models:
-                    # shed by admission control: the scheduler answered it ("shed: ...")
+            if not submit(key, q):
+                if self._refused(key, q):
                     shed = shed if shed is not None else set()
                     shed.add(qid)
-                answer(q, (False, f"model {key[0]}:{key[1]} is not loaded"))
         if waits:
             late = await self._wait(loop, waits, deadline)
             why = None
+            answered = 0
             for i, qid, q in waits:
                 fut = q.future
                 if fut.done() and (late is None or q not in late):
@@ -211,18 +276,54 @@ class QueryProcessor:
                     ok = False
                     val = why = why or self._explain_miss(key, slo_s * 1e3)
                 if ok:
-                    self.counts["prediction"] += 1
+                    answered += 1
                     out[i] = Outcome(qid, val, False, None, label)
                 else:
-                    out[i] = self._default(app, qid, val, label,
-                                           shed is not None and qid in shed)
+                    out[i] = self._default(app, qid, val, shed is not None and qid in shed)
+            self.counts["prediction"] += answered
         self.counts["prediction"] += len(out) - len(waits)  # the cache hits
+        self.selection.get(app).count_selected(key[0], len(out))
         return out
+
+    def _refused(self, key: tuple, q: Query) -> bool:
+        """Answer a query the scheduler did not accept; True when admission control refused
+        it (shed), False when the model version is not loaded."""
+        mq = self.scheduler.models.get(key)
+        # a shed query already has its answer from the scheduler, with the reason ("shed: ...")
+        answer(q, (False, f"model {key[0]}:{key[1]} is not loaded"))
+        return mq is not None
+
+    def _ask(self, key: tuple, x: Any, qid: int, now: float, deadline: float,
+             loop: asyncio.AbstractEventLoop, kb: bytes | None) -> tuple:
+        """``(query, shed)``: the query that computes model ``key``'s output for ``x``, and
+        whether admission control refused it.  With ``kb`` (the cache key; None when the app
+        does not use the cache) an identical query in flight is shared; otherwise a new one
+        is queued."""
+        cache = self.cache
+        if kb is not None:
+            fl = cache.flight(kb)
+            if fl is not None:
+                q = fl.query
+                if not q.answered:
+                    cache.join(fl)
+                    if q.deadline < deadline:
+                        q.deadline = deadline
+                    return q, False
+                q.future.flight = None  # dropped by the scheduler unanswered: start afresh
+                cache.end_flight(fl)
+        fut = SharedAnswer(loop, self)
+        q = Query(qid, x, now, deadline, fut)
+        if kb is not None:
+            fut.flight = cache.start_flight(kb, q)
+        if self.scheduler.submit(key, q):
+            return q, False
+        return q, self._refused(key, q)
 
     async def _wait(self, loop: asyncio.AbstractEventLoop, waits: list,
                     deadline: float) -> set | None:
-        """Wait until every query in ``waits`` has its answer or ``deadline`` comes; returns
-        the queries that had no answer at the deadline (None when all had one)."""
+        """Wait until every query in ``waits`` (triples whose last item is the query) has its
+        answer or ``deadline`` comes; returns the queries that had no answer at the deadline
+        (None when all had one)."""
         w = _Waiter(loop.create_future())
         for _, _, q in waits:
             fut = q.future
@@ -272,11 +373,211 @@ class QueryProcessor:
             log.server.exception("cannot store an output of %r in the prediction cache",
                                  fl.key[:64])
 
-    def _default(self, app: AppConfig, qid: int, why: str, label: str | None = None,
-                 shed: bool = False) -> Outcome:
+    # ---------------------------------------------------------------- selection policies
+    async def _predict_policy(self, app: AppConfig, inputs: list, slo_s: float,
+                              uid: str | None) -> list[Outcome]:
+        sel = self.selection.get(app)
+        ids = [next(self._ids) for _ in inputs]
+        if sel.error is not None:
+            return [self._default(app, qid, sel.error) for qid in ids]
+        links = list(self.registry.links.get(app.name) or ())
+        if not links:
+            why = self._explain_miss(None, slo_s * 1e3)
+            return [self._default(app, qid, why) for qid in ids]
+        policy = sel.for_uid(uid)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadline = now + slo_s
+        current = self.registry.current
+        cache = self.cache if app.cache_enabled else None
+        if cache is not None:
+            input_type = app.input_type
+            max_age = -1.0 if app.cache_ttl_s is None else float(app.cache_ttl_s)
+            miss = cache.MISS
+            prefixes: dict = {}
+        waits: list = []  # (None, None, query) for _wait
+        # per input: (query_id, selected names, [(name, key, query | None, cached output,
+        # shed)], why)
+        plans: list = []
+        for qid, x in zip(ids, inputs):
+            try:
+                chosen = policy.select(links, uid)
+                if not isinstance(chosen, (list, tuple)):
+                    raise TypeError(f"select returned {type(chosen).__name__}, not a list")
+            except Exception as e:
+                plans.append((qid, (), [], self._policy_failed(sel, "select", e)))
+                continue
+            subs = []
+            why = None
+            ikey = None
+            for name in chosen:
+                v = current.get(name) if name in links else None
+                if v is None:
+                    why = (f"policy {app.policy!r} selected {name!r}, which is not a linked "
+                           "model with a current version")
+                    continue
+                key = (name, v)
+                sel.count_selected(name)
+                kb = None
+                if cache is not None:
+                    if ikey is None:
+                        ikey = input_key(input_type, x)
+                    prefix = prefixes.get(key)
+                    if prefix is None:
+                        prefix = prefixes[key] = key_prefix(name, v, input_type)
+                    kb = prefix + ikey
+                    val = cache.get(kb, now, max_age)
+                    if val is not miss:
+                        subs.append((name, key, None, val, False))
+                        continue
+                q, shed = self._ask(key, x, qid, now, deadline, loop, kb)
+                subs.append((name, key, q, None, shed))
+                waits.append((None, None, q))
+            if not subs and why is None:
+                why = f"policy {app.policy!r} selected no model for this query"
+            plans.append((qid, chosen, subs, why))
+        late = await self._wait(loop, waits, deadline) if waits else None
+        whys: dict = {}
+        out = []
+        for qid, chosen, subs, why in plans:
+            preds = {}
+            labels = []
+            misses = []
+            calls = 0
+            all_shed = bool(subs)
+            for name, key, q, val, shed in subs:
+                if q is None:
+                    ok = True  # from the cache
+                else:
+                    calls += 1
+                    fut = q.future
+                    if fut.done() and (late is None or q not in late):
+                        ok, val = fut.result()
+                    else:
+                        ok = False
+                        val = whys.get(key)
+                        if val is None:
+                            val = whys[key] = self._explain_miss(key, slo_s * 1e3)
+                all_shed = all_shed and shed
+                if ok:
+                    preds[name] = val
+                    labels.append(f"{key[0]}:{key[1]}")
+                else:
+                    misses.append(val)
+            combined = None
+            if preds:
+                try:
+                    combined = policy.combine(chosen, preds)
+                    if combined is not None:
+                        o, conf = combined
+                        conf = float(conf)
+                        conf = min(1.0, max(0.0, conf)) if conf == conf else 0.0  # NaN -> 0
+                        combined = (o, conf)
+                except Exception as e:
+                    combined = None
+                    why = self._policy_failed(sel, "combine", e)
+            if combined is not None:
+                out.append(Outcome(qid, combined[0], False, None, tuple(labels), combined[1],
+                                   calls == 0))
+                self.counts["prediction"] += 1
+                continue
+            if why is None:
+                why = ("no selected model answered: " + "; ".join(dict.fromkeys(misses))
+                       if misses else "the policy could not combine the predictions")
+            out.append(self._default(app, qid, why, all_shed))
+        return out
+
+    def _policy_failed(self, sel: AppSelection, what: str, e: Exception) -> str:
+        sel.errors += 1
+        if sel.errors == 1 or sel.errors % 1000 == 0:  # logged once, then sparsely
+            log.server.error("app %s: policy %s raised in %s (%d times so far): %s: %s",
+                             sel.name, sel.config.policy, what, sel.errors,
+                             type(e).__name__, e)
+        return f"policy {sel.config.policy!r} failed in {what}: {type(e).__name__}: {e}"
+
+    def _default(self, app: AppConfig, qid: int, why: str, shed: bool = False) -> Outcome:
         if app.default_output is None:
             err = Overloaded if shed else PredictionTimeout
             raise err(f"no prediction for app {app.name!r} ({why}) and the app has no "
                       "default output")
         self.counts["default"] += 1
-        return Outcome(qid, app.default_output, True, why, label, shed=shed)
+        return Outcome(qid, app.default_output, True, why, (), 0.0, False, shed)
+
+    # ---------------------------------------------------------------- feedback
+    async def predictions_for_feedback(self, app: AppConfig, x: Any) -> dict[str, Any]:
+        """``{model name: output}``: what each linked model (its current version) predicts
+        for the parsed input ``x``.  A prediction the cache holds is taken as it is (the one
+        the model made when the input was queried; no model call); the others are computed,
+        sharing a computation in flight for the same input.  Models that give no prediction
+        within max(SLO, FEEDBACK_TIMEOUT_S) are left out."""
+        reg = self.registry
+        links = reg.links.get(app.name) or ()
+        keys = [(m, reg.current[m]) for m in links if m in reg.current]
+        found: dict[str, Any] = {}
+        if not keys:
+            return found
+        ikey = None
+        if app.cache_enabled:
+            input_type = app.input_type
+            ikey = input_key(input_type, x)
+            lookup = self.cache.lookup_versions
+            for name, v in keys:
+                got = lookup(name, [v], input_type, ikey)
+                if v in got:
+                    found[name] = got[v]
+            keys = [k for k in keys if k[0] not in found]
+            if not keys:
+                return found
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        slo_s = max(app.slo_micros / 1e6, FEEDBACK_TIMEOUT_S)
+        deadline = now + slo_s
+        qid = next(self._ids)
+        waits = []
+        for key in keys:
+            kb = None if ikey is None else key_prefix(key[0], key[1], input_type) + ikey
+            q, _ = self._ask(key, x, qid, now, deadline, loop, kb)
+            waits.append((key, qid, q))
+        late = await self._wait(loop, waits, deadline)
+        for key, _, q in waits:
+            fut = q.future
+            if fut.done() and (late is None or q not in late):
+                ok, val = fut.result()
+                if ok:
+                    found[key[0]] = val
+        return found
+
+    async def feedback(self, app_name: str, raw_input: Any, label: Any, *,
+                       uid: Any = None) -> dict:
+        """Teach the app's policy that ``label`` is the answer for ``raw_input``."""
+        app = self.registry.get_app(app_name)
+        uid = check_uid(uid)
+        sel = self.selection.get(app)
+        x = PARSERS[app.input_type](raw_input, app.name)
+        if sel.error is not None:
+            raise PredictionTimeout(f"feedback for app {app.name!r} not used: {sel.error}")
+        try:
+            sel.policy.check_label(label)
+        except InvalidInput:
+            raise
+        except Exception as e:  # a user policy's own check
+            raise InvalidInput(f"'label' rejected by policy {app.policy!r}: "
+                               f"{type(e).__name__}: {e}") from None
+        links = list(self.registry.links.get(app.name) or ())
+        if not links:
+            raise PredictionTimeout(f"feedback for app {app.name!r} not used: no model is "
+                                    "linked to it")
+        preds = await self.predictions_for_feedback(app, x)
+        if not preds:
+            raise PredictionTimeout(
+                f"feedback for app {app.name!r} not used: none of its models ("
+                f"{', '.join(links)}) gave a prediction for this input within "
+                f"{max(app.slo_micros / 1e6, FEEDBACK_TIMEOUT_S) * 1e3:g} ms; try again")
+        try:
+            losses = sel.observe(uid, links, preds, label)
+        except Exception as e:
+            why = self._policy_failed(sel, "observe", e)
+            raise PredictionTimeout(f"feedback for app {app.name!r} not used: {why}") from None
+        self.counts["feedback"] += 1
+        return {"success": True, "uid": uid, "losses": losses,
+                "missing": [m for m in links if m not in preds]}

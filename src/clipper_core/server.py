@@ -26,10 +26,12 @@ from .errors import (BadRequest, ClipperError, ConfigError, Conflict, ModelError
 from .frontend import make_app as make_query_app
 from .inputs import PARSERS
 from .metrics import Metrics
+from .policies import make_policy
 from .predict import QueryProcessor
 from .registry import Registry
 from .rpc import RpcServer
 from .scheduler import BatchingConfig, Scheduler
+from .selection import Selection
 from .state import StateStore
 
 ENDPOINTS_FILE = "endpoints.json"
@@ -85,11 +87,15 @@ class ClipperServer:
             heartbeat_timeout_s=cfg.heartbeat_timeout_s)
         self.scheduler = self.rpc.scheduler
         self.scheduler.on_replica_change = self._on_replica_change
+        self.selection = Selection(self.store)
         self.cache = PredictionCache(cfg.cache_bytes)
-        self.processor = QueryProcessor(self.registry, self.scheduler, self.cache)
+        self.processor = QueryProcessor(self.registry, self.scheduler, self.cache,
+                                        selection=self.selection)
         self.metrics = Metrics(self.processor)
         self.metrics.cache_stats = self.cache.stats
         self.registry.listeners.append(lambda *_: self.sync_models())
+        self.registry.listeners.append(self._on_registry_event)
+        self.selection.start(self._app_exists)
         # the restored models' queues exist before the RPC socket opens, so that replicas a
         # crashed frontend left running are accepted as soon as they reconnect
         self.sync_models()
@@ -152,6 +158,11 @@ class ClipperServer:
             await runner.shutdown()
         if hasattr(self, "scheduler"):
             self.scheduler.fail_all("Clipper is shutting down")
+        if hasattr(self, "selection"):
+            try:
+                await self.selection.close(self._app_exists)  # learned weights survive
+            except Exception:
+                log.state.exception("policy state not written at shutdown")
         if hasattr(self, "manager"):
             await self.manager.close()
         if hasattr(self, "rpc"):
@@ -228,6 +239,37 @@ class ClipperServer:
         check()
         return fut
 
+    # ---------------------------------------------------------------- selection policies
+    def _app_exists(self, name: str) -> bool:
+        return name in self.registry.apps
+
+    def _on_registry_event(self, event: str, name: Any) -> None:
+        if event == "app_deleted":
+            self.selection.forget(name)
+
+    def set_app_policy(self, name: str, policy: str, policy_params: dict | None = None,
+                       reset: bool = False) -> AppConfig:
+        """Change an app's selection policy or its parameters.  The same policy with new
+        parameters keeps what it learned (unless ``reset``); another policy starts afresh."""
+        app = self.registry.get_app(name)
+        params = {} if policy_params is None else policy_params
+        make_policy(policy, params)  # ConfigError names what is wrong
+        links = self.registry.links.get(name, [])
+        if policy == "single" and len(links) > 1:
+            raise ConfigError(f"app {name!r} links {len(links)} models ({', '.join(links)}) and "
+                              "policy 'single' serves one; unlink the others first")
+        updated = self.registry.update_app(name, policy=policy, policy_params=params)
+        self.selection.get(updated, reset=reset)  # carries the state over, or drops it
+        log.server.info("app %s: policy %s %s -> %s %s%s", name, app.policy,
+                        app.policy_params, policy, params, " (state reset)" if reset else "")
+        return updated
+
+    def app_policy_info(self, name: str, uid: str | None = None) -> dict:
+        app = self.registry.get_app(name)
+        info = self.selection.get(app).snapshot(self.registry.links.get(name, []), uid)
+        info["app"] = name
+        return info
+
     # ---------------------------------------------------------------- management operations
     @contextlib.asynccontextmanager
     async def _model_lock(self, name: str) -> AsyncIterator[None]:
@@ -239,6 +281,7 @@ class ClipperServer:
 
     def add_app(self, name: str, input_type: str, default_output: Any,
                 slo_micros: int, **kw: Any) -> AppConfig:
+        make_policy(kw.get("policy", "single"), kw.get("policy_params"))
         return self.registry.add_app(AppConfig(name, input_type, default_output, slo_micros, **kw))
 
     def update_app(self, name: str, **changes: Any) -> AppConfig:

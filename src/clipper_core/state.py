@@ -200,6 +200,35 @@ class StateStore:
         self._exec("INSERT OR REPLACE INTO policy_state VALUES (?, ?, ?)",
                    (app, uid, json.dumps(data)))
 
-    def policy_states(self, app: str) -> dict[str, Any]:
-        return {uid: json.loads(d) for uid, d in
-                self._exec("SELECT uid, data FROM policy_state WHERE app=?", (app,))}
+    def put_policy_states(self, app: str, docs: dict[str, Any]) -> None:
+        """Write many users' policy states of ``app`` in one transaction; nothing is written
+        when the app no longer exists (it was deleted while the states were on their way)."""
+        rows = [(app, uid, json.dumps(d), app) for uid, d in docs.items()]
+        with self._lock:
+            try:
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO policy_state SELECT ?, ?, ? "
+                    "WHERE EXISTS (SELECT 1 FROM apps WHERE name=?)", rows)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise StateStoreError(f"state store at {self.path} failed: {e}") from None
+
+    def policy_state(self, app: str, uid: str) -> Any:
+        """One user's policy state of ``app``, or None."""
+        rows = self._exec("SELECT data FROM policy_state WHERE app=? AND uid=?", (app, uid))
+        return json.loads(rows[0][0]) if rows else None
+
+    def policy_states(self, app: str, limit: int | None = None) -> dict[str, Any]:
+        sql = "SELECT uid, data FROM policy_state WHERE app=?"
+        args: tuple = (app,)
+        if limit is not None:
+            # the app's own state (uid '') first, so that a limit never drops it
+            sql += " ORDER BY uid != '' LIMIT ?"
+            args = (app, limit)
+        return {uid: json.loads(d) for uid, d in self._exec(sql, args)}
+
+    def delete_policy_states(self, app: str) -> None:
+        self._exec("DELETE FROM policy_state WHERE app=?", (app,))

@@ -126,6 +126,10 @@ class ClipperProcess:
         """POST ``body`` to ``/{app}/predict``; returns (status, parsed JSON)."""
         return post_json(f"{self.query_url}/{app}/predict", body, timeout_s)
 
+    def update(self, app: str, body: dict, timeout_s: float = 30.0) -> tuple[int, Any]:
+        """POST feedback ``body`` to ``/{app}/update``; returns (status, parsed JSON)."""
+        return post_json(f"{self.query_url}/{app}/update", body, timeout_s)
+
 
 def post_json(url: str, body: Any, timeout_s: float = 30.0,
               raw: bytes | None = None) -> tuple[int, Any]:

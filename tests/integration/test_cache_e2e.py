@@ -95,6 +95,61 @@ def test_coalescing_cache_hits_and_new_versions(clipper, unique, tmp_path):
     assert body["output"] == 42.5 and body["cache_hit"] is True and calls(log, x) == 2
 
 
+def test_feedback_takes_the_cached_predictions(clipper, unique, tmp_path):
+    """/update for an input just predicted joins the label with the predictions the cache
+    holds: no model is called again.  An input never predicted is computed once per model, and
+    what feedback computed answers later queries from the cache.  A multi-model (exp4) app
+    looks every (model, version, input) up in the cache too."""
+    gate = str(tmp_path / "gate")
+    open(gate, "w").close()
+    c = clipper.conn
+    models, logs = [], {}
+    for scale in (1, 3):
+        m = unique(f"fb-counter{scale}")
+        logs[m] = str(tmp_path / f"{m}.log")
+        c.deploy_python_closure(m, 1, "doubles", counting_model(logs[m], gate, scale))
+        models.append(m)
+    single, ens = unique("fb-single"), unique("fb-exp4")
+    c.register_application(single, "doubles", -1.0, 10_000_000)
+    c.link_model_to_app(single, models[0])
+    c.register_application(ens, "doubles", -1.0, 10_000_000, policy="exp4",
+                           policy_params={"loss": "squared", "loss_scale": 10.0})
+    for m in models:
+        c.link_model_to_app(ens, m)
+    labels = sorted(f"{m}:1" for m in models)
+
+    def counts(x):
+        return [calls(logs[m], x) for m in models]
+
+    x = 2.5
+    status, body = clipper.predict(ens, {"input": [x]})
+    assert status == 200 and body["default"] is False and "cache_hit" not in body, body
+    assert sorted(body["models"]) == labels and counts(x) == [1, 1]
+    status, body = clipper.predict(ens, {"input": [x]})
+    assert status == 200 and body["cache_hit"] is True and sorted(body["models"]) == labels
+    assert counts(x) == [1, 1]
+
+    # feedback for that input: both models' predictions (2.5 and 7.5) come from the cache
+    status, body = clipper.update(ens, {"input": [x], "label": 2.5})
+    assert status == 200 and body["missing"] == [], body
+    assert body["losses"] == {models[0]: pytest.approx(0.0), models[1]: pytest.approx(0.25)}
+    assert counts(x) == [1, 1], "feedback must not call a model whose prediction is cached"
+    # another app linked to the same model version shares its entry
+    status, body = clipper.update(single, {"input": [x], "label": 2.5})
+    assert status == 200 and body["losses"] == {models[0]: 0.0}, body
+    assert counts(x) == [1, 1]
+
+    # feedback for an input nobody asked about: computed once per model, then cached
+    y = 6.0
+    status, body = clipper.update(ens, {"input": [y], "label": 6.0})
+    assert status == 200 and body["missing"] == [], body
+    assert counts(y) == [1, 1]
+    status, body = clipper.predict(ens, {"input": [y]})
+    assert status == 200 and body["cache_hit"] is True and counts(y) == [1, 1], body
+    status, body = clipper.predict(single, {"input": [y]})
+    assert body["output"] == 6.0 and body["cache_hit"] is True and counts(y) == [1, 1]
+
+
 def test_cache_can_be_switched_off_per_app(clipper, unique, tmp_path):
     app, model = unique("uncached-app"), unique("counter")
     log, gate = str(tmp_path / "calls.log"), str(tmp_path / "gate")

@@ -1,7 +1,6 @@
 """/metrics (Prometheus text, parsed by prometheus_client's own parser) and /stats move as
 expected after a known number of queries, defaults and errors."""
 
-import dataclasses
 import json
 import urllib.request
 
@@ -9,8 +8,6 @@ import numpy as np
 import pytest
 import tritonclient.http as th
 from prometheus_client.parser import text_string_to_metric_families
-
-from clipper_core.predict import Outcome
 
 
 def get(url):
@@ -131,14 +128,10 @@ def test_openmetrics_on_request(clipper):
         assert r.read().decode().endswith("# EOF\n")
 
 
-CACHE = any(f.name == "cache_hit" for f in dataclasses.fields(Outcome))
-
-
 def add_one(inputs):
     return [float(x[0]) + 1 for x in inputs]
 
 
-@pytest.mark.skipif(not CACHE, reason="needs the prediction cache (issue 4): Outcome.cache_hit")
 def test_cache_hits_and_misses_are_counted(clipper, unique):
     app, model = unique("m-cached"), unique("m-cached-model")
     c = clipper.conn

@@ -123,7 +123,7 @@ def test_output_encoding(values, datatype, shape, content_type):
     out = encode_output(values)
     assert (out.datatype, out.shape, out.content_type) == (datatype, shape, content_type)
     # both forms decode, with the official client, back to the values
-    outcomes = [Outcome(i, v, False, None, "m:1") for i, v in enumerate(values)]
+    outcomes = [Outcome(i, v, False, None, ("m:1",)) for i, v in enumerate(values)]
     for binary_out in (True, False):
         body, hl = infer_response("app", None, InferRequest([None] * len(values), None, None,
                                                             binary_out), outcomes)
@@ -138,7 +138,8 @@ def test_output_encoding(values, datatype, shape, content_type):
 
 
 def test_response_parameters():
-    outcomes = [Outcome(1, 0.5, False, None, "m:3"), Outcome(2, -1.0, True, "too slow", "m:3")]
+    outcomes = [Outcome(1, 0.5, False, None, ("m:3",)),
+                Outcome(2, -1.0, True, "too slow", (), 0.0)]
     body, hl = infer_response("app", None, InferRequest([None, None], "x", None, False),
                               outcomes)
     assert hl is None
@@ -146,6 +147,7 @@ def test_response_parameters():
     assert resp["model_name"] == "app" and resp["model_version"] == "3" and resp["id"] == "x"
     assert resp["parameters"] == {"default": True, "default_count": 1,
                                   "default_explanation": "too slow", "model": "m:3",
+                                  "models": "m:3", "confidence": 1.0,
                                   "cache_hit": False, "cache_hits": 0}
     assert resp["outputs"] == [{"name": "output", "datatype": "FP64", "shape": [2],
                                 "data": [0.5, -1.0]}]

@@ -248,3 +248,34 @@ async def test_a_query_the_scheduler_dropped_is_not_joined(rig):
     rig.answer(1)
     assert (await second)[0].output == 8.0
     await busy
+
+
+async def test_a_multi_model_app_uses_the_cache_per_model(rig):
+    """An ensemble app looks every (model, version, input) up in the cache and coalesces
+    identical queries per model; a model whose output is cached is not asked again."""
+    rig.registry.add_model(ModelVersion("n", "1", "doubles"))
+    rig.scheduler.ensure_model(("n", "1"), "doubles",
+                               BatchingConfig(batch_size=64, batch_wait_s=0.0), 2.0)
+    rig.scheduler.add_replica(b"replica-n", P.Register("n", "1", "doubles", "inst-n"))
+    rig.registry.add_app(AppConfig("ens", "doubles", "default", 2_000_000, policy="ensemble"))
+    rig.registry.link("ens", "m")
+    rig.registry.link("ens", "n")
+    t = rig.predict([[1.0]])  # the single-model app caches m's output for [1.0]
+    await until(lambda: rig.sent, "m's batch")
+    rig.answer(0)
+    await t
+    t1, t2 = rig.predict([[1.0]], app="ens"), rig.predict([[1.0]], app="ens")
+    await until(lambda: rig.cache.coalesced == 1, "the second request to join n's query")
+    assert [identity for identity, _ in rig.sent] == [REPLICA + b"1", b"replica-n"]
+    rig.answer(1)
+    (o1,), (o2,) = await t1, await t2
+    for o in (o1, o2):
+        assert o.output == 1.0 and not o.default and not o.cache_hit
+        assert sorted(o.models) == ["m:1", "n:1"] and o.confidence == 1.0
+    (o,) = await rig.predict([[1.0]], app="ens")  # both outputs cached: no model call
+    assert o.cache_hit and o.output == 1.0 and sorted(o.models) == ["m:1", "n:1"]
+    assert o.to_json()["cache_hit"] is True and len(rig.sent) == 2
+    # feedback joins the label with the cached predictions, without a model call
+    preds = await rig.proc.predictions_for_feedback(rig.registry.get_app("ens"),
+                                                    np.array([1.0]))
+    assert preds == {"m": 1.0, "n": 1.0} and len(rig.sent) == 2
