@@ -81,6 +81,9 @@ cdef class Batcher:
     cdef public double last_horizon
     cdef public Py_ssize_t last_ahead
     cdef public Py_ssize_t last_capacity
+    cdef public bint last_full
+    cdef public double arrival_gap
+    cdef public double last_arrival
 
     cpdef configure(self, double batch_wait, double budget_fraction)
     @cython.locals(stale=double)
@@ -90,7 +93,7 @@ cdef class Batcher:
     cpdef Py_ssize_t capacity_by(self, double deadline, double now, list sizers)
     @cython.locals(s=BatchSizer, n=Py_ssize_t)
     cdef bint _fits_one_batch(self, double deadline, double now, list sizers)
-    @cython.locals(queue=DeadlineQueue, cap=Py_ssize_t, ahead=Py_ssize_t)
+    @cython.locals(queue=DeadlineQueue, cap=Py_ssize_t, ahead=Py_ssize_t, gap=double)
     cpdef int admit(self, Query q, double now, list sizers, list expired)
     @cython.locals(queue=DeadlineQueue, t=double)
     cpdef double dispatch_at(self, double now, Py_ssize_t size)

@@ -331,6 +331,12 @@ class Batcher:
         self.last_horizon = 0.0
         self.last_ahead = 0
         self.last_capacity = 0
+        #: whether the last batch taken was full, and the mean gap between admitted
+        #: arrivals (EWMA; -1 before two arrivals): delayed batching waits only when demand
+        #: fills batches (see dispatch_at)
+        self.last_full = True
+        self.arrival_gap = -1.0
+        self.last_arrival = -1.0
 
     def configure(self, batch_wait, budget_fraction):
         if batch_wait < 0.0:
@@ -407,6 +413,11 @@ class Batcher:
                 return LATE
         queue.push(q)
         self.admitted += 1
+        if self.last_arrival >= 0.0:
+            gap = now - self.last_arrival
+            self.arrival_gap = gap if self.arrival_gap < 0.0 else (
+                0.8 * self.arrival_gap + 0.2 * gap)
+        self.last_arrival = now
         return ADMIT
 
     def dispatch_at(self, now, size):
@@ -415,6 +426,13 @@ class Batcher:
         never later than the oldest queued query's arrival plus ``batch_wait``."""
         queue = self.queue
         if len(queue) >= size or self.batch_wait <= 0.0 or not len(queue):
+            return now
+        # Waiting pays only when demand fills batches: after a batch that was not full, at an
+        # arrival rate under 8 queries per wait bound (light load, or one client waiting for
+        # its answer before it asks again), a lone query goes at once instead of waiting for
+        # company that will not come.  A full batch (the queue grew while the replicas were
+        # busy) or a burst of arrivals turns the wait back on.
+        if not self.last_full and not (0.0 <= self.arrival_gap * 8.0 < self.batch_wait):
             return now
         t = queue.oldest_arrival() + self.batch_wait
         return t if t > now else now
@@ -437,6 +455,7 @@ class Batcher:
                 n if n < size else size)
         self.last_horizon = horizon
         batch = self.queue.pop_batch(now, size, expired, horizon)
+        self.last_full = len(batch) >= size
         if batch:
             slo = INF
             latest = -INF

@@ -54,6 +54,30 @@ def test_delayed_batching_waits_for_the_batch_to_fill_up_to_its_bound(impl):
     assert 0 < stats["batch_wait_s"]["sum"] <= wait * len(sim.sent)
 
 
+def test_light_load_is_not_held_back_by_delayed_batching(impl):
+    """One client that asks again only after its answer never fills a batch: waiting for one
+    would add the whole wait bound to every query (the default adaptive batch size at low
+    load).  After the first batches, a lone query goes at once."""
+    wait = 0.002
+    sim = Sim(impl, BatchingConfig(batch_wait_s=wait), slo=1.0)
+    sim.add_replica("r", latency=lambda n: 0.0003)
+    delays = []
+    for _ in range(30):
+        q, _ = sim.submit()
+        sim.loop.advance(0.01)  # the answer comes back; the client asks again
+        sent_at = next(t for t, _, _, ids in sim.sent if q.query_id in ids)
+        delays.append(sent_at - q.arrival)
+    assert sum(len(ids) for *_, ids in sim.sent) == 30
+    assert all(d == 0.0 for d in delays[5:]), delays
+    # a burst is still batched, and nothing waits past the bound
+    before = len(sim.sent)
+    burst = [sim.submit()[0] for _ in range(6)]
+    sim.loop.advance(0.01)
+    sent = sim.sent[before:]
+    assert sum(len(ids) for *_, ids in sent) == 6 and len(sent) < 6
+    assert all(t <= burst[0].arrival + wait + 0.0003 + 1e-9 for t, *_ in sent)
+
+
 def test_aimd_under_saturating_load_stays_within_the_budget(impl):
     a, b, slo, step = 1e-3, 5e-5, 0.02, 4  # budget 10 ms: the largest batch in it is 180
     best = math.floor((0.5 * slo - a) / b)
