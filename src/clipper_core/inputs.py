@@ -19,7 +19,8 @@ _INT32 = np.iinfo(np.int32)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
+    """How an error message names a JSON value's kind."""
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, (int, float)):
@@ -39,7 +40,7 @@ def _numeric(value: Any, app: str, input_type: str, kind_ok: str, dtype: np.dtyp
              what: str) -> np.ndarray:
     if not isinstance(value, list) or not value:
         raise InvalidInput(f"input must be a non-empty list of {what} for app {app!r} "
-                           f"(input_type {input_type}), got {_describe(value)}"
+                           f"(input_type {input_type}), got {describe(value)}"
                            f"{' (empty)' if isinstance(value, list) else ''}")
     try:
         arr = np.array(value)
@@ -48,7 +49,7 @@ def _numeric(value: Any, app: str, input_type: str, kind_ok: str, dtype: np.dtyp
     if arr is None or arr.ndim != 1 or arr.dtype.kind not in kind_ok:
         bad = next((v for v in value if isinstance(v, bool)
                     or not isinstance(v, (int, float) if "f" in kind_ok else int)), None)
-        got = _describe(bad) if bad is not None or arr is None else f"{arr.dtype} values"
+        got = describe(bad) if bad is not None or arr is None else f"{arr.dtype} values"
         raise InvalidInput(f"input must be a list of {what} for app {app!r} "
                            f"(input_type {input_type}), got a list containing {got}")
     if dtype == np.int32:
@@ -77,7 +78,7 @@ def parse_doubles(value: Any, app: str) -> np.ndarray:
 def parse_bytes(value: Any, app: str) -> bytes:
     if not isinstance(value, str):
         raise InvalidInput(f"input must be a base64 string for app {app!r} (input_type "
-                           f"bytes), got {_describe(value)}")
+                           f"bytes), got {describe(value)}")
     try:
         return b64decode(value, validate=True)
     except (binascii.Error, ValueError) as e:
@@ -88,7 +89,7 @@ def parse_bytes(value: Any, app: str) -> bytes:
 def parse_strings(value: Any, app: str) -> str:
     if not isinstance(value, str):
         raise InvalidInput(f"input must be a string for app {app!r} (input_type strings), "
-                           f"got {_describe(value)}")
+                           f"got {describe(value)}")
     return value
 
 

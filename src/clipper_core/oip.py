@@ -48,6 +48,7 @@ from . import __version__, log
 from .config import AppConfig
 from .errors import (BadRequest, ClipperError, InvalidInput, MalformedJSON, MissingField,
                      UnknownVersion)
+from .inputs import describe
 from .http import json_response, read_body
 from .predict import MAX_BATCH_INPUTS
 
@@ -100,21 +101,6 @@ def _expects(app: AppConfig) -> str:
     return f"input_type {it}: datatype {' or '.join(ACCEPTED[it])}, shape {shapes}"
 
 
-def _describe(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if value is None:
-        return "null"
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "a list"
-    return type(value).__name__
-
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
     view = memoryview(body)
@@ -154,7 +140,7 @@ def decode_infer(body: bytes, header_length: str | None, app: AppConfig) -> Infe
     except orjson.JSONDecodeError as e:
         raise MalformedJSON(f"inference request is not valid JSON: {e}") from None
     if not isinstance(req, dict):
-        raise BadRequest(f"inference request must be a JSON object, got {_describe(req)}")
+        raise BadRequest(f"inference request must be a JSON object, got {describe(req)}")
     tensors = req.get("inputs")
     if not isinstance(tensors, list):
         raise MissingField("inference request needs 'inputs', a list with one input tensor "
@@ -164,10 +150,10 @@ def decode_infer(body: bytes, header_length: str | None, app: AppConfig) -> Infe
                            f"the request has {len(tensors)}")
     t = tensors[0]
     if not isinstance(t, dict):
-        raise InvalidInput(f"an input tensor must be a JSON object, got {_describe(t)}")
+        raise InvalidInput(f"an input tensor must be a JSON object, got {describe(t)}")
     name = t.get("name")
     if not isinstance(name, str):
-        raise InvalidInput(f"input tensor needs a 'name' (a string), got {_describe(name)}")
+        raise InvalidInput(f"input tensor needs a 'name' (a string), got {describe(name)}")
     datatype = t.get("datatype")
     if datatype not in ACCEPTED[app.input_type]:
         raise InvalidInput(f"input {name!r} of app {app.name!r} must have datatype "
@@ -247,7 +233,7 @@ def _request_options(req: dict, inputs: list) -> InferRequest:
             binary = b
     rid = req.get("id")
     if rid is not None and not isinstance(rid, str):
-        raise BadRequest(f"'id' of the inference request must be a string, got {_describe(rid)}")
+        raise BadRequest(f"'id' of the inference request must be a string, got {describe(rid)}")
     return InferRequest(inputs, rid, timeout_ms, binary)
 
 
@@ -272,7 +258,7 @@ def _numeric_rows(app: AppConfig, name: str, datatype: str, shape: list, data: A
         if not isinstance(data, list):
             raise InvalidInput(f"'data' of input {name!r} must be a list of {what} (flat in "
                                f"row-major order, or nested as the shape), got "
-                               f"{_describe(data)}")
+                               f"{describe(data)}")
         try:
             arr = np.asarray(data)
         except (ValueError, TypeError, OverflowError):
@@ -319,7 +305,7 @@ def _flatten(data: list, depth: int, name: str) -> list:
                 out.append(x)
             else:
                 raise InvalidInput(f"'data' of BYTES input {name!r} must hold strings, got "
-                                   f"{_describe(x)}")
+                                   f"{describe(x)}")
 
     walk(data, 1)
     return out
@@ -381,7 +367,7 @@ def _byte_elements(app: AppConfig, name: str, shape: list, data: Any, binary: bo
         return out
     if not isinstance(data, list):
         raise InvalidInput(f"'data' of BYTES input {name!r} must be a list of strings, got "
-                           f"{_describe(data)}")
+                           f"{describe(data)}")
     items = _flatten(data, len(shape), name)
     if len(items) != count:
         raise InvalidInput(f"input {name!r} has shape {shape}, which needs {count} elements; "

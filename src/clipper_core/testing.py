@@ -131,6 +131,18 @@ class ClipperProcess:
         return post_json(f"{self.query_url}/{app}/update", body, timeout_s)
 
 
+def wait_for(cond: Any, timeout_s: float = 30.0, what: str = "condition") -> Any:
+    """Poll ``cond()`` every 50 ms until it returns something true, and return that; raise
+    AssertionError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
 def post_json(url: str, body: Any, timeout_s: float = 30.0,
               raw: bytes | None = None) -> tuple[int, Any]:
     data = raw if raw is not None else json.dumps(body).encode()

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from clipper_core.testing import ClipperProcess
+from clipper_core.testing import ClipperProcess, wait_for as _wait
 
 
 def plus_ten(inputs):
@@ -32,15 +32,6 @@ def _alive(pid):
     except OSError:
         return False
 
-
-def _wait(cond, timeout_s=20.0, what="condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def _kill_leftovers(replicas):

@@ -9,17 +9,10 @@ import time
 import aiohttp
 import pytest
 
+from clipper_core.testing import wait_for as _wait
+
 from clipper_core.admin import ClipperAdminError
 
-
-def _wait(cond, timeout_s=30.0, what="condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def _connected(conn, model, n):

@@ -1,7 +1,6 @@
 """The `clipper` CLI against a real Clipper: it finds the server through the state directory."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from clipper_core.admin import ClipperAdminError
-from clipper_core.testing import post_json
+from clipper_core.testing import post_json, wait_for as _wait
 
 
 def answers_one(inputs):
@@ -66,15 +66,6 @@ class CannotLoad:
 def raises_on_warmup(inputs):
     raise ValueError("this model cannot answer anything")
 
-
-def _wait(cond, timeout_s=20.0, what="condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def _alive(pid):

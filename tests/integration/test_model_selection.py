@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from clipper_core.admin import ClipperAdminError
-from clipper_core.testing import ClipperProcess, post_json
+from clipper_core.testing import ClipperProcess, post_json, wait_for as _wait
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 _n = itertools.count(1)
@@ -338,15 +338,6 @@ def plugin_clipper():
     yield c
     c.close()
 
-
-def _wait(cond, timeout_s=30.0, what="condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def test_policy_weights_and_a_user_policy_survive_a_restart(plugin_clipper):

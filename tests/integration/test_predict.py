@@ -10,7 +10,7 @@ import urllib.parse
 
 import pytest
 
-from clipper_core.testing import post_json
+from clipper_core.testing import post_json, wait_for as _wait
 
 
 def describe(inputs):
@@ -169,15 +169,6 @@ def test_model_that_raises_gives_default_and_keeps_serving(clipper, unique):
 def _replicas(conn, model):
     return [r for r in conn.get_all_model_replicas(verbose=True) if r["model_name"] == model]
 
-
-def _wait(cond, timeout_s=20.0, what="condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def add_one(inputs):
