@@ -2,11 +2,11 @@
 
 import os
 import threading
-import time
 
 import pytest
 
 from clipper_core.admin import ClipperAdminError
+from clipper_core import testing
 from clipper_core.testing import ClipperProcess
 
 
@@ -37,13 +37,7 @@ def calls(log_path, x):
 
 
 def wait_for(cond, what, timeout_s=20.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+    return testing.wait_for(cond, timeout_s, what)
 
 
 def in_thread(fn):
