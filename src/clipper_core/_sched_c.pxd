@@ -36,7 +36,6 @@ cdef class DeadlineQueue:
     cpdef list pop_batch(self, double now, Py_ssize_t max_size, list expired,
                          double horizon=*)
     cpdef list items(self)
-    cpdef double head_arrival(self)
     @cython.locals(q=Query, oldest=double)
     cpdef double oldest_arrival(self)
     @cython.locals(n=Py_ssize_t, count=Py_ssize_t, i=Py_ssize_t, heap=list, entry=tuple,

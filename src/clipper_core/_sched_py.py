@@ -140,12 +140,6 @@ class DeadlineQueue:
         """The queued queries, in no particular order (for inspection and tests; O(n))."""
         return [entry[2] for entry in self._heap]
 
-    def head_arrival(self):
-        """Arrival time of the query at the head, or -1.0 when empty."""
-        if not self._heap:
-            return -1.0
-        return self._heap[0][2].arrival
-
     def oldest_arrival(self):
         """Earliest arrival among the queued unanswered queries (``inf`` when none).
 

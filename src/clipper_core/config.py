@@ -79,7 +79,6 @@ class ServerConfig:
     aimd_step: int = 2
     aimd_backoff: float = 0.9
     aimd_cap: int = 1024
-    shutdown_grace_s: float = 3.0
     demo: bool = False
     #: bytes the prediction cache may hold (0 stores nothing; identical queries in flight
     #: still share one model call)

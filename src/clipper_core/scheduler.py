@@ -125,7 +125,7 @@ class Replica:
     """
 
     __slots__ = ("identity", "instance_id", "key", "pid", "info", "in_flight", "last_seen",
-                 "_suspect", "_draining", "sizer", "registered_at", "batches", "errors",
+                 "_suspect", "_draining", "sizer", "batches", "errors",
                  "timeouts")
 
     def __init__(self, identity: bytes, instance_id: str, key: ModelKey, pid: int, info: dict,
@@ -140,7 +140,6 @@ class Replica:
         self._suspect = False
         self._draining = False
         self.sizer = sizer
-        self.registered_at = now
         self.batches = 0
         self.errors = 0
         self.timeouts = 0
@@ -162,10 +161,6 @@ class Replica:
     def draining(self, value: bool) -> None:
         self._draining = bool(value)
         self.sizer.available = not (self._suspect or self._draining)
-
-    @property
-    def latency_ewma(self) -> float:
-        return self.sizer.latency
 
     def stats(self) -> dict:
         s = self.sizer

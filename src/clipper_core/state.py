@@ -196,10 +196,6 @@ class StateStore:
         return list(self._docs("SELECT data FROM replicas ORDER BY instance_id"))
 
     # -------------------------------------------------------------- policy state
-    def put_policy_state(self, app: str, uid: str, data: Any) -> None:
-        self._exec("INSERT OR REPLACE INTO policy_state VALUES (?, ?, ?)",
-                   (app, uid, json.dumps(data)))
-
     def put_policy_states(self, app: str, docs: dict[str, Any]) -> None:
         """Write many users' policy states of ``app`` in one transaction; nothing is written
         when the app no longer exists (it was deleted while the states were on their way)."""
