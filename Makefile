@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test build venv bench bench-deps clean
+.PHONY: run test build venv bench bench-deps clean system-deps
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ build: $(STAMP)
 run: build
 	$(VENV)/bin/clipper start --demo
 
-test: build
+# Debian packages some tests need (Chromium, Redis, ...): see .ci/system-packages.txt
+system-deps:
+	bash .ci/system-deps
+
+test: build system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: build
