@@ -17,9 +17,12 @@ class RpcServer:
     """Binds the ROUTER, answers registrations and heartbeats, routes results."""
 
     def __init__(self, address: str, scheduler_factory, *, heartbeat_interval_s: float = 1.0,
-                 heartbeat_timeout_s: float = 5.0) -> None:
+                 heartbeat_timeout_s: float = 5.0, route=None) -> None:
         self.transport = RouterTransport(address, self._on_message)
-        self.scheduler: Scheduler = scheduler_factory(self.transport.send)
+        #: what reaches a replica goes through here: ``route`` (the legacy endpoint's) sends
+        #: the v3 replicas' messages through their own port
+        self._send = self.transport.send if route is None else route(self.transport.send)
+        self.scheduler: Scheduler = scheduler_factory(self._send)
         self.hb_interval = heartbeat_interval_s
         self.hb_timeout = heartbeat_timeout_s
         self._registered = P.encode(P.Registered(int(heartbeat_interval_s * 1000)))
@@ -49,7 +52,7 @@ class RpcServer:
                 pass
         shutdown = P.encode(P.Shutdown())
         for r in self.scheduler.replicas():
-            self.transport.send(r.identity, shutdown)
+            self._send(r.identity, shutdown)
         self.transport.close()
 
     def _on_message(self, identity: bytes, frames: list) -> None:
@@ -95,7 +98,7 @@ class RpcServer:
             await asyncio.sleep(self.hb_interval)
             try:
                 for r in self.scheduler.replicas():
-                    self.transport.send(r.identity, self._heartbeat)
+                    self._send(r.identity, self._heartbeat)
                 self.scheduler.sweep(loop.time(), self.hb_timeout)
             except Exception:
                 log.rpc.exception("heartbeat round failed")

@@ -341,7 +341,7 @@ def test_scale_validation(clipper, versioned):
         ({"model_name": model, "num_replicas": "2"}, 400, "must be int"),
         ({"model_name": model}, 400, "num_replicas"),
         ({"model_name": "No", "num_replicas": 1}, 400, "DNS-1123"),
-        ({"model_name": "nope-no-such", "num_replicas": 1}, 404, "no model named"),
+        ({"model_name": "nope-no-such", "num_replicas": 1}, 404, "No model with name"),
         ({"model_name": model, "model_version": "7", "num_replicas": 1}, 400, "versions: 1, 2"),
     ]:
         got, err = post_json(url, body)

@@ -1,0 +1,102 @@
+"""Runs the original Clipper's Python model containers (``../shared/reference/
+clipper-0.4-containers/``, RPC protocol v3) as real processes, unchanged, against a Clipper.
+
+``python original_peer.py noop|closure`` is what each process runs: it puts the reference
+directory on ``sys.path``, stands in for ``clipper_admin.metrics`` (the real module starts
+redis-server when imported; the containers only call it when collecting metrics, which is off
+here), and starts the reference ``rpc.RPCService`` with the reference container class.  The
+environment configures it exactly as the original images did: ``CLIPPER_IP``,
+``CLIPPER_PORT``, ``CLIPPER_MODEL_NAME``, ``CLIPPER_MODEL_VERSION``, ``CLIPPER_INPUT_TYPE``,
+``CLIPPER_MODEL_PATH``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import types
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+REFERENCE = os.path.abspath(os.path.join(REPO, "..", "shared", "reference",
+                                         "clipper-0.4-containers"))
+
+
+def reference_dir() -> str:
+    """The reference containers' directory; fails (never skips) with how to get it."""
+    if not os.path.isfile(os.path.join(REFERENCE, "rpc.py")):
+        raise AssertionError(
+            f"the original Clipper's containers are missing: expected {REFERENCE}/rpc.py. "
+            "They live in the shared checkout beside this repository (../shared/reference/"
+            "clipper-0.4-containers, copied from ucbrise/clipper containers/python); put "
+            "the shared directory there to run this test")
+    return REFERENCE
+
+
+def start(kind: str, model: str, version: str, input_type: str, port: int, *,
+          model_path: str | None = None, log_dir: str | None = None,
+          host: str = "127.0.0.1") -> subprocess.Popen:
+    """Start one original container process (``kind`` noop or closure)."""
+    reference_dir()
+    env = dict(os.environ)
+    env.update(CLIPPER_IP=host, CLIPPER_PORT=str(port), CLIPPER_MODEL_NAME=model,
+               CLIPPER_MODEL_VERSION=str(version), CLIPPER_INPUT_TYPE=input_type,
+               CLIPPER_MODEL_PATH=model_path or "/nonexistent", PYTHONUNBUFFERED="1")
+    log_dir = log_dir or tempfile.gettempdir()
+    out = open(os.path.join(log_dir, f"original-{model}-{version}-{os.getpid()}.log"), "ab")
+    try:
+        return subprocess.Popen([sys.executable, os.path.abspath(__file__), kind], env=env,
+                                stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    finally:
+        out.close()
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+
+
+def _main(kind: str) -> None:
+    ref = reference_dir()
+    sys.path.insert(0, ref)
+    # the containers call report_metric/add_metric only when collecting metrics (off here)
+    pkg = types.ModuleType("clipper_admin")
+    pkg.__path__ = []
+    metrics = types.ModuleType("clipper_admin.metrics")
+    metrics.report_metric = lambda *a, **k: None
+    metrics.add_metric = lambda *a, **k: None
+    pkg.metrics = metrics
+    sys.modules["clipper_admin"] = pkg
+    sys.modules["clipper_admin.metrics"] = metrics
+    import builtins
+
+    import rpc  # the reference module, unchanged
+
+    ready = "/model_is_ready.check"
+    if not os.access("/", os.W_OK):  # it writes this file at start, as in its image
+        scratch = os.path.join(tempfile.mkdtemp(), "model_is_ready.check")
+
+        def _open(path, *a, **k):
+            return builtins.open(scratch if path == ready else path, *a, **k)
+
+        rpc.open = _open
+    service = rpc.RPCService(collect_metrics=False)
+    if kind == "noop":
+        import noop_container
+
+        model = noop_container.NoopContainer()
+    elif kind == "closure":
+        import python_closure_container
+
+        model = python_closure_container.PythonContainer(service.get_model_path(),
+                                                          service.get_input_type())
+    else:
+        raise SystemExit(f"unknown container kind {kind!r}: noop or closure")
+    service.start(model)
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1])
