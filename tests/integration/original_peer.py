@@ -100,3 +100,93 @@ def _main(kind: str) -> None:
 
 if __name__ == "__main__":
     _main(sys.argv[1])
+
+
+class OriginalContainers:
+    """What a ``clipper_admin.ContainerManager`` does for the original client, with original
+    container processes instead of Docker: built by :func:`container_manager` as a subclass of
+    the real ``ContainerManager`` (imported there, so this module loads without
+    ``clipper_admin``).  ``images`` maps an image name to ``(kind, model path)``."""
+
+    def __init__(self, clipper, images: dict) -> None:
+        self.clipper = clipper
+        self.images = images
+        self.cluster_name = "local"
+        self.cluster_identifier = "local-original-containers"
+        self.procs: dict[tuple, list] = {}
+        self.port = int(clipper.endpoints["legacy_rpc"].rsplit(":", 1)[1])
+
+    @staticmethod
+    def _addr(url: str) -> str:
+        return url.split("//", 1)[1]
+
+    # the Clipper under test is already running: starting it is the test's job
+    def start_clipper(self, *args, **kwargs) -> None:
+        pass
+
+    def connect(self) -> None:
+        pass
+
+    def deploy_model(self, name, version, input_type, image, num_replicas=1) -> None:
+        self.set_num_replicas(name, version, input_type, image, num_replicas)
+
+    def _live(self, name, version) -> list:
+        procs = [p for p in self.procs.get((name, str(version)), []) if p.poll() is None]
+        self.procs[(name, str(version))] = procs
+        return procs
+
+    def get_num_replicas(self, name, version) -> int:
+        return len(self._live(name, version))
+
+    def set_num_replicas(self, name, version, input_type, image, num_replicas) -> None:
+        kind, path = self.images[image]
+        procs = self._live(name, version)
+        while len(procs) < num_replicas:
+            procs.append(start(kind, name, str(version), input_type, self.port,
+                               model_path=path, log_dir=self.clipper.state_dir))
+        while len(procs) > num_replicas:
+            stop(procs.pop())
+
+    def get_logs(self, logging_dir) -> list:
+        os.makedirs(logging_dir, exist_ok=True)
+        path = os.path.join(logging_dir, "clipper.log")
+        with open(path, "w") as f:
+            f.write(self.clipper.log())
+        return [path]
+
+    def stop_models(self, models) -> None:
+        for name, versions in models.items():
+            for v in versions:
+                for p in self._live(name, v):
+                    stop(p)
+
+    def stop_all_model_containers(self) -> None:
+        for key in list(self.procs):
+            for p in self._live(*key):
+                stop(p)
+
+    def stop_all(self, graceful=True) -> None:
+        self.stop_all_model_containers()
+
+    def get_admin_addr(self) -> str:
+        return self._addr(self.clipper.management_url)
+
+    def get_query_addr(self) -> str:
+        return self._addr(self.clipper.query_url)
+
+    def get_metric_addr(self) -> str:
+        return self._addr(self.clipper.query_url)
+
+
+def container_manager(clipper, images: dict):
+    """An instance of a real ``clipper_admin`` ``ContainerManager`` subclass that runs
+    original containers against ``clipper`` (a ClipperProcess with a legacy RPC port)."""
+    try:
+        from clipper_admin.container_manager import ContainerManager
+    except ImportError as e:
+        raise AssertionError(
+            f"clipper_admin 0.4.1 is not importable ({e}): `make build` installs it "
+            "(pip install --no-deps clipper_admin==0.4.1 plus the modules it imports, "
+            "listed in the test extra)") from None
+    cls = type("LocalOriginalContainers", (OriginalContainers, ContainerManager), {})
+    return cls(clipper, images)
