@@ -35,6 +35,7 @@ from clipper_rpc.errors import ProtocolError
 from clipper_rpc.transport import RouterTransport
 
 from . import log
+from .config import is_loopback
 
 #: scheduler identities of v3 replicas: a zero byte first (zmq reserves those for its own
 #: 5-byte identities, and no peer may choose one), so they never collide with native ones
@@ -109,6 +110,11 @@ class LegacyRpcServer:
         endpoint = self.transport.bind(self._loop)
         self._task = self._loop.create_task(self._housekeeping())
         log.rpc.info("legacy RPC (protocol v3, unauthenticated) listening on %s", endpoint)
+        host = endpoint.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+        if not is_loopback(host):
+            log.rpc.warning("the legacy RPC port %s is reachable beyond this host: protocol v3 "
+                            "cannot authenticate, so anyone who reaches it can answer for "
+                            "any registered model (see docs/protocol.md)", endpoint)
         return endpoint
 
     async def close(self) -> None:
