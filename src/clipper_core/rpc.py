@@ -7,10 +7,15 @@ import time
 
 from clipper_rpc import protocol as P
 from clipper_rpc.errors import ProtocolError
+from clipper_rpc.legacy_protocol import looks_like_v3
 from clipper_rpc.transport import RouterTransport
 
 from . import log
 from .scheduler import Scheduler
+
+
+V3_HINT = ("; it looks like an original Clipper container (RPC protocol v3): start Clipper "
+           "with --legacy-rpc-port PORT and point its CLIPPER_PORT there")
 
 
 class RpcServer:
@@ -64,7 +69,8 @@ class RpcServer:
             if now - self._last_protocol_log > 1.0:  # one bad peer must not flood the log
                 self._last_protocol_log = now
                 log.rpc.warning("dropped a malformed message from peer %r: %s "
-                                "(%d malformed so far)", identity, e, self.protocol_errors)
+                                "(%d malformed so far)%s", identity, e, self.protocol_errors,
+                                V3_HINT if looks_like_v3(frames) else "")
             return
         sched = self.scheduler
         if isinstance(msg, P.Result):

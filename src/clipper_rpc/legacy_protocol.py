@@ -225,6 +225,16 @@ def _text(frame: bytes, what: str, cap: int) -> str:
     return s
 
 
+def looks_like_v3(frames: Sequence[Any]) -> bool:
+    """Whether a message that is not this project's protocol is an original container's
+    (an empty delimiter, then a u32 message type): worth a hint in the native port's log."""
+    try:
+        return (len(frames) >= 2 and len(frames[0]) == 0 and len(frames[1]) == 4
+                and _U32.unpack(bytes(frames[1]))[0] in (0, 1, 2))
+    except (TypeError, struct.error):
+        return False
+
+
 def decode_from_container(frames: Sequence[Any],
                           limits: Limits = DEFAULT_LIMITS) -> FromContainer:
     """Decode what a v3 container sent (the frames after the routing identity).

@@ -144,3 +144,15 @@ def test_killed_original_container_is_dropped_and_answers_default(legacy):
     status, body = legacy.predict("gone", {"input": [2.0], "timeout_ms": 50})
     assert status == 200 and body["default"] is True
     assert body["output"] == -1, "the original's string default is answered as JSON"
+
+
+def test_original_container_on_the_native_port_gets_a_hint_in_the_log(legacy):
+    port = int(legacy.endpoints["rpc"].rsplit(":", 1)[1])
+    p = original_peer.start("noop", "noop-doubles", "1", "doubles", port,
+                            log_dir=legacy.state_dir)
+    try:
+        wait_for(lambda: "looks like an original Clipper container" in legacy.log(), 30,
+                 "the native port to log the hint")
+    finally:
+        original_peer.stop(p)
+    assert "start Clipper with --legacy-rpc-port PORT" in legacy.log()

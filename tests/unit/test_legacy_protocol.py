@@ -173,3 +173,10 @@ def test_unknown_input_type_names_the_choices():
 ])
 def test_metrics_format_by_accept(accept, json_):
     assert wants_json(accept) is json_
+
+
+def test_v3_messages_are_recognised_for_the_native_ports_hint():
+    assert L.looks_like_v3(frames(L.ContainerHeartbeat()))
+    assert L.looks_like_v3(frames(L.ContainerMetadata("m", "1", "doubles")))
+    assert not L.looks_like_v3([b"\x82\xa1v\x01\xa1t\x03"])
+    assert not L.looks_like_v3([b"", b"xy"])
