@@ -43,6 +43,8 @@ _PREFIX = b"\x00v3:"
 #: peers that never registered are forgotten after this long without a word
 PENDING_TTL_S = 60.0
 MAX_PEERS = 4096
+#: v3 requests one container may owe before the oldest is forgotten
+MAX_PENDING = 4096
 
 Send = Callable[[bytes, list], bool]
 
@@ -158,6 +160,8 @@ class LegacyRpcServer:
                 log.rpc.error("cannot encode a batch for v3 replica %s: %s",
                               peer.instance_id, e)
                 return False
+            if len(peer.pending) >= MAX_PENDING:  # answers it never gave: the scheduler
+                del peer.pending[next(iter(peer.pending))]  # timed those batches out long ago
             peer.pending[msg_id] = msg.batch_id
             if not self.transport.send(peer.zid, out):
                 peer.pending.pop(msg_id, None)
