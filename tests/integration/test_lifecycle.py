@@ -173,7 +173,7 @@ def test_versions_plain_pinned_and_unknown(clipper, versioned):
     assert [p["output"] for p in body["batch_predictions"]] == [2, 2]
     status, body = clipper.predict(app, {"input": [1.0], "version": "9"})
     assert status == 400 and body["error"] == "unknown_version"
-    assert model in body["cause"] and "'9'" in body["cause"] and "1, 2" in body["cause"]
+    assert model in body["cause"] and "version: 9 " in body["cause"] and "1, 2" in body["cause"]
     status, body = clipper.predict(app, {"input": [1.0], "version": [1]})
     assert status == 400 and "'version' must be a string" in body["cause"]
     info = clipper.conn.get_model_info(model, 2)
