@@ -44,6 +44,7 @@ def start(kind: str, model: str, version: str, input_type: str, port: int, *,
                CLIPPER_MODEL_VERSION=str(version), CLIPPER_INPUT_TYPE=input_type,
                CLIPPER_MODEL_PATH=model_path or "/nonexistent", PYTHONUNBUFFERED="1")
     log_dir = log_dir or tempfile.gettempdir()
+    env["ORIGINAL_PEER_READY_FILE"] = os.path.join(log_dir, f"ready-{model}-{version}.check")
     out = open(os.path.join(log_dir, f"original-{model}-{version}-{os.getpid()}.log"), "ab")
     try:
         return subprocess.Popen([sys.executable, os.path.abspath(__file__), kind], env=env,
@@ -75,14 +76,15 @@ def _main(kind: str) -> None:
 
     import rpc  # the reference module, unchanged
 
+    # it writes /model_is_ready.check at start (its image's readiness probe): keep that
+    # out of the host's root directory
     ready = "/model_is_ready.check"
-    if not os.access("/", os.W_OK):  # it writes this file at start, as in its image
-        scratch = os.path.join(tempfile.mkdtemp(), "model_is_ready.check")
+    scratch = os.environ["ORIGINAL_PEER_READY_FILE"]
 
-        def _open(path, *a, **k):
-            return builtins.open(scratch if path == ready else path, *a, **k)
+    def _open(path, *a, **k):
+        return builtins.open(scratch if path == ready else path, *a, **k)
 
-        rpc.open = _open
+    rpc.open = _open
     service = rpc.RPCService(collect_metrics=False)
     if kind == "noop":
         import noop_container
