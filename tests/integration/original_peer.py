@@ -79,7 +79,8 @@ def _main(kind: str) -> None:
     # it writes /model_is_ready.check at start (its image's readiness probe): keep that
     # out of the host's root directory
     ready = "/model_is_ready.check"
-    scratch = os.environ["ORIGINAL_PEER_READY_FILE"]
+    scratch = os.environ.get("ORIGINAL_PEER_READY_FILE") or os.path.join(
+        tempfile.gettempdir(), f"original-ready-{os.getpid()}.check")
 
     def _open(path, *a, **k):
         return builtins.open(scratch if path == ready else path, *a, **k)
