@@ -104,7 +104,9 @@ def run_clipper_bench(query_url: str, conc: list[int], duration_s: float,
         lat = lv["latency_ms"]
         rows[lv["concurrency"]] = {"throughput_rps": lv["achieved_rps"], "p50_ms": lat["p50"],
                                    "p90_ms": lat["p90"], "p99_ms": lat["p99"],
-                                   "errors": lv["requests"]["errors"]}
+                                   "errors": lv["requests"]["errors"],
+                                   "generator_cpu_cores": lv["generator"]["cpu_cores"],
+                                   "generator_saturated": lv["generator"]["saturated"]}
     return {"command": " ".join(cmd[1:]), "levels": rows}
 
 
@@ -146,14 +148,26 @@ def main(argv: list[str] | None = None) -> int:
         conn.register_application(APP, "doubles", -1.0, 1_000_000, cache_enabled=False)
         conn.deploy_python_closure(APP, 1, "doubles", lambda xs: [float(x.sum()) for x in xs])
         conn.link_model_to_app(APP, APP)
-        pa = run_perf_analyzer(c.query_url, args.concurrency_range, args.measurement_interval,
-                               args.stability, args.max_trials, os.path.join(tmp, "pa.csv"))
+        try:
+            pa = run_perf_analyzer(c.query_url, args.concurrency_range,
+                                   args.measurement_interval, args.stability, args.max_trials,
+                                   os.path.join(tmp, "pa.csv"))
+        except RuntimeError as e:
+            print(e, file=sys.stderr)
+            print("perf_analyzer found no stable measurement: on a busy machine, allow more "
+                  "deviation (--stability 50) or longer windows (--measurement-interval)",
+                  file=sys.stderr)
+            return 1
         cb = run_clipper_bench(c.query_url, levels(args.concurrency_range), args.duration,
                                os.path.join(tmp, "cb.json"))
     shutil.rmtree(tmp, ignore_errors=True)
     print(f"app {APP!r}: 4 doubles in, their sum out, one replica, cache off; "
           f"POST /v2/models/{APP}/infer")
     print(table(pa["levels"], cb["levels"]))
+    busy = [c for c, r in sorted(cb["levels"].items()) if r["generator_saturated"]]
+    if busy:
+        print(f"clipper-bench's load generator was saturated at concurrency {busy}: its "
+              "numbers there measure the client (try --workers in clipper-bench)")
     try:
         load = os.getloadavg()[0]
     except OSError:
