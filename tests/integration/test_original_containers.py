@@ -156,3 +156,19 @@ def test_original_container_on_the_native_port_gets_a_hint_in_the_log(legacy):
     finally:
         original_peer.stop(p)
     assert "start Clipper with --legacy-rpc-port PORT" in legacy.log()
+
+
+def test_idle_original_containers_stay_registered(legacy):
+    """Idle for longer than the 5 s heartbeat timeout, the original containers answer the
+    frontend's metadata requests (one a second) and none is dropped."""
+    path = os.path.join(legacy.state_dir, f"original-noop-doubles-1-{os.getpid()}.log")
+
+    def pings():
+        with open(path) as f:
+            return f.read().count("Sent container metadata!")
+
+    wait_for(lambda: pings() > 7, 30, "the frontend's heartbeats to reach the container")
+    models = {m["model_name"]: m for m in legacy.conn.get_all_models(verbose=True)}
+    for it in TYPES:
+        for kind in ("noop", "closure"):
+            assert models[f"{kind}-{it}"]["connected_replicas"] == 1
