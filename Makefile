@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip "setuptools>=68" wheel "Cython>=3.0"
 	$(PY) -m pip install -q -e '.[test]'
+	# the original Clipper's client, unchanged, for the compatibility tests: without its pins
+	$(PY) -m pip install -q --no-deps clipper_admin==0.4.1
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -174,7 +174,10 @@ class ClipperConnection:
         return self._call("get_all_applications", {"verbose": verbose})
 
     def get_app_info(self, name: str) -> dict:
-        return self._call("get_application", {"name": name})
+        info = self._call("get_application", {"name": name})
+        if not info:  # the route answers {} for an unknown app, as the original did
+            raise ClipperAdminError(404, "unknown_app", f"no application named {name!r}")
+        return info
 
     # ---------------------------------------------------------------- models
     def deploy_python_closure(self, name: str, version: Any, input_type: str,
@@ -272,7 +275,11 @@ class ClipperConnection:
         body = {"model_name": name}
         if version is not None:
             body["model_version"] = str(version)
-        return self._call("get_model", body)
+        info = self._call("get_model", body)
+        if not info:  # the route answers {} for an unknown model, as the original did
+            raise ClipperAdminError(404, "unknown_model", f"No model with name {name!r}"
+                                    + ("" if version is None else f" and version {version}"))
+        return info
 
     def get_all_model_replicas(self, verbose: bool = False) -> list:
         return self._call("get_all_containers", {"verbose": verbose})

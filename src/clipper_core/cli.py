@@ -24,7 +24,8 @@ def _start(args: argparse.Namespace) -> int:
             state_dir=args.state_dir, query_host=args.host, query_port=args.query_port,
             mgmt_host=args.mgmt_host, mgmt_port=args.mgmt_port, rpc_host=args.rpc_host,
             rpc_port=args.rpc_port, mgmt_token=args.mgmt_token or os.environ.get(
-                "CLIPPER_MGMT_TOKEN"), demo=args.demo, cache_bytes=args.cache_bytes)
+                "CLIPPER_MGMT_TOKEN"), demo=args.demo, cache_bytes=args.cache_bytes,
+            legacy_rpc_port=args.legacy_rpc_port, legacy_rpc_host=args.legacy_rpc_host)
     except ClipperError as e:
         print(f"clipper: {e.cause}", file=sys.stderr)
         return 2
@@ -371,6 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rpc-port", type=int, default=DEFAULT_RPC_PORT,
                    help="model RPC port; keep it across restarts so that running replicas "
                         "reconnect and are re-adopted")
+    s.add_argument("--legacy-rpc-port", type=int, default=None,
+                   help="also serve the original Clipper's model containers (RPC protocol v3, "
+                        "unauthenticated) on this port; off by default")
+    s.add_argument("--legacy-rpc-host", default="127.0.0.1",
+                   help="address of the legacy RPC port (default 127.0.0.1; see "
+                        "docs/protocol.md before you open it to a network)")
     s.add_argument("--cache-bytes", type=byte_size, default=DEFAULT_CACHE_BYTES,
                    help="memory budget of the prediction cache, e.g. 64MiB (the default); "
                         "0 caches nothing")

@@ -42,11 +42,26 @@ def check_version(version: Any) -> str:
     return version
 
 
+#: the original Clipper's spellings of the input types (its clients and containers use them)
+INPUT_TYPE_ALIASES = {
+    **{a: "bytes" for a in ("bytes", "byte", "b")},
+    **{a: "ints" for a in ("ints", "int", "integer", "integers", "i")},
+    **{a: "floats" for a in ("floats", "float", "f")},
+    **{a: "doubles" for a in ("doubles", "double", "d")},
+    **{a: "strings" for a in ("strings", "string", "str", "strs", "s")},
+}
+
+
 def check_input_type(input_type: Any) -> str:
-    if input_type not in INPUT_TYPES:
-        raise ConfigError(f"input_type must be one of {', '.join(INPUT_TYPES)}, "
+    """The input type's canonical name; the original Clipper's aliases (``integers``,
+    ``int``, ``i``, ``double``, ``d``, ``str``, ...) are accepted."""
+    canonical = (INPUT_TYPE_ALIASES.get(input_type.strip().lower())
+                 if isinstance(input_type, str) else None)
+    if canonical is None:
+        raise ConfigError(f"input_type must be one of {', '.join(INPUT_TYPES)} (or one of the "
+                          f"original Clipper's aliases: integers, int, i, double, d, str, ...), "
                           f"got {input_type!r}")
-    return input_type
+    return canonical
 
 
 def is_loopback(host: str) -> bool:
@@ -83,11 +98,17 @@ class ServerConfig:
     #: bytes the prediction cache may hold (0 stores nothing; identical queries in flight
     #: still share one model call)
     cache_bytes: int = DEFAULT_CACHE_BYTES
+    #: the original Clipper's containers (RPC protocol v3) connect here; None = off.  They
+    #: cannot authenticate, so it listens on loopback unless the operator names a host
+    legacy_rpc_port: int | None = None
+    legacy_rpc_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
-        for name in ("query_port", "mgmt_port", "rpc_port"):
+        for name in ("query_port", "mgmt_port", "rpc_port", "legacy_rpc_port"):
             p = getattr(self, name)
-            if not isinstance(p, int) or not 0 <= p <= 65535:
+            if p is None and name == "legacy_rpc_port":
+                continue
+            if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p <= 65535:
                 raise ConfigError(f"{name} must be a port number 0-65535, got {p!r}")
         if self.max_body_bytes < 1024:
             raise ConfigError("max_body_bytes must be at least 1024")
@@ -108,6 +129,12 @@ class ServerConfig:
     def rpc_address(self) -> str:
         return f"tcp://{self.rpc_host}:{self.rpc_port}"
 
+    @property
+    def legacy_rpc_address(self) -> str | None:
+        if self.legacy_rpc_port is None:
+            return None
+        return f"tcp://{self.legacy_rpc_host}:{self.legacy_rpc_port}"
+
 
 @dataclass(frozen=True)
 class AppConfig:
@@ -123,7 +150,7 @@ class AppConfig:
 
     def __post_init__(self) -> None:
         check_name(self.name, "application name")
-        check_input_type(self.input_type)
+        object.__setattr__(self, "input_type", check_input_type(self.input_type))
         if (not isinstance(self.slo_micros, int) or isinstance(self.slo_micros, bool)
                 or not 1_000 <= self.slo_micros <= 600_000_000):
             raise ConfigError("latency_slo_micros must be an integer between 1000 (1 ms) and "
@@ -163,7 +190,7 @@ class ModelVersion:
     def __post_init__(self) -> None:
         check_name(self.name, "model name")
         object.__setattr__(self, "version", check_version(self.version))
-        check_input_type(self.input_type)
+        object.__setattr__(self, "input_type", check_input_type(self.input_type))
         if (not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool)
                 or self.batch_size == 0 or self.batch_size < -1 or self.batch_size > 100_000):
             raise ConfigError("batch_size must be -1 (adaptive) or 1..100000, "

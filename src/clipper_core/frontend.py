@@ -9,6 +9,7 @@ from .http import MAX_BODY, error_middleware, json_object, json_response, read_j
 from .metrics import Metrics
 from .oip import OipApi
 from .predict import MAX_BATCH_INPUTS, QueryProcessor
+from .triton import TritonApi
 
 PROCESSOR = web.AppKey("processor", QueryProcessor)
 METRICS = web.AppKey("metrics", Metrics)
@@ -59,9 +60,27 @@ async def update(request: web.Request) -> web.Response:
                                              uid=body.get("uid")))
 
 
+def wants_json(accept: str | None) -> bool:
+    """Whether a ``GET /metrics`` asks for JSON rather than Prometheus text.
+
+    Prometheus names its formats in ``Accept`` (``application/openmetrics-text``,
+    ``text/plain``): it gets them, as does a client that sends no ``Accept`` at all.  A client
+    that asks for ``application/json``, or sends only ``*/*`` (the ``requests`` library's
+    default, and so the original ``clipper_admin``'s ``inspect_instance``), gets JSON."""
+    if not accept:
+        return False
+    types = [p.split(";", 1)[0].strip().lower() for p in accept.split(",")]
+    if any(t in ("text/plain", "application/openmetrics-text") for t in types):
+        return False
+    return "application/json" in types or all(t == "*/*" for t in types if t)
+
+
 async def metrics_text(request: web.Request) -> web.Response:
-    """Prometheus exposition (``GET /metrics``)."""
-    body, content_type = request.app[METRICS].exposition(request.headers.get("Accept"))
+    """Prometheus exposition (``GET /metrics``), or JSON (:func:`wants_json`)."""
+    accept = request.headers.get("Accept")
+    if wants_json(accept):
+        return json_response(request.app[METRICS].stats())
+    body, content_type = request.app[METRICS].exposition(accept)
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
@@ -78,8 +97,13 @@ def make_app(proc: QueryProcessor, max_body_bytes: int,
     app[METRICS] = metrics
     app[MAX_BODY] = max_body_bytes
     app.router.add_post("/{app}/predict", predict)
+    app.router.add_post("/{app}/predict/", predict)  # the original accepted the slash
     app.router.add_post("/{app}/update", update)
+    app.router.add_post("/{app}/update/", update)
     app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/stats", stats)
-    app.router.add_routes(OipApi(proc, metrics).routes())  # Open Inference Protocol v2
+    oip = OipApi(proc, metrics)
+    # Triton's repository routes first: /v2/models/stats is not an app named "stats"
+    app.router.add_routes(TritonApi(proc, metrics, oip).routes())
+    app.router.add_routes(oip.routes())  # Open Inference Protocol v2
     return app

@@ -13,7 +13,7 @@ from aiohttp import web
 from .errors import BadRequest, Unauthorized
 from .predict import check_uid
 from .http import MAX_BODY, error_middleware, field, json_object, json_response, read_json
-from . import cache, sched
+from . import cache, legacy_routes, sched
 from .sched import COMPILED
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ async def add_app(request: web.Request) -> web.Response:
     b = await _body(request)
     app = _server(request).add_app(
         field(b, "name", str), field(b, "input_type", str),
-        field(b, "default_output", required=False),
+        legacy_routes.default_output(b),
         field(b, "latency_slo_micros", int, required=False, default=100_000),
         policy=field(b, "policy", str, required=False, default="single"),
         policy_params=field(b, "policy_params", dict, required=False, default={}),
@@ -125,7 +125,8 @@ async def add_model(request: web.Request) -> web.Response:
         field(b, "model_name", str), field(b, "model_version", (str, int)),
         field(b, "input_type", str),
         batch_size=field(b, "batch_size", int, required=False, default=-1),
-        labels=tuple(_str_list(b, "labels", required=False)))
+        labels=tuple(_str_list(b, "labels", required=False)),
+        runtime=legacy_routes.model_runtime(b))
     return json_response({"success": True, "model": mv.to_json()})
 
 
@@ -309,7 +310,10 @@ async def get_all_applications(request: web.Request) -> web.Response:
 @routes.post("/admin/get_application")
 async def get_application(request: web.Request) -> web.Response:
     b = await _body(request)
-    return json_response(_app_json(_server(request), field(b, "name", str)))
+    try:
+        return json_response(_app_json(_server(request), field(b, "name", str)))
+    except legacy_routes.UNKNOWN:
+        return json_response(legacy_routes.NOT_FOUND)  # the original's "no such app"
 
 
 def _model_json(s: "ClipperServer", key: tuple) -> dict:
@@ -319,6 +323,7 @@ def _model_json(s: "ClipperServer", key: tuple) -> dict:
     mq = s.scheduler.models.get(key)
     d["connected_replicas"] = len(mq.replicas) if mq else 0
     d["healthy_replicas"] = mq.healthy_replicas() if mq else 0
+    d.update(legacy_routes.model_fields(mv.runtime))
     return d
 
 
@@ -336,7 +341,11 @@ async def get_all_models(request: web.Request) -> web.Response:
 async def get_model(request: web.Request) -> web.Response:
     s = _server(request)
     b = await _body(request)
-    mv = s.registry.get_model(field(b, "model_name", str), _version(b, required=False))
+    name, version = field(b, "model_name", str), _version(b, required=False)
+    try:
+        mv = s.registry.get_model(name, version)
+    except legacy_routes.UNKNOWN:
+        return json_response(legacy_routes.NOT_FOUND)  # the original's "no such model"
     return json_response(_model_json(s, mv.key))
 
 
@@ -344,7 +353,7 @@ async def get_model(request: web.Request) -> web.Response:
 async def get_all_containers(request: web.Request) -> web.Response:
     s = _server(request)
     b = await _body(request)
-    cs = s.containers()
+    cs = legacy_routes.container_fields(s, s.containers())
     if _verbose(b):
         return json_response(cs)
     return json_response([f"{c['model_name']}:{c['model_version']}:{c['instance_id']}"
@@ -370,4 +379,5 @@ def make_app(server: "ClipperServer", token: str | None) -> web.Application:
     if token:
         app[TOKEN] = token
     app.add_routes(routes)
+    app.add_routes(legacy_routes.routes)
     return app

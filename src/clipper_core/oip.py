@@ -444,9 +444,13 @@ def clipper_parameters(outcomes: "list[Outcome]") -> dict:
 
 
 def infer_response(app_name: str, version: str | None, req: InferRequest,
-                   outcomes: "list[Outcome]") -> tuple[bytes, int | None]:
-    """The response body, and the JSON header's length when the output is binary."""
+                   outcomes: "list[Outcome]",
+                   answered: Callable[[str], None] | None = None) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when the output is binary;
+    ``answered`` is told the output's datatype."""
     out = encode_output([o.output for o in outcomes])
+    if answered is not None:
+        answered(out.datatype)
     tensor: dict = {"name": OUTPUT_NAME, "datatype": out.datatype, "shape": out.shape}
     tparams: dict = {}
     if out.content_type:
@@ -532,6 +536,28 @@ class OipApi:
     def __init__(self, proc: "QueryProcessor", metrics: "Metrics") -> None:
         self.proc = proc
         self.metrics = metrics
+        #: per app, the datatype its latest answer from a model had (what metadata declares)
+        self._answered: dict[str, str] = {}
+
+    def output_datatype(self, app: AppConfig) -> str:
+        """The output datatype ``/infer`` answers ``app`` with: the one its models' latest
+        answer had; before any, the default output's."""
+        seen = self._answered.get(app.name)
+        if seen is not None:
+            return seen
+        return (encode_output([app.default_output]).datatype
+                if app.default_output is not None else "BYTES")
+
+    def _learn(self, name: str, outcomes: "list[Outcome]") -> Callable[[str], None] | None:
+        if any(o.default for o in outcomes):
+            return None  # a default says nothing about what the models answer
+        if len(self._answered) > 10_000 and name not in self._answered:
+            self._answered.clear()  # apps come and go; never grow without bound
+
+        def answered(datatype: str) -> None:
+            self._answered[name] = datatype
+
+        return answered
 
     def routes(self) -> list[web.RouteDef]:
         m = "/v2/models/{name}"
@@ -588,8 +614,7 @@ class OipApi:
                                      f"{version!r}")
             reg.get_model(links[0], version)
         numeric = app.input_type in _TARGET
-        out_type = (encode_output([app.default_output]).datatype
-                    if app.default_output is not None else "BYTES")
+        out_type = self.output_datatype(app)
         meta = {
             "name": app.name,
             "versions": [version] if version is not None else versions,
@@ -614,7 +639,8 @@ class OipApi:
             name, len(req.inputs),
             self.proc.predict(name, req.inputs, version=version, timeout_ms=req.timeout_ms,
                               parsed=True))
-        body, header_len = infer_response(name, version, req, outcomes)
+        body, header_len = infer_response(name, version, req, outcomes,
+                                          self._learn(name, outcomes))
         if header_len is None:
             resp = web.Response(body=body, content_type="application/json")
         else:

@@ -137,15 +137,16 @@ class Registry:
         if version is None:
             version = self.current.get(name)
             if version is None:
-                raise UnknownModel(f"no model named {name!r}; known: "
+                raise UnknownModel(f"No model with name {name!r} exists; known: "
                                    f"{', '.join(sorted({n for n, _ in self.models})) or 'none'}")
         mv = self.models.get((name, version))
         if mv is None:
             vs = self.versions(name)
             if not vs:
-                raise UnknownModel(f"no model named {name!r}")
-            raise UnknownVersion(f"model {name!r} has no version {version!r}; versions: "
-                                 f"{', '.join(vs)}")
+                raise UnknownModel(f"No model with name {name!r} exists")
+            # the original Clipper's wording, which its users' scripts match on
+            raise UnknownVersion(f"Requested version: {version} does not exist for model: "
+                                 f"{name}; versions: {', '.join(vs)}")
         return mv
 
     def check_delete(self, name: str, version: str) -> None:

@@ -7,19 +7,27 @@ import time
 
 from clipper_rpc import protocol as P
 from clipper_rpc.errors import ProtocolError
+from clipper_rpc.legacy_protocol import looks_like_v3
 from clipper_rpc.transport import RouterTransport
 
 from . import log
 from .scheduler import Scheduler
 
 
+V3_HINT = ("; it looks like an original Clipper container (RPC protocol v3): start Clipper "
+           "with --legacy-rpc-port PORT and point its CLIPPER_PORT there")
+
+
 class RpcServer:
     """Binds the ROUTER, answers registrations and heartbeats, routes results."""
 
     def __init__(self, address: str, scheduler_factory, *, heartbeat_interval_s: float = 1.0,
-                 heartbeat_timeout_s: float = 5.0) -> None:
+                 heartbeat_timeout_s: float = 5.0, route=None) -> None:
         self.transport = RouterTransport(address, self._on_message)
-        self.scheduler: Scheduler = scheduler_factory(self.transport.send)
+        #: what reaches a replica goes through here: ``route`` (the legacy endpoint's) sends
+        #: the v3 replicas' messages through their own port
+        self._send = self.transport.send if route is None else route(self.transport.send)
+        self.scheduler: Scheduler = scheduler_factory(self._send)
         self.hb_interval = heartbeat_interval_s
         self.hb_timeout = heartbeat_timeout_s
         self._registered = P.encode(P.Registered(int(heartbeat_interval_s * 1000)))
@@ -49,7 +57,7 @@ class RpcServer:
                 pass
         shutdown = P.encode(P.Shutdown())
         for r in self.scheduler.replicas():
-            self.transport.send(r.identity, shutdown)
+            self._send(r.identity, shutdown)
         self.transport.close()
 
     def _on_message(self, identity: bytes, frames: list) -> None:
@@ -61,7 +69,8 @@ class RpcServer:
             if now - self._last_protocol_log > 1.0:  # one bad peer must not flood the log
                 self._last_protocol_log = now
                 log.rpc.warning("dropped a malformed message from peer %r: %s "
-                                "(%d malformed so far)", identity, e, self.protocol_errors)
+                                "(%d malformed so far)%s", identity, e, self.protocol_errors,
+                                V3_HINT if looks_like_v3(frames) else "")
             return
         sched = self.scheduler
         if isinstance(msg, P.Result):
@@ -95,7 +104,7 @@ class RpcServer:
             await asyncio.sleep(self.hb_interval)
             try:
                 for r in self.scheduler.replicas():
-                    self.transport.send(r.identity, self._heartbeat)
+                    self._send(r.identity, self._heartbeat)
                 self.scheduler.sweep(loop.time(), self.hb_timeout)
             except Exception:
                 log.rpc.exception("heartbeat round failed")

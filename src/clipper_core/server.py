@@ -25,6 +25,7 @@ from .errors import (BadRequest, ClipperError, ConfigError, Conflict, ModelError
                      StateStoreError)
 from .frontend import make_app as make_query_app
 from .inputs import PARSERS
+from .legacy_rpc import LegacyRpcServer
 from .metrics import Metrics
 from .policies import make_policy
 from .predict import QueryProcessor
@@ -80,11 +81,14 @@ class ClipperServer:
         self.store = StateStore(cfg.state_dir)
         self.registry = Registry(self.store)
         loop = asyncio.get_running_loop()
+        self.legacy_rpc = (LegacyRpcServer(cfg.legacy_rpc_address)
+                           if cfg.legacy_rpc_address else None)
         self.rpc = RpcServer(
             cfg.rpc_address,
             lambda send: Scheduler(send, queue_capacity=cfg.queue_capacity, loop=loop),
             heartbeat_interval_s=cfg.heartbeat_interval_s,
-            heartbeat_timeout_s=cfg.heartbeat_timeout_s)
+            heartbeat_timeout_s=cfg.heartbeat_timeout_s,
+            route=self.legacy_rpc.route if self.legacy_rpc else None)
         self.scheduler = self.rpc.scheduler
         self.scheduler.on_replica_change = self._on_replica_change
         self.selection = Selection(self.store)
@@ -103,6 +107,13 @@ class ClipperServer:
             rpc_endpoint = self.rpc.start()
         except Exception as e:  # zmq.ZMQError: address in use, malformed address
             raise ConfigError(f"cannot bind the model RPC on {cfg.rpc_address}: {e}") from None
+        legacy_endpoint = None
+        if self.legacy_rpc is not None:
+            try:
+                legacy_endpoint = self.legacy_rpc.start(self.scheduler)
+            except Exception as e:  # zmq.ZMQError
+                raise ConfigError(f"cannot bind the legacy RPC on {cfg.legacy_rpc_address}: "
+                                  f"{e}") from None
         self.manager = LocalProcessManager(
             rpc_endpoint, os.path.join(cfg.state_dir, "logs"),
             on_exit=lambda iid, why: self.scheduler.remove_replica(iid, why),
@@ -118,6 +129,7 @@ class ClipperServer:
         self.endpoints = {"query": f"http://{_host(cfg.query_host)}:{query}",
                           "management": f"http://{_host(cfg.mgmt_host)}:{mgmt}",
                           "rpc": rpc_endpoint, "pid": os.getpid(),
+                          **({"legacy_rpc": legacy_endpoint} if legacy_endpoint else {}),
                           "state_dir": os.path.abspath(cfg.state_dir)}
         # restore: every model version with replicas gets them back, re-adopting the
         # replica processes that a crashed frontend left running
@@ -167,6 +179,8 @@ class ClipperServer:
             await self.manager.close()
         if hasattr(self, "rpc"):
             await self.rpc.close()
+        if getattr(self, "legacy_rpc", None) is not None:
+            await self.legacy_rpc.close()
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()

@@ -114,7 +114,7 @@ def test_cli_errors_are_messages(clipper, unique, model_dir, tmp_path, capsys):
           "doubles"], 1, "DNS-1123"),
         (["deploy", model, "1", f"{model_dir}/mymodel.py:predict", "--input-type", "doubles",
           "--app", "no-such-app"], 1, "no application named 'no-such-app'"),
-        (["scale", "no-such-model", "2"], 1, "no model named 'no-such-model'"),
+        (["scale", "no-such-model", "2"], 1, "No model with name 'no-such-model'"),
         (["register-app", "x", "--input-type", "doubles", "--default-output", "{bad"], 2,
          "--default-output must be JSON"),
     ]

@@ -173,7 +173,7 @@ def test_versions_plain_pinned_and_unknown(clipper, versioned):
     assert [p["output"] for p in body["batch_predictions"]] == [2, 2]
     status, body = clipper.predict(app, {"input": [1.0], "version": "9"})
     assert status == 400 and body["error"] == "unknown_version"
-    assert model in body["cause"] and "'9'" in body["cause"] and "1, 2" in body["cause"]
+    assert model in body["cause"] and "version: 9 " in body["cause"] and "1, 2" in body["cause"]
     status, body = clipper.predict(app, {"input": [1.0], "version": [1]})
     assert status == 400 and "'version' must be a string" in body["cause"]
     info = clipper.conn.get_model_info(model, 2)
@@ -341,7 +341,7 @@ def test_scale_validation(clipper, versioned):
         ({"model_name": model, "num_replicas": "2"}, 400, "must be int"),
         ({"model_name": model}, 400, "num_replicas"),
         ({"model_name": "No", "num_replicas": 1}, 400, "DNS-1123"),
-        ({"model_name": "nope-no-such", "num_replicas": 1}, 404, "no model named"),
+        ({"model_name": "nope-no-such", "num_replicas": 1}, 404, "No model with name"),
         ({"model_name": model, "model_version": "7", "num_replicas": 1}, 400, "versions: 1, 2"),
     ]:
         got, err = post_json(url, body)
