@@ -5,8 +5,10 @@ import * as api from "./api.js";
 import { LineChart, PALETTE } from "./charts.js";
 import { button, cell, setText, syncRows } from "./tables.js";
 
-const WINDOW_S = 300;   // the charts show at most the last five minutes
+// the charts show at most the last five minutes (?window=SECONDS asks for less, down to 30)
 const MIN_WINDOW_S = 30;
+const WINDOW_S = Math.min(300, Math.max(MIN_WINDOW_S,
+  parseInt(new URLSearchParams(location.search).get("window"), 10) || 300));
 const RETRY_MS = 2000;
 const $ = (id) => document.getElementById(id);
 
