@@ -7,6 +7,9 @@ steady load, and the page's JavaScript heap over time.
 1. CPU: phases without and with a page open alternate (``--rounds`` of each, ``--phase-s``
    seconds each) while an open-loop load of ``--rate`` queries/s runs; for each phase the
    frontend process's CPU time (utime + stime from /proc/PID/stat) per second and per query.
+   The same pairs run first on the idle server (``--idle-rounds``), where the few ms a second
+   a page costs are not lost in the noise of the load; that difference, over the loaded
+   server's CPU, is the page's share.
    The dashboard's own bookkeeping (CPU spent building and serialising frames, measured in the
    server with ``time.thread_time``) is read from the page.
 2. Heap: one page stays open for ``--heap-s`` seconds under the same load; every 10 s the
@@ -125,6 +128,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=200.0, help="queries/s (default 200)")
     ap.add_argument("--phase-s", type=float, default=30.0, help="seconds a phase (default 30)")
     ap.add_argument("--rounds", type=int, default=3, help="without/with pairs (default 3)")
+    ap.add_argument("--idle-rounds", type=int, default=2,
+                    help="without/with pairs before the load starts (default 2)")
     ap.add_argument("--heap-s", type=float, default=180.0,
                     help="seconds the page stays open for the heap (default 180)")
     ap.add_argument("--window-s", type=int, default=60,
@@ -146,29 +151,35 @@ def main() -> None:
         pid = c.endpoints["pid"]
         page = c.management_url + f"/?window={args.window_s}"
         d = browser()
+
+        def run_phases(rounds: int, loaded: bool) -> list:
+            out = []
+            for r in range(rounds):
+                for with_page in ((False, True) if r % 2 == 0 else (True, False)):
+                    d.get(page if with_page else "about:blank")
+                    if with_page:
+                        wait_live(d)
+                    n = load.answered if loaded else 0
+                    a0, c0, t0 = n, cpu_s(pid), time.monotonic()
+                    time.sleep(args.phase_s)
+                    n = load.answered if loaded else 0
+                    a1, c1, t1 = n, cpu_s(pid), time.monotonic()
+                    out.append({"page": with_page, "loaded": loaded, "seconds": t1 - t0,
+                                "cpu_pct": 100 * (c1 - c0) / (t1 - t0),
+                                "queries_per_s": (a1 - a0) / (t1 - t0),
+                                "cpu_us_per_query": 1e6 * (c1 - c0) / max(1, a1 - a0)})
+                    print(f"{'loaded' if loaded else 'idle'} round {r + 1} "
+                          f"{'with' if with_page else 'without'} page: "
+                          f"{out[-1]['cpu_pct']:.2f} % CPU, "
+                          f"{out[-1]['queries_per_s']:.0f} q/s", flush=True)
+            return out
+
+        # without load the server does next to nothing, so what a page adds stands out
+        idle = run_phases(args.idle_rounds, loaded=False)
         load = OpenLoop(f"{c.query_url}/dash/predict", args.rate)
         load.start()
         time.sleep(3)  # warm up
-
-        phases = []
-        for r in range(args.rounds):
-            for with_page in ((False, True) if r % 2 == 0 else (True, False)):
-                d.get(page if with_page else "about:blank")
-                if with_page:
-                    wait_live(d)
-                a0, c0, t0 = load.answered, cpu_s(pid), time.monotonic()
-                time.sleep(args.phase_s)
-                a1, c1, t1 = load.answered, cpu_s(pid), time.monotonic()
-                cost = (d.execute_script("return document.getElementById('feed-cost')"
-                                         "?.textContent") if with_page else None)
-                phases.append({"page": with_page, "seconds": t1 - t0,
-                               "cpu_pct": 100 * (c1 - c0) / (t1 - t0),
-                               "queries_per_s": (a1 - a0) / (t1 - t0),
-                               "cpu_us_per_query": 1e6 * (c1 - c0) / max(1, a1 - a0),
-                               "feed_cost_text": cost})
-                print(f"round {r + 1} {'with' if with_page else 'without'} page: "
-                      f"{phases[-1]['cpu_pct']:.1f} % CPU, "
-                      f"{phases[-1]['queries_per_s']:.0f} q/s", flush=True)
+        phases = run_phases(args.rounds, loaded=True)
 
         d.get(page)
         wait_live(d)
@@ -189,8 +200,8 @@ def main() -> None:
     with open("/proc/loadavg") as f:
         load_after = f.read().split()[:3]
 
-    def summary(with_page: bool) -> dict:
-        ps = [p for p in phases if p["page"] == with_page]
+    def summary(with_page: bool, of: list | None = None) -> dict:
+        ps = [p for p in (phases if of is None else of) if p["page"] == with_page]
         out = {}
         for k in ("cpu_pct", "cpu_us_per_query", "queries_per_s"):
             vals = [p[k] for p in ps]
@@ -198,6 +209,8 @@ def main() -> None:
         return out
 
     without, with_ = summary(False), summary(True)
+    idle_without, idle_with = summary(False, idle), summary(True, idle)
+    page_cost = idle_with["cpu_pct"]["median"] - idle_without["cpu_pct"]["median"]
     ratio = with_["cpu_us_per_query"]["median"] / without["cpu_us_per_query"]["median"]
     h = [x["js_heap_used"] for x in heap]
     # once the chart span has filled, the page holds as many points as it ever will
@@ -205,7 +218,10 @@ def main() -> None:
     result = {
         "rate": args.rate, "phase_s": args.phase_s, "rounds": args.rounds,
         "loadavg_before": load_before, "loadavg_after": load_after,
-        "without_page": without, "with_page": with_, "phases": phases,
+        "idle_without_page": idle_without, "idle_with_page": idle_with,
+        "page_cost_pct_of_a_core": page_cost,
+        "page_cost_share_of_loaded_server_cpu": page_cost / without["cpu_pct"]["median"],
+        "without_page": without, "with_page": with_, "phases": idle + phases,
         "cpu_per_query_ratio_with_vs_without": ratio,
         "feed_cost": feed_cost, "heap": heap,
         "heap_first_last_max": [h[0], h[-1], max(h)],
@@ -225,6 +241,10 @@ def main() -> None:
         print(f"{name:14}{fmt(s, 'cpu_pct', '%'):>28}{fmt(s, 'cpu_us_per_query', 'us'):>30}"
               f"{fmt(s, 'queries_per_s', ''):>24}")
     print(f"CPU per query, with / without a page: {ratio:.3f}")
+    print(f"idle server: {idle_without['cpu_pct']['median']:.2f} % CPU without a page, "
+          f"{idle_with['cpu_pct']['median']:.2f} % with one: a page costs {page_cost:.2f} % of "
+          f"a core, {100 * page_cost / without['cpu_pct']['median']:.1f} % of the loaded "
+          f"server's CPU")
     print(f"the server's own account: {feed_cost}")
     print(f"JS heap used over {args.heap_s:.0f} s (after GC): first {h[0] / 1e6:.2f} MB, "
           f"last {h[-1] / 1e6:.2f} MB, max {max(h) / 1e6:.2f} MB; once the {args.window_s} s "
