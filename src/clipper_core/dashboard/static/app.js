@@ -376,8 +376,9 @@ function renderModels(f) {
   });
   const box = $("model-charts");
   for (const m of f.models) {
-    if (!m.current && !(m.connected > 0)) continue;
     const pts = series.models.get(m.label);
+    // a version that is not current shows charts only while it has had queries to show
+    if (!m.current && !(pts || []).some(([, v]) => v[4] > 0 || v[1] > 0)) continue;
     chart("model-batch:" + m.label, box, {
       title: `${m.label}: batch size`, unit: "queries",
       series: [{ key: "mean", label: "mean per batch", color: PALETTE[0] },

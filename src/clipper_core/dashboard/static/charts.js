@@ -19,7 +19,7 @@ function el(tag, attrs, parent) {
 function niceMax(v) {
   if (!(v > 0)) return 1;
   const p = Math.pow(10, Math.floor(Math.log10(v)));
-  for (const m of [1, 2, 2.5, 5, 10]) if (v <= m * p) return m * p;
+  for (const m of [1, 2, 4, 5, 10]) if (v <= m * p) return m * p;  // halves stay round
   return 10 * p;
 }
 
@@ -76,8 +76,8 @@ export class LineChart {
     this.xLabels = [x0, x1];
     this.root.appendChild(this.svg);
     if (opts.capAt) {
-      this.capNote = el("text", { class: "axis cap-note", x: W - PAD.right, y: PAD.top + 9,
-                                  "text-anchor": "end" }, this.axisG);
+      this.capNote = el("text", { class: "axis cap-note", x: PAD.left + 4, y: PAD.top + 9 },
+                        this.axisG);
       this.capNote.textContent = "▲ above the scale";
     }
     container.appendChild(this.root);
