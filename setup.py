@@ -61,7 +61,9 @@ setup(
             if os.path.isfile(os.path.join(HERE, "model_runtimes", d, "__init__.py"))
         )
     ],
-    package_data={"clipper_core": ["*.pxd"], "model_runtimes": ["*/Dockerfile"]},
+    package_data={"clipper_core": ["*.pxd"], "model_runtimes": ["*/Dockerfile"],
+                  # the dashboard's page, JavaScript modules and style sheet
+                  "clipper_core.dashboard": ["static/*"]},
     ext_modules=_extensions(),
     zip_safe=False,
 )

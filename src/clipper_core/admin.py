@@ -45,8 +45,11 @@ _pickle_lock = threading.Lock()
 
 def pickle_closure(func: Callable) -> bytes:
     """cloudpickle ``func``; code from the user's own modules (scripts, notebooks, test files)
-    travels by value, since the container cannot import those by name."""
+    travels by value, since the container cannot import those by name.  Something it captures
+    that cannot be serialised is a :class:`ClosureNotSerializable` naming it."""
     import cloudpickle
+
+    from .pickling import unpicklable_error
 
     mod = sys.modules.get(getattr(func, "__module__", None) or "")
     by_value = mod is not None and mod.__name__ != "__main__" and not _installed(mod)
@@ -55,6 +58,8 @@ def pickle_closure(func: Callable) -> bytes:
             cloudpickle.register_pickle_by_value(mod)
         try:
             return cloudpickle.dumps(func)
+        except Exception as e:  # TypeError, PicklingError, RecursionError, ...
+            raise unpicklable_error(func, cloudpickle.dumps, e) from e
         finally:
             if by_value:
                 cloudpickle.unregister_pickle_by_value(mod)

@@ -350,28 +350,45 @@ def _nonneg_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="clipper", description="Clipper prediction serving")
     ap.add_argument("--state-dir", default=os.environ.get("CLIPPER_STATE_DIR",
-                                                          DEFAULT_STATE_DIR))
+                                                          DEFAULT_STATE_DIR),
+                    help="directory of Clipper's state (state.db, logs, endpoints.json) "
+                         "(default: $CLIPPER_STATE_DIR, else ~/.clipper)")
     # the client commands also take --state-dir after the command name
     client = argparse.ArgumentParser(add_help=False)
     client.add_argument("--state-dir", default=argparse.SUPPRESS,
-                        help="find the running Clipper through this state directory")
+                        help="find the running Clipper through this state directory "
+                             "(default: $CLIPPER_STATE_DIR, else ~/.clipper)")
     client.add_argument("--management-url", default=None,
                         help="management API URL (default: the Clipper of --state-dir)")
     client.add_argument("--mgmt-token", default=None,
                         help="management API token (default: $CLIPPER_MGMT_TOKEN)")
-    client.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    client.add_argument("--json", action="store_true",
+                        help="print JSON instead of a table (default: a table)")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     s = sub.add_parser("start", help="run Clipper in the foreground")
-    s.add_argument("--state-dir", default=argparse.SUPPRESS)
-    s.add_argument("--host", default="127.0.0.1", help="query API address (default 127.0.0.1)")
-    s.add_argument("--query-port", type=int, default=DEFAULT_QUERY_PORT)
-    s.add_argument("--mgmt-host", default="127.0.0.1")
-    s.add_argument("--mgmt-port", type=int, default=DEFAULT_MGMT_PORT)
-    s.add_argument("--mgmt-token", default=None)
-    s.add_argument("--rpc-host", default="127.0.0.1")
+    s.add_argument("--state-dir", default=argparse.SUPPRESS,
+                   help="directory for state.db, replica logs and closures; one Clipper per "
+                        "directory (default: $CLIPPER_STATE_DIR, else ~/.clipper)")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address the query API listens on (default 127.0.0.1)")
+    s.add_argument("--query-port", type=int, default=DEFAULT_QUERY_PORT,
+                   help=f"port of the query API: /{{app}}/predict, OIP v2, /metrics; 0 picks a "
+                        f"free one (default {DEFAULT_QUERY_PORT})")
+    s.add_argument("--mgmt-host", default="127.0.0.1",
+                   help="address the management API and dashboard listen on; anything but "
+                        "loopback needs --mgmt-token (default 127.0.0.1)")
+    s.add_argument("--mgmt-port", type=int, default=DEFAULT_MGMT_PORT,
+                   help=f"port of the management API and of the dashboard at /; 0 picks a "
+                        f"free one (default {DEFAULT_MGMT_PORT})")
+    s.add_argument("--mgmt-token", default=None,
+                   help="token the management API and the dashboard require as "
+                        "'Authorization: Bearer TOKEN' (default: $CLIPPER_MGMT_TOKEN, else none "
+                        "on loopback)")
+    s.add_argument("--rpc-host", default="127.0.0.1",
+                   help="address model replicas connect to over ZeroMQ (default 127.0.0.1)")
     s.add_argument("--rpc-port", type=int, default=DEFAULT_RPC_PORT,
                    help="model RPC port; keep it across restarts so that running replicas "
-                        "reconnect and are re-adopted")
+                        f"reconnect and are re-adopted (default {DEFAULT_RPC_PORT})")
     s.add_argument("--legacy-rpc-port", type=int, default=None,
                    help="also serve the original Clipper's model containers (RPC protocol v3, "
                         "unauthenticated) on this port; off by default")
@@ -381,12 +398,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-bytes", type=byte_size, default=DEFAULT_CACHE_BYTES,
                    help="memory budget of the prediction cache, e.g. 64MiB (the default); "
                         "0 caches nothing")
-    s.add_argument("--demo", action="store_true", help="deploy the demo app 'demo'")
-    s.add_argument("--log-level", default="INFO")
+    s.add_argument("--demo", action="store_true",
+                   help="deploy the demo app 'demo' (default: off)")
+    s.add_argument("--log-level", default="INFO",
+                   help="DEBUG, INFO, WARNING or ERROR; the dashboard lists refusals only at "
+                        "INFO or below (default INFO)")
     s.set_defaults(fn=_start)
     st = sub.add_parser("stop", help="stop the Clipper running on --state-dir")
-    st.add_argument("--state-dir", default=argparse.SUPPRESS)
-    st.add_argument("--timeout", type=float, default=30.0)
+    st.add_argument("--state-dir", default=argparse.SUPPRESS,
+                    help="the state directory of the Clipper to stop "
+                         "(default: $CLIPPER_STATE_DIR, else ~/.clipper)")
+    st.add_argument("--timeout", type=float, default=30.0,
+                    help="seconds to wait for it to exit (default 30)")
     st.set_defaults(fn=_stop)
 
     sub.add_parser("status", parents=[client],
@@ -404,50 +427,58 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("version", help="model version")
     d.add_argument("function", help="path/to/file.py:function or module:function")
     d.add_argument("--input-type", required=True,
-                   help="ints, floats, doubles, bytes or strings")
-    d.add_argument("--replicas", type=_nonneg_int, default=1)
-    d.add_argument("--batch-size", type=int, default=-1, help="-1 = adaptive (default)")
-    d.add_argument("--app", default=None, help="link the model to this app after deploying")
+                   help="ints, floats, doubles, bytes or strings (required)")
+    d.add_argument("--replicas", type=_nonneg_int, default=1,
+                   help="replica processes to run (default 1)")
+    d.add_argument("--batch-size", type=int, default=-1,
+                   help="fixed maximum batch size, or -1 for adaptive (AIMD) (default -1)")
+    d.add_argument("--app", default=None,
+                   help="link the model to this app after deploying (default: link none)")
     d.add_argument("--warmup-input", default=None,
                    help="one input (JSON) the new version must answer before it becomes "
-                        "current")
-    d.add_argument("--label", action="append", default=[])
+                        "current (default: an empty batch the container answers itself)")
+    d.add_argument("--label", action="append", default=[],
+                   help="a label for the model version; repeat for several (default: none)")
     d.add_argument("--timeout", type=float, default=60.0,
                    help="seconds to wait for the first replica (default 60)")
     d.set_defaults(fn=_deploy)
 
     ra = sub.add_parser("register-app", parents=[client], help="register an application")
-    ra.add_argument("name")
-    ra.add_argument("--input-type", required=True)
-    ra.add_argument("--default-output", default=None, help="JSON; default: no default output")
+    ra.add_argument("name", help="application name (a DNS-1123 label)")
+    ra.add_argument("--input-type", required=True,
+                    help="ints, floats, doubles, bytes or strings (required)")
+    ra.add_argument("--default-output", default=None,
+                    help="the answer (JSON) when no model answers in time (default: none; "
+                         "such queries get a 503)")
     ra.add_argument("--slo-ms", type=float, default=100.0, help="latency SLO (default 100 ms)")
     ra.set_defaults(fn=_register_app)
     ua = sub.add_parser("unregister-app", parents=[client], help="remove an application")
-    ua.add_argument("name")
+    ua.add_argument("name", help="application name")
     ua.set_defaults(fn=_unregister_app)
 
     ln = sub.add_parser("link", parents=[client], help="serve an app with a model")
-    ln.add_argument("app")
-    ln.add_argument("model")
+    ln.add_argument("app", help="application name")
+    ln.add_argument("model", help="model name")
     ln.set_defaults(fn=_link)
     ul = sub.add_parser("unlink", parents=[client], help="unlink a model from an app")
-    ul.add_argument("app")
-    ul.add_argument("model")
+    ul.add_argument("app", help="application name")
+    ul.add_argument("model", help="model name")
     ul.set_defaults(fn=_unlink)
     rb = sub.add_parser("rollback", parents=[client],
                         help="make VERSION the current version of MODEL (instantaneous)")
-    rb.add_argument("model")
-    rb.add_argument("version")
+    rb.add_argument("model", help="model name")
+    rb.add_argument("version", help="the version to serve from now on")
     rb.set_defaults(fn=_rollback)
     sc = sub.add_parser("scale", parents=[client], help="set the number of replicas of a model")
-    sc.add_argument("model")
-    sc.add_argument("replicas", type=_nonneg_int)
-    sc.add_argument("--version", default=None, help="default: the current version")
+    sc.add_argument("model", help="model name")
+    sc.add_argument("replicas", type=_nonneg_int, help="the number of replicas wanted")
+    sc.add_argument("--version", default=None,
+                    help="the version to scale (default: the current version)")
     sc.set_defaults(fn=_scale)
     dv = sub.add_parser("delete-version", parents=[client],
                         help="stop the replicas of a model version and forget it")
-    dv.add_argument("model")
-    dv.add_argument("version")
+    dv.add_argument("model", help="model name")
+    dv.add_argument("version", help="the version to delete")
     dv.set_defaults(fn=_delete_version)
     return ap
 

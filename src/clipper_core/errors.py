@@ -12,7 +12,7 @@ __all__ = [
     "ClipperError", "BadRequest", "MalformedJSON", "MissingField", "InvalidInput",
     "UnknownVersion", "NotFound", "UnknownApp", "UnknownModel", "Conflict", "PayloadTooLarge",
     "Overloaded", "PredictionTimeout", "ModelError", "StateStoreError", "ConfigError",
-    "ProtocolError", "Unauthorized",
+    "ProtocolError", "Unauthorized", "ClosureNotSerializable",
 ]
 
 
@@ -53,6 +53,12 @@ class UnknownVersion(BadRequest, LookupError):
 
 class ConfigError(BadRequest):
     code = "invalid_configuration"
+
+
+class ClosureNotSerializable(ConfigError, TypeError):
+    """A model function captures something that cannot be sent to its container."""
+
+    code = "closure_not_serializable"
 
 
 class Unauthorized(ClipperError, PermissionError):

@@ -13,7 +13,7 @@ from aiohttp import web
 from .errors import BadRequest, Unauthorized
 from .predict import check_uid
 from .http import MAX_BODY, error_middleware, field, json_object, json_response, read_json
-from . import cache, legacy_routes, sched
+from . import cache, dashboard, legacy_routes, sched
 from .sched import COMPILED
 
 if TYPE_CHECKING:
@@ -363,7 +363,7 @@ async def get_all_containers(request: web.Request) -> web.Response:
 @web.middleware
 async def auth_middleware(request: web.Request, handler):
     token = request.app.get(TOKEN)
-    if token:
+    if token and not dashboard.is_public(request.path):
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             raise Unauthorized("the management API needs 'Authorization: Bearer <token>'")
@@ -380,4 +380,5 @@ def make_app(server: "ClipperServer", token: str | None) -> web.Application:
         app[TOKEN] = token
     app.add_routes(routes)
     app.add_routes(legacy_routes.routes)
+    dashboard.setup(app, server)
     return app

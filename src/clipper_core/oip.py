@@ -583,16 +583,30 @@ class OipApi:
         return json_response({"live": True})
 
     async def ready(self, request: web.Request) -> web.Response:
+        """Server-wide readiness, for a load balancer: this frontend is worth sending queries
+        to while at least one app can answer from a model (or no app waits for one).  An app
+        whose models have no replica still gets its answers (the default output) and is
+        listed under ``not_ready``; ``/v2/models/{app}/ready`` stays strict per app."""
         reg = self.proc.registry
-        problems = []
+        not_ready: dict[str, list] = {}
+        serving = 0
         for app in list(reg.apps.values()):
-            if reg.links.get(app.name):  # an app without a model waits for nothing
-                problems.extend(app_problems(self.proc, app))
-        if problems:
+            if not reg.links.get(app.name):  # an app without a model waits for nothing
+                continue
+            problems = app_problems(self.proc, app)
+            if problems:
+                not_ready[app.name] = problems
+            else:
+                serving += 1
+        if not_ready and not serving:
+            problems = [p for ps in not_ready.values() for p in ps]
             more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-            return json_response({"ready": False, "error": "not ready: " +
-                                  "; ".join(problems[:5]) + more}, 503)
-        return json_response({"ready": True})
+            return json_response({"ready": False, "error": "not ready: no app can answer "
+                                  "from a model: " + "; ".join(problems[:5]) + more}, 503)
+        body: dict = {"ready": True}
+        if not_ready:
+            body["not_ready"] = {name: "; ".join(ps) for name, ps in not_ready.items()}
+        return json_response(body)
 
     async def model_ready(self, request: web.Request) -> web.Response:
         app = self.proc.registry.get_app(request.match_info["name"])

@@ -54,11 +54,15 @@ class AppSelection:
         self.loss_sum: dict[str, float] = {}
         self.errors = 0
         self.personalized = False
+        #: the counters as last written to the store (None: never, write them)
+        self._counts_written: tuple | None = None
         if previous is not None:
             self.selected = previous.selected
             self.feedback = previous.feedback
             self.feedback_by_model = previous.feedback_by_model
             self.loss_sum = previous.loss_sum
+            if keep_state:  # the stored state stays, and with it the counters
+                self._counts_written = previous._counts_written
         try:
             self.cls = load_policy(app.policy)
             params = dict(app.policy_params)
@@ -78,7 +82,7 @@ class AppSelection:
         if keep_state and previous is not None and previous.error is None:
             self._take_over(previous)
         else:
-            self._load()
+            self._load(restore_counts=previous is None)
 
     def _take_over(self, old: "AppSelection") -> None:
         """Carry the learned states over in memory (the store may still be receiving them)."""
@@ -116,13 +120,17 @@ class AppSelection:
                             self.name, type(e).__name__, e)
             return False
 
-    def _load(self) -> None:
+    def _load(self, restore_counts: bool = True) -> None:
         if self.store is None:
             return
         docs = self.store.policy_states(self.name, limit=self.max_users + 2)
         app_doc = docs.pop(APP_UID, None)
         if app_doc is not None:
             self._restore(self.policy, app_doc)
+            if restore_counts:
+                self._restore_counts(app_doc)
+        if restore_counts:
+            self._counts_written = self._counts_mark()
         if not self.personalized:
             return
         for uid, doc in docs.items():
@@ -133,9 +141,46 @@ class AppSelection:
             if self._restore(p, doc):
                 self.users[uid] = p
 
+    def _counts_mark(self) -> tuple:
+        return (self.feedback, sum(self.selected.values()), len(self.selected))
+
+    def counts_changed(self) -> bool:
+        """True when the selected/feedback counters moved since they were last written (never
+        for a policy that could not be loaded: its stored state must stay as it is)."""
+        return self.error is None and self._counts_mark() != self._counts_written
+
+    def _restore_counts(self, doc: dict) -> None:
+        """The counters kept with the app's state (``selected`` and ``feedback`` per model),
+        so that a restart does not look as if no feedback was ever received."""
+        c = doc.get("counts")
+        if not isinstance(c, dict):
+            return  # written before the counters were kept
+
+        def numbers(d: Any, typ: type) -> dict:
+            if not isinstance(d, dict):
+                return {}
+            return {k: v for k, v in d.items() if isinstance(k, str) and isinstance(v, typ)
+                    and not isinstance(v, bool)}
+
+        fb = c.get("feedback")
+        self.feedback = fb if isinstance(fb, int) and not isinstance(fb, bool) else 0
+        self.selected = numbers(c.get("selected"), int)
+        self.feedback_by_model = numbers(c.get("feedback_by_model"), int)
+        self.loss_sum = {k: float(v) for k, v in
+                         numbers(c.get("loss_sum"), (int, float)).items()}
+
     def export(self) -> dict[str, Any]:
-        """The dirty states as state-store documents; they count as written from now on."""
+        """The dirty states as state-store documents (the app's own carries the counters);
+        they count as written from now on."""
+        if self.counts_changed():
+            self.dirty.setdefault(APP_UID, self.policy)
         out = {uid: self._wrap(p) for uid, p in self.dirty.items()}
+        if APP_UID in out:
+            out[APP_UID]["counts"] = {
+                "selected": dict(self.selected), "feedback": self.feedback,
+                "feedback_by_model": dict(self.feedback_by_model),
+                "loss_sum": dict(self.loss_sum)}
+            self._counts_written = self._counts_mark()
         self.dirty.clear()
         return out
 
@@ -260,7 +305,8 @@ class Selection:
         async with self._flushing:
             self._deleted.clear()
             batches = [(s.name, s.export()) for s in list(self.apps.values())
-                       if s.dirty and (exists is None or exists(s.name))]
+                       if (s.dirty or s.counts_changed())
+                       and (exists is None or exists(s.name))]
             batches = [(n, d) for n, d in batches if d]
             if not batches:
                 return 0

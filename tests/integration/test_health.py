@@ -1,5 +1,6 @@
-"""OIP health: live while the process answers; ready only while every linked model has a
-replica that answers."""
+"""OIP health: live while the process answers; an app is ready while each of its linked models
+has a replica that answers; the server is ready while at least one app is (or none needs a
+model)."""
 
 import json
 import time
@@ -62,4 +63,24 @@ def test_ready_follows_the_replicas(fresh_clipper):
     assert status_of(base + "/v2/models/hp-app/versions/1/ready")[0] == 200
     assert client.is_model_ready("hp-app", "1")
     assert fresh_clipper.predict("hp-app", {"input": [21.0]})[1]["output"] == 42.0
+
+    # an app whose (external) model has no replica keeps only itself out: the server stays
+    # ready for a load balancer, names the app, and that app's own readiness is strict
+    c.register_application("hp-ext", "doubles", -1.0, 1_000_000)
+    c.register_model("hp-ext-model", 1, "doubles")
+    c.link_model_to_app("hp-ext", "hp-ext-model")
+    code, body = status_of(base + "/v2/health/ready")
+    assert code == 200 and body["ready"] is True
+    assert list(body["not_ready"]) == ["hp-ext"]
+    assert "hp-ext-model:1" in body["not_ready"]["hp-ext"]
+    assert status_of(base + "/v2/models/hp-ext/ready")[0] == 503
+    assert status_of(base + "/v2/models/hp-app/ready")[0] == 200
+    assert client.is_server_ready() and not client.is_model_ready("hp-ext")
+
+    # ... but a frontend where no app can answer from a model is not ready
+    c.set_num_replicas("hp-model", 0)
+    wait_for(lambda: status_of(base + "/v2/health/ready")[0] == 503,
+             what="the server to report not ready")
+    error = status_of(base + "/v2/health/ready")[1]["error"]
+    assert "hp-model:1" in error and "hp-ext-model:1" in error
     client.close()

@@ -371,6 +371,11 @@ def test_policy_weights_and_a_user_policy_survive_a_restart(plugin_clipper):
         assert after["models"][m]["weight"] == pytest.approx(before["models"][m]["weight"])
         assert after_carol["models"][m]["weight"] == pytest.approx(
             before_carol["models"][m]["weight"])
+        # ... and so do the counts: feedback was received before the restart
+        for k in ("selected", "feedback", "mean_loss"):
+            assert after["models"][m][k] == before["models"][m][k], (m, k)
+    assert after["feedback"] == before["feedback"] == 30
+    assert after["models"][mx]["feedback"] == 30
     assert conn.get_app_policy(mine)["models"][mx]["weight"] == 1.0  # its own state came back
     # the containers come back and the learned weights answer
     body = _wait(lambda: (lambda r: r if r["default"] is False and len(r["models"]) == 2

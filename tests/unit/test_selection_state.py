@@ -164,3 +164,46 @@ async def test_snapshot_counts(store):
     assert snap["models"]["a"] == {"selected": 3, "weight": pytest.approx(a.policy.weights(AB)["a"]),
                                    "feedback": 4, "mean_loss": 0.0}
     assert snap["models"]["b"]["mean_loss"] == 1.0 and snap["models"]["b"]["selected"] == 0
+
+
+async def test_selected_and_feedback_counts_are_kept_with_the_weights(store):
+    app = make_app(store, params={"eta": 0.5})
+    s = Selection(store)
+    a = s.get(app)
+    a.count_selected("a", 7)
+    a.count_selected("b", 2)
+    teach(a, None, "a", 4)
+    before = a.snapshot(AB)
+    assert await s.flush() == 1
+    again = Selection(store).get(app)  # a restarted frontend
+    after = again.snapshot(AB)
+    assert after["feedback"] == 4 and after["models"] == before["models"]
+    assert after["models"]["a"]["selected"] == 7 and after["models"]["b"]["feedback"] == 4
+
+    # queries alone (no feedback, so no new weights) still get their counts written
+    again.count_selected("a", 3)
+    s2 = Selection(store)
+    s2.apps[app.name] = again
+    assert await s2.flush() == 1
+    assert await s2.flush() == 0  # nothing moved since
+    assert Selection(store).get(app).selected == {"a": 10, "b": 2}
+
+    # a reset drops the learned state but the counters carry on, and are written again
+    third = Selection(store)
+    assert third.get(app).selected == {"a": 10, "b": 2}
+    app2 = AppConfig("app", "doubles", 0, 100_000, "exp3", {})
+    t = third.get(app2, reset=True)
+    assert t.selected == {"a": 10, "b": 2}
+    assert await third.flush() == 1
+    restored = Selection(store).get(app2)
+    assert restored.selected == {"a": 10, "b": 2} and restored.feedback == 4
+
+
+async def test_stored_counts_of_the_wrong_shape_are_ignored(store):
+    app = make_app(store)
+    store.put_policy_states("app", {APP_UID: {"policy": "exp4", "state": None,
+                                              "counts": {"selected": {"a": "x", "b": 2},
+                                                         "feedback": True,
+                                                         "loss_sum": [1]}}})
+    a = Selection(store).get(app)
+    assert a.selected == {"b": 2} and a.feedback == 0 and a.loss_sum == {}
