@@ -486,8 +486,7 @@ class Batcher:
         one of them waits, the batch is as full as it gets); of those, the users answered
         within the last ``batch_wait`` who have not asked again yet are expected back
         shortly (their ``comeback`` share), and others come at the observed arrival rate,
-        about
-        ``arrival_rate() * (end - now)`` before the wait would end.
+        about ``arrival_rate() * (end - now)`` before the wait would end.
         """
         queue = self.queue
         n = len(queue)

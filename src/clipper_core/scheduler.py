@@ -294,6 +294,9 @@ class ModelQueue:
             "late": self.queue.late,
             "errors": self.errors, "timeouts": self.timeouts, "requeued": self.requeued,
             "batches": self.batches, "budget_s": core.last_budget or self.budget_s,
+            # delayed batching: batches let go before the bound (waiting could not fill
+            # them) and waits started
+            "dispatched_early": core.early, "waits": core.held,
             "batch_wait_bound_s": core.batch_wait,
             "replicas": {r.instance_id: r.stats() for r in self.order},
             "stats": {k: v.to_json() for k, v in self.stats.items()},
