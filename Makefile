@@ -38,6 +38,7 @@ bench: build
 # scikit-learn for the benchmark scenarios' sklearn model (not a dependency of Clipper)
 bench-deps: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
+	bash .ci/system-deps .ci/bench-packages.txt
 
 clean:
 	rm -rf build $(VENV) src/*.egg-info src/clipper_core/*.so src/clipper_core/*.c \

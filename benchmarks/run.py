@@ -59,6 +59,7 @@ sys.path.insert(0, HERE)
 
 import _baselines  # noqa: E402
 import _models  # noqa: E402
+import _sweep  # noqa: E402
 from _models import ScenarioError  # noqa: E402
 
 from clipper_core.admin import pickle_closure  # noqa: E402
@@ -102,6 +103,7 @@ class Settings:
             doc.update(quick_table)
         doc.update({k: v for k, v in overrides.items() if v is not None})
         self.path = path
+        self.quick = quick
         self.doc = doc
         self.name = str(doc.get("name") or os.path.splitext(os.path.basename(path))[0])
         self.kind = self.text("kind", None)
@@ -366,7 +368,15 @@ async def run_overhead(s: Settings, clipper: ClipperProcess, only: Sequence[str]
                          "min": min((r[key] for r in by_model[n] if r.get(key) is not None), default=None),
                          "max": max((r[key] for r in by_model[n] if r.get(key) is not None), default=None)}
                    for _, key, _ in lines} for n in names}
-    return "\n".join(text), {"unit": "us", "summary": summary, "runs": runs}
+    detail: dict[str, Any] = {"unit": "us", "summary": summary, "runs": runs}
+    if "sweep" in s.doc:  # the closed-loop sweep against the bare server (benchmarks/_sweep.py)
+        sweep = dict(s.doc["sweep"])
+        quick_sweep = sweep.pop("quick", {})
+        if s.quick:
+            sweep.update(quick_sweep)
+        sweep_text, detail["sweep"] = _sweep.run_sweep(sweep, clipper, slo_ms, log)
+        text += ["", sweep_text]
+    return "\n".join(text), detail
 
 
 # -- kind: slo_throughput ------------------------------------------------------------------
@@ -563,7 +573,7 @@ KINDS = {"overhead": run_overhead, "slo_throughput": run_slo_throughput, "compar
 _COMMON_KEYS = {"kind", "name", "description", "repetitions", "duration_s", "warmup_s", "window_s", "seed",
                 "workers", "slo_ms", "cache_enabled"}
 KEYS = {
-    "overhead": _COMMON_KEYS | {"models"},
+    "overhead": _COMMON_KEYS | {"models", "sweep"},
     "slo_throughput": _COMMON_KEYS | {"models", "concurrency", "rate", "app_slo_ms", "max_miss_share",
                                       "stop_after_misses"},
     "compare": _COMMON_KEYS | {"model", "variants", "concurrency", "rate"},

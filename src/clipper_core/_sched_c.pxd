@@ -80,9 +80,15 @@ cdef class Batcher:
     cdef public double last_horizon
     cdef public Py_ssize_t last_ahead
     cdef public Py_ssize_t last_capacity
-    cdef public bint last_full
-    cdef public double arrival_gap
-    cdef public double last_arrival
+    cdef public Py_ssize_t in_flight
+    cdef public double window
+    cdef double _window_end
+    cdef Py_ssize_t _pop_cur, _pop_prev, _arrivals_cur, _arrivals_prev
+    cdef Py_ssize_t _returned_n, _since_return, _came_back
+    cdef double _returned_at
+    cdef public double comeback
+    cdef public unsigned long long early
+    cdef public unsigned long long held
 
     cpdef configure(self, double batch_wait, double budget_fraction)
     @cython.locals(stale=double)
@@ -92,10 +98,18 @@ cdef class Batcher:
     cpdef Py_ssize_t capacity_by(self, double deadline, double now, list sizers)
     @cython.locals(s=BatchSizer, n=Py_ssize_t)
     cdef bint _fits_one_batch(self, double deadline, double now, list sizers)
-    @cython.locals(queue=DeadlineQueue, cap=Py_ssize_t, ahead=Py_ssize_t, gap=double)
+    @cython.locals(queue=DeadlineQueue, cap=Py_ssize_t, ahead=Py_ssize_t, n=Py_ssize_t)
     cpdef int admit(self, Query q, double now, list sizers, list expired)
-    @cython.locals(queue=DeadlineQueue, t=double)
-    cpdef double dispatch_at(self, double now, Py_ssize_t size)
+    cdef void _roll(self, double now)
+    cpdef Py_ssize_t population(self)
+    @cython.locals(span=double)
+    cpdef double arrival_rate(self, double now)
+    @cython.locals(share=double)
+    cpdef returned(self, Py_ssize_t n, double now)
+    @cython.locals(queue=DeadlineQueue, n=Py_ssize_t, target=Py_ssize_t, end=double,
+                   more=double, back=double)
+    cpdef double dispatch_at(self, double now, Py_ssize_t size, bint busy=*,
+                             double free_since=*)
     @cython.locals(q=Query, slo=double, latest=double, arrivals=double, batch=list,
                    size=Py_ssize_t, n=Py_ssize_t, horizon=double)
     cpdef list take(self, double now, BatchSizer sizer, list expired)

@@ -325,12 +325,34 @@ class Batcher:
         self.last_horizon = 0.0
         self.last_ahead = 0
         self.last_capacity = 0
-        #: whether the last batch taken was full, and the mean gap between admitted
-        #: arrivals (EWMA; -1 before two arrivals): delayed batching waits only when demand
-        #: fills batches (see dispatch_at)
-        self.last_full = True
-        self.arrival_gap = -1.0
-        self.last_arrival = -1.0
+        #: queries taken into batches and not yet back (answered, failed, timed out or lost):
+        #: the glue reports their return with :meth:`returned`
+        self.in_flight = 0
+        #: what dispatch_at reads about demand, over the current and the previous window of
+        #: ``window`` s: ``population()``, the most queries seen in the system at once
+        #: (queued + in flight; a closed loop of c users never has more than c), and
+        #: ``arrival_rate(now)``, admitted queries per second
+        self.window = 0.25
+        self._window_end = -INF
+        self._pop_cur = 0
+        self._pop_prev = 0
+        self._arrivals_cur = 0
+        self._arrivals_prev = 0
+        #: the queries of the batch answered last, at ``_returned_at``, and the arrivals
+        #: since (those within ``batch_wait`` in ``_came_back``); ``comeback``: the share of
+        #: answered queries followed by an arrival within ``batch_wait`` or before the next
+        #: answer (EWMA): about 1 in a closed loop, whose answered users ask again a
+        #: turnaround later, together; about the arrival rate times ``batch_wait`` in a
+        #: light open loop
+        self._returned_n = 0
+        self._returned_at = -INF
+        self._since_return = 0
+        self._came_back = 0
+        self.comeback = 1.0
+        #: how many batches dispatch_at let go before their wait bound because waiting could
+        #: not fill them, and how many it held back
+        self.early = 0
+        self.held = 0
 
     def configure(self, batch_wait, budget_fraction):
         if batch_wait < 0.0:
@@ -407,33 +429,103 @@ class Batcher:
                 return LATE
         queue.push(q)
         self.admitted += 1
-        if self.last_arrival >= 0.0:
-            gap = now - self.last_arrival
-            self.arrival_gap = gap if self.arrival_gap < 0.0 else (
-                0.8 * self.arrival_gap + 0.2 * gap)
-        self.last_arrival = now
+        self._roll(now)
+        self._arrivals_cur += 1
+        self._since_return += 1
+        if now - self._returned_at < self.batch_wait:
+            self._came_back += 1
+        n = len(queue) + self.in_flight
+        if n > self._pop_cur:
+            self._pop_cur = n
         return ADMIT
 
-    def dispatch_at(self, now, size):
-        """When to send the next batch of at most ``size``: ``now`` when that many are queued
-        (or batches need not wait), else the time until which to wait for the batch to fill,
-        never later than the oldest queued query's arrival plus ``batch_wait``."""
+    def _roll(self, now):
+        if now >= self._window_end:
+            self._pop_prev = self._pop_cur
+            self._pop_cur = len(self.queue) + self.in_flight
+            self._arrivals_prev = self._arrivals_cur if now < self._window_end + self.window else 0
+            self._arrivals_cur = 0
+            self._window_end = now + self.window
+
+    def population(self):
+        """The most queries recently in the system at once (queued + in flight)."""
+        return self._pop_cur if self._pop_cur > self._pop_prev else self._pop_prev
+
+    def arrival_rate(self, now):
+        """Admitted queries per second over the current and the previous window."""
+        span = now - (self._window_end - 2.0 * self.window)
+        if span <= 0.0:
+            return 0.0
+        return (self._arrivals_cur + self._arrivals_prev) / span
+
+    def returned(self, n, now):
+        """``n`` queries of a batch came back from a replica at ``now`` (or will not: its
+        timeout, its loss); they no longer count as in flight."""
+        self.in_flight -= n
+        if self.in_flight < 0:
+            self.in_flight = 0
+        if self._returned_n > 0:
+            share = self._came_back / self._returned_n
+            self.comeback += 0.2 * ((share if share < 1.0 else 1.0) - self.comeback)
+        self._returned_n = n
+        self._came_back = 0
+        self._returned_at = now
+        self._since_return = 0
+
+    def dispatch_at(self, now, size, busy=False, free_since=-INF):
+        """When to send the next batch of at most ``size`` to a replica (``busy``: one that
+        still works on a batch; else free since ``free_since``): ``now``, or a later time to
+        wait until for the batch to fill, never later than ``batch_wait`` after the oldest
+        queued query's arrival or after the replica became free, whichever is later (a query
+        that waited for a busy replica has not waited for company); for a busy replica
+        ``inf`` (its answer comes first) unless the batch is full.
+
+        A query is never held back when waiting cannot fill the batch.  What can still come
+        is read from what was observed: at most ``population() - in_flight`` queries can be
+        queued at once (a closed loop of c users sends no more until answered: once every
+        one of them waits, the batch is as full as it gets); of those, the users answered
+        within the last ``batch_wait`` who have not asked again yet are expected back
+        shortly (their ``comeback`` share), and others come at the observed arrival rate,
+        about ``arrival_rate() * (end - now)`` before the wait would end.
+        """
         queue = self.queue
-        if len(queue) >= size or self.batch_wait <= 0.0 or not len(queue):
+        n = len(queue)
+        if not n or n >= size:
             return now
-        # Waiting pays only when demand fills batches: after a batch that was not full, at an
-        # arrival rate under 8 queries per wait bound (light load, or one client waiting for
-        # its answer before it asks again), a lone query goes at once instead of waiting for
-        # company that will not come.  A full batch (the queue grew while the replicas were
-        # busy) or a burst of arrivals turns the wait back on.
-        if not self.last_full and not (0.0 <= self.arrival_gap * 8.0 < self.batch_wait):
+        if busy:
+            # a second batch in flight keeps the replica busy, but only a full one: a partial
+            # one would split the queries that could still go together once it is free
+            return INF
+        if self.batch_wait <= 0.0:
             return now
-        t = queue.oldest_arrival() + self.batch_wait
-        return t if t > now else now
+        self._roll(now)
+        target = self.population() - self.in_flight
+        if target > size:
+            target = size
+        if n >= target:
+            self.early += 1
+            return now
+        end = queue.oldest_arrival()
+        if free_since > end:
+            end = free_since
+        end += self.batch_wait
+        if end <= now:
+            return now
+        more = self.arrival_rate(now) * (end - now)
+        if now - self._returned_at < self.batch_wait:
+            back = self.comeback * self._returned_n - self._since_return
+            if back > more:
+                more = back
+        if n + more < target - 1e-6:  # (comeback * n is inexact)
+            self.early += 1
+            return now
+        self.held += 1
+        return end
 
     def take(self, now, sizer, expired):
         """Pop the next batch for the replica of ``sizer``: at most ``sizer.current`` live
-        queries, in deadline order, and count one more dispatch of each.
+        queries, in deadline order, and count one more dispatch of each; they are in flight
+        until :meth:`returned`.
 
         Queries the batch cannot answer in time (deadline passed, or due before the batch's
         expected return) go to ``expired`` instead.  Sets ``last_budget``,
@@ -449,7 +541,7 @@ class Batcher:
                 n if n < size else size)
         self.last_horizon = horizon
         batch = self.queue.pop_batch(now, size, expired, horizon)
-        self.last_full = len(batch) >= size
+        self.in_flight += len(batch)
         if batch:
             slo = INF
             latest = -INF

@@ -60,8 +60,10 @@ class BatchingConfig:
     #: delayed batching: wait at most this long, from the oldest queued query's arrival, for a
     #: batch to fill; None = derived from the SLO (5 % of it, at most 2 ms)
     batch_wait_s: float | None = None
-    #: batches in flight per replica
-    max_in_flight: int = 1
+    #: batches in flight per replica: with 2, a replica that works on one batch is sent the
+    #: next as soon as it is full, so that it never waits for the round trip (1: one at a
+    #: time, for a model that cannot take a second batch early)
+    max_in_flight: int = 2
     aimd_step: int = 2
     aimd_backoff: float = 0.9
     aimd_cap: int = 1024
@@ -292,6 +294,9 @@ class ModelQueue:
             "late": self.queue.late,
             "errors": self.errors, "timeouts": self.timeouts, "requeued": self.requeued,
             "batches": self.batches, "budget_s": core.last_budget or self.budget_s,
+            # delayed batching: batches let go before the bound (waiting could not fill
+            # them) and waits started
+            "dispatched_early": core.early, "waits": core.held,
             "batch_wait_bound_s": core.batch_wait,
             "replicas": {r.instance_id: r.stats() for r in self.order},
             "stats": {k: v.to_json() for k, v in self.stats.items()},
@@ -423,8 +428,10 @@ class Scheduler:
 
     # ---------------------------------------------------------------- dispatch
     def _dispatch(self, mq: ModelQueue, force: bool = False) -> None:
-        """Give free replicas batches.  ``force`` sends the first batch without waiting for
-        it to fill (the delayed-batching timer ran out)."""
+        """Give replicas batches: every idle replica first (round robin), then, up to
+        ``max_in_flight``, a full batch to a busy one, so that it has its next batch at hand
+        when it answers.  ``force``: the delayed-batching timer ran out, the first batch to an
+        idle replica goes without waiting for it to fill."""
         queue = mq.queue
         order = mq.order
         if not len(queue) or not order:
@@ -432,20 +439,22 @@ class Scheduler:
         now = self._clock()
         core = mq.core
         n = len(order)
-        limit = mq.cfg.max_in_flight
         start = mq.rr
         expired = self._expired
-        for i in range(n):
-            r = order[(start + i) % n]
-            if r._suspect or r._draining:
-                continue
-            while len(r.in_flight) < limit:
+        for depth in range(mq.cfg.max_in_flight):
+            busy = depth > 0
+            for i in range(n):
+                r = order[(start + i) % n]
+                if r._suspect or r._draining or len(r.in_flight) != depth:
+                    continue
                 if not len(queue):
                     return
-                size = r.sizer.current
-                if not force:
-                    when = core.dispatch_at(now, size)
+                if busy or not force:
+                    # (an idle replica's busy_until is when it answered its last batch)
+                    when = core.dispatch_at(now, r.sizer.current, busy, r.sizer.busy_until)
                     if when > now:
+                        if busy:
+                            continue  # its answer comes first (and dispatches again)
                         if mq.waiting_since < 0:
                             mq.waiting_since = now
                         self._arm_wait(mq, when)
@@ -456,6 +465,9 @@ class Scheduler:
                 if not batch:
                     continue
                 force = False
+                if mq.wait_timer is not None:  # the wait it timed is over
+                    mq.wait_timer.cancel()
+                    mq.wait_timer = None
                 mq.rr = (start + i + 1) % n
                 if not self._send_batch(mq, r, batch, now):
                     return  # the replica is gone; _drop_replica dispatched again
@@ -484,6 +496,7 @@ class Scheduler:
             frames = P.encode(P.PredictBatch(batch_id, mq.input_type, [q.input for q in batch]))
         except Exception as e:  # an input the codec cannot carry: answer, don't crash
             log.batching.error("cannot encode a batch for %s: %s", mq.label, e)
+            core.returned(n, now)
             for q in batch:
                 answer(q, (False, f"input could not be sent to the model: {e}"))
             return True
@@ -497,6 +510,7 @@ class Scheduler:
         if not self._send(r.identity, frames):
             log.batching.warning("replica %s of %s unreachable; removing it", r.instance_id,
                                  mq.label)
+            core.returned(n, now)
             for q in batch:
                 mq.queue.requeue(q)
             self._drop_replica(mq, r, "replica unreachable")
@@ -564,6 +578,10 @@ class Scheduler:
         r.in_flight.pop(batch_id, None)
         if fl.timer is not None:
             fl.timer.cancel()
+        if fl.probe is None and not fl.timed_out:  # a timeout counted them back already
+            mq = self.models.get(r.key)
+            if mq is not None:
+                mq.core.returned(len(fl.queries), self._clock())
         now = self._clock()
         r.last_seen = now
         if not r.in_flight:
@@ -659,6 +677,7 @@ class Scheduler:
         if mq is None:
             return
         mq.timeouts += 1
+        mq.core.returned(len(fl.queries), self._clock())
         self._requeue(mq, fl.queries)
         self._dispatch(mq)
 
@@ -749,6 +768,8 @@ class Scheduler:
                 fl.timer.cancel()
             if fl.probe is not None:
                 _resolve(fl.probe, (False, f"replica {r.instance_id} was lost: {reason}"))
+            elif not fl.timed_out:
+                mq.core.returned(len(fl.queries), self._clock())
             if not (fl.timed_out and requeue):  # a timeout requeued those already
                 lost.extend(fl.queries)
         r.in_flight.clear()

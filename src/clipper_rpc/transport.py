@@ -151,9 +151,14 @@ class DealerChannel:
 
     def recv(self, timeout_s: float) -> list | None:
         """One message's frames (as zero-copy buffers), or None after ``timeout_s``."""
-        if not self._poller.poll(max(0, int(timeout_s * 1000))):
-            return None
-        frames = self._sock.recv_multipart(copy=False)
+        # under load the next batch is usually queued already (the frontend sends it while
+        # this one computes): take it without a poll system call first
+        try:
+            frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            if not self._poller.poll(max(0, int(timeout_s * 1000))):
+                return None
+            frames = self._sock.recv_multipart(copy=False)
         return [f.buffer for f in frames]
 
     def close(self) -> None:

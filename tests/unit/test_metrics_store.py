@@ -131,25 +131,34 @@ async def test_batch_wait_is_recorded_per_batch(tmp_path):
     sent = []
     sched = Scheduler(lambda identity, frames: sent.append(frames) or True, loop=loop)
     mq = sched.ensure_model(("m", "1"), "doubles",
-                            BatchingConfig(batch_size=2, batch_wait_s=0.02), 1.0)
+                            BatchingConfig(batch_size=2, batch_wait_s=0.02, max_in_flight=1),
+                            1.0)
     sched.add_replica(b"r1", P.Register("m", "1", "doubles", "r1"))
 
     def query(i):
         now = loop.time()
         return Query(i, np.ones(1), now, now + 1.0, loop.create_future())
 
-    sched.submit(("m", "1"), query(1))  # half a batch: held back up to 20 ms
-    assert not sent and mq.stats["batch_wait_s"].count == 0
-    deadline = loop.time() + 5.0
-    while not sent and loop.time() < deadline:
-        await asyncio.sleep(0.005)
+    def batch_id(frames):
+        return P.decode([bytes(memoryview(f)) for f in frames]).batch_id
+
+    sched.submit(("m", "1"), query(1))  # the only query in the system: it goes at once
     assert len(sent) == 1
-    first = mq.stats["batch_wait_s"].sum
-    assert mq.stats["batch_wait_s"].count == 1 and first >= 0.019
-    # the replica is busy with that batch; once it answers, a full batch goes out at once
-    batch_id = P.decode([bytes(memoryview(f)) for f in sent[0]]).batch_id
-    sched.submit(("m", "1"), query(2))
-    sched.submit(("m", "1"), query(3))
-    sched.on_result(b"r1", P.Result(batch_id, [1.0]))
+    assert mq.stats["batch_wait_s"].count == 1 and mq.stats["batch_wait_s"].sum == 0.0
+    sched.submit(("m", "1"), query(2))  # waits for the replica (one batch at a time)
+    assert len(sent) == 1
+    sched.on_result(b"r1", P.Result(batch_id(sent[0]), [1.0]))
+    # query 1's user was just answered and may ask again: half a batch is held, <= 20 ms
+    assert len(sent) == 1
+    deadline = loop.time() + 5.0
+    while len(sent) == 1 and loop.time() < deadline:
+        await asyncio.sleep(0.005)
     assert len(sent) == 2
-    assert mq.stats["batch_wait_s"].count == 2 and mq.stats["batch_wait_s"].sum == first
+    held = mq.stats["batch_wait_s"].sum
+    assert mq.stats["batch_wait_s"].count == 2 and held >= 0.019
+    # the replica is busy with that batch; once it answers, a full batch goes out at once
+    sched.submit(("m", "1"), query(3))
+    sched.submit(("m", "1"), query(4))
+    sched.on_result(b"r1", P.Result(batch_id(sent[1]), [1.0]))
+    assert len(sent) == 3
+    assert mq.stats["batch_wait_s"].count == 3 and mq.stats["batch_wait_s"].sum == held

@@ -201,21 +201,61 @@ def test_oldest_arrival_tracks_the_live_queries(impl, arrivals, popped):
 # --------------------------------------------------------------------------- delayed batching
 
 @settings(max_examples=300, deadline=None)
-@given(arrivals=st.lists(st.floats(0.0, 0.05), min_size=1, max_size=30),
-       wait=st.floats(0.0, 0.01), size=st.integers(1, 40), later=st.floats(0.0, 0.05))
-def test_delayed_batching_never_waits_past_its_bound(impl, arrivals, wait, size, later):
-    arrivals = sorted(arrivals)
+@given(ops=st.lists(st.tuples(st.sampled_from(["admit", "take", "return"]),
+                              st.floats(0.0, 0.003), st.integers(1, 20)),
+                    min_size=1, max_size=60),
+       wait=st.floats(0.0, 0.01), size=st.integers(1, 40))
+def test_delayed_batching_never_waits_past_its_bound(impl, ops, wait, size):
+    """Whatever came and went before: a batch goes at once when it is full, when no wait is
+    configured, or when every query that can be queued is (nothing else can come); otherwise
+    it waits until exactly the oldest arrival plus the bound, never later; a busy replica
+    gets only a full batch."""
     b = impl.Batcher(1000, wait, 0.5)
-    for i, a in enumerate(arrivals):
-        b.admit(query(impl, i, a, a + 1.0), a, [], [])
-    now = arrivals[-1] + later
-    when = b.dispatch_at(now, size)
-    assert when >= now
-    if len(arrivals) >= size or wait == 0.0:
-        assert when == now, "a full batch (or no wait configured) goes at once"
-    else:
-        assert when == max(now, arrivals[0] + wait), "wait for the batch, up to the bound"
-    assert b.dispatch_at(arrivals[0] + wait, size) == arrivals[0] + wait
+    s = sizer(impl, fixed=size)
+    now = 0.0
+    qid = 0
+    taken = []
+    for op, gap, k in ops:
+        now += gap
+        if op == "admit":
+            for _ in range(k):
+                qid += 1
+                b.admit(query(impl, qid, now, now + 1.0), now, [], [])
+        elif op == "take":
+            batch = b.take(now, s, [])
+            taken += batch
+        elif taken:
+            k = min(k, len(taken))
+            del taken[:k]
+            b.returned(k, now)
+        assert b.in_flight == len(taken)
+        n = len(b.queue)
+        when = b.dispatch_at(now, size)
+        bound = b.queue.oldest_arrival() + wait
+        assert when == now or (when == bound and bound > now)
+        if n >= size or wait == 0.0 or n >= b.population() - b.in_flight:
+            assert when == now
+        busy = b.dispatch_at(now, size, True)
+        assert busy == (now if n >= size or n == 0 else math.inf)
+
+
+def test_closed_loop_never_waits_for_queries_that_cannot_come(impl):
+    """16 users, each waiting for its answer: once the 16 are queued, the batch goes."""
+    b = impl.Batcher(1000, 0.002, 0.5)
+    s = sizer(impl, fixed=64)
+    now = 0.0
+    for round_ in range(5):
+        t0 = now
+        for i in range(16):
+            b.admit(query(impl, i, now, now + 1.0), now, [], [])
+            when = b.dispatch_at(now, 64)
+            if round_ and i < 15:
+                assert when == t0 + 0.002, "more of the 16 will come: wait"
+            now += 1e-5
+        assert b.dispatch_at(now, 64) == now, "all 16 are here: nothing more can come"
+        assert len(b.take(now, s, [])) == 16
+        now += 0.0003
+        b.returned(16, now)
 
 
 def test_empty_queue_never_waits(impl):

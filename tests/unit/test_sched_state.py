@@ -24,7 +24,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                                                  rpc_timeout_s=0.03), slo=0.1, capacity=40)
         self.sched = self.sim.sched
         self.checked = 0  # entries of sim.sent already checked
-        self.most_in_flight = 1
+        self.most_in_flight = self.sim.mq.cfg.max_in_flight
 
     # ------------------------------------------------------------ helpers
     def live(self):
@@ -132,6 +132,15 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert len(held.get(qid, [])) <= 1, "in two live batches at once"
 
     @invariant()
+    def in_flight_count_matches_the_batches(self):
+        """The core's count of queries in flight (what its dispatch decision reads) is the
+        sum over the live batches of the version: every way a batch ends counts it back."""
+        for mq in self.sched.models.values():
+            live = sum(len(fl.queries) for r in mq.order for fl in r.in_flight.values()
+                       if not fl.timed_out)
+            assert mq.core.in_flight == live
+
+    @invariant()
     def availability_mirrors_health(self):
         # (Sim refuses, at send time, any batch for a suspect or draining replica)
         for r in self.sched.replicas():
@@ -162,7 +171,8 @@ def test_suspect_replica_gets_nothing_new():
     """The rule the machine checks loosely, pinned down: from a timeout until it answers or
     heartbeats, a replica is sent no batch."""
     for impl in (_sched_c, _sched_py):
-        sim = Sim(impl, BatchingConfig(batch_size=1, batch_wait_s=0.0, rpc_timeout_s=0.01),
+        sim = Sim(impl, BatchingConfig(batch_size=1, batch_wait_s=0.0, rpc_timeout_s=0.01,
+                                       max_in_flight=1),
                   slo=1.0)
         sim.add_replica("a", latency=None)
         sim.submit()

@@ -1,0 +1,157 @@
+"""The dispatch decision under closed and open loops, on virtual time, on both cores.
+
+A closed loop of c users (each sends its next query a turnaround after its answer) never
+has more than c queries in the system: once all of them wait, waiting longer cannot fill a
+batch, so nothing may be held back for the delayed-batching bound.  An open loop is held
+back only while its observed arrivals could still fill the batch.  Default batching settings
+throughout (adaptive size, a 2 ms wait bound, two batches in flight per replica).
+"""
+
+import numpy as np
+import pytest
+
+from clipper_core.scheduler import BatchingConfig
+
+from schedsim import KEY, Sim
+
+WAIT = 0.002  # the default bound for a 1 s SLO (min(2 ms, 5 % of the SLO))
+TURNAROUND = 1e-4  # client: answer received -> next query sent
+SPREAD = 2e-6  # user u turns around u * SPREAD later (the frontend answers one at a time)
+
+
+def noop(n):
+    return 2e-4 + 2e-6 * n  # a round trip and a little work per item
+
+
+def one_ms(n):
+    return 1e-3  # an accelerator-like model: 1 ms per batch, whatever its size
+
+
+class _Future:
+    """A future that tells its user when it is answered (to send the next query)."""
+
+    def __init__(self, on_done):
+        self._on_done = on_done
+        self._done = False
+        self._result = None
+
+    def done(self):
+        return self._done
+
+    def set_result(self, value):
+        assert not self._done, "answered twice"
+        self._done = True
+        self._result = value
+        self._on_done()
+
+    def result(self):
+        return self._result
+
+
+class Run:
+    def __init__(self, impl, latency, cfg=None):
+        self.impl = impl
+        self.latency = latency
+        self.sim = Sim(impl, cfg or BatchingConfig(), slo=1.0)
+        self.sim.add_replica("r", latency=latency)
+        self.loop = self.sim.loop
+        self.t0 = self.loop.now
+        self.done = []  # (time, query)
+        self._ids = iter(range(1, 10 ** 9))
+
+    def ask(self, then=None):
+        qid = next(self._ids)
+        now = self.loop.now
+        q = None
+
+        def answered():
+            self.done.append((self.loop.now, q))
+            if then is not None:
+                then()
+
+        q = self.impl.Query(qid, np.array([float(qid)]), now, now + 1.0, _Future(answered))
+        self.sim.queries[qid] = q
+        assert self.sim.sched.submit(KEY, q)
+
+    def closed(self, users):
+        def user(u):
+            self.ask(lambda: self.loop.call_later(TURNAROUND + SPREAD * u, user, u))
+
+        for u in range(users):
+            self.loop.call_later(1e-6 * u, user, u)
+
+    def open(self, rate, until, seed=1):
+        rng = np.random.default_rng(seed)
+        t = self.loop.now
+        while True:
+            t += rng.exponential(1.0 / rate)
+            if t >= until:
+                return
+            self.loop.call_at(t, self.ask)
+
+    def measure(self, warmup, duration):
+        self.loop.run_until(self.t0 + warmup + duration)
+        start = self.t0 + warmup
+        answered = sum(1 for t, _ in self.done if t >= start)
+        batches = [(t, ids) for t, _, _, ids in self.sim.sent if t >= start]
+        held = [t - min(self.sim.queries[i].arrival for i in ids) for t, ids in batches]
+        return answered / duration, batches, held
+
+
+@pytest.mark.parametrize("latency", [noop, one_ms], ids=["noop", "1ms-per-batch"])
+def test_one_user_is_never_held_back(impl, latency):
+    run = Run(impl, latency)
+    run.closed(1)
+    rate, batches, held = run.measure(0.02, 0.2)
+    assert all(len(ids) == 1 for _, ids in batches)
+    assert max(held) == 0.0, "a lone query went at once"
+    assert rate == pytest.approx(1 / (latency(1) + TURNAROUND), rel=0.02)
+
+
+@pytest.mark.parametrize("latency", [noop, one_ms], ids=["noop", "1ms-per-batch"])
+@pytest.mark.parametrize("users", [16, 64])
+def test_closed_loop_batches_everyone_without_waiting_for_the_bound(impl, latency, users):
+    """Every batch leaves as soon as the last user of the round has asked: the throughput
+    is what the replica and the users' turnaround allow, not ``users`` per wait bound."""
+    run = Run(impl, latency)
+    run.closed(users)
+    rate, batches, held = run.measure(0.05, 0.2)
+    turnaround = TURNAROUND + SPREAD * (users - 1)
+    best = users / (latency(users) + turnaround)
+    assert rate >= 0.85 * best
+    assert rate >= 2 * users / (WAIT + latency(users) + turnaround), \
+        "not held back by the wait bound"
+    assert np.mean([len(ids) for _, ids in batches]) >= 0.9 * users
+    # no batch waited out the bound: it left when the last user's query came
+    assert max(held) < WAIT
+
+
+def test_light_open_loop_is_not_held_back(impl):
+    """Poisson arrivals at 300/s to a 1 ms model: company for a query almost never comes
+    within the bound, so a query that finds the replica idle leaves at once, and none waits
+    longer than the replica's work ahead of it."""
+    run = Run(impl, one_ms)
+    run.open(300.0, run.t0 + 1.0)
+    rate, batches, held = run.measure(0.0, 1.1)
+    assert len(run.done) == len(run.sim.queries) > 200
+    assert np.median(held) == 0.0
+    assert max(held) <= 2 * one_ms(1) + 1e-9, "waited for company that did not come"
+
+
+def test_heavy_open_loop_fills_batches_within_the_bound(impl):
+    """Poisson arrivals at 20k/s to a model of 1 ms + 10 us per item (a batch of one serves
+    1k/s): batches grow until the replica keeps up, and no query waits past the bound for a
+    batch to fill."""
+    def latency(n):
+        return 1e-3 + 1e-5 * n
+
+    run = Run(impl, latency)
+    run.open(20_000.0, run.t0 + 0.6)
+    rate, batches, held = run.measure(0.1, 0.5)
+    run.loop.advance(1.0)
+    assert len(run.done) == len(run.sim.queries)
+    assert all(ok for ok, _ in (q.future.result() for q in run.sim.queries.values()))
+    assert rate == pytest.approx(20_000, rel=0.05), "keeps up with the arrivals"
+    assert np.mean([len(ids) for _, ids in batches]) >= 20
+    waited = [h for (t, ids), h in zip(batches, held)]
+    assert max(waited) <= WAIT + max(latency(len(ids)) for _, ids in batches) + 1e-9
