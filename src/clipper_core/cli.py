@@ -24,7 +24,8 @@ def _start(args: argparse.Namespace) -> int:
             state_dir=args.state_dir, query_host=args.host, query_port=args.query_port,
             mgmt_host=args.mgmt_host, mgmt_port=args.mgmt_port, rpc_host=args.rpc_host,
             rpc_port=args.rpc_port, mgmt_token=args.mgmt_token or os.environ.get(
-                "CLIPPER_MGMT_TOKEN"), demo=args.demo, cache_bytes=args.cache_bytes)
+                "CLIPPER_MGMT_TOKEN"), demo=args.demo, cache_bytes=args.cache_bytes,
+            backend=args.backend)
     except ClipperError as e:
         print(f"clipper: {e.cause}", file=sys.stderr)
         return 2
@@ -375,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory budget of the prediction cache, e.g. 64MiB (the default); "
                         "0 caches nothing")
     s.add_argument("--demo", action="store_true", help="deploy the demo app 'demo'")
+    s.add_argument("--backend", choices=("local", "docker"), default="local",
+                   help="run replicas as local processes (the default) or Docker containers")
     s.add_argument("--log-level", default="INFO")
     s.set_defaults(fn=_start)
     st = sub.add_parser("stop", help="stop the Clipper running on --state-dir")

@@ -83,8 +83,12 @@ class ServerConfig:
     #: bytes the prediction cache may hold (0 stores nothing; identical queries in flight
     #: still share one model call)
     cache_bytes: int = DEFAULT_CACHE_BYTES
+    #: where replicas run: "local" processes or "docker" containers
+    backend: str = "local"
 
     def __post_init__(self) -> None:
+        if self.backend not in ("local", "docker"):
+            raise ConfigError(f"backend must be 'local' or 'docker', got {self.backend!r}")
         for name in ("query_port", "mgmt_port", "rpc_port"):
             p = getattr(self, name)
             if not isinstance(p, int) or not 0 <= p <= 65535:
