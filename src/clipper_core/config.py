@@ -175,8 +175,8 @@ class ModelVersion:
         if not isinstance(self.replicas, int) or not 0 <= self.replicas <= 256:
             raise ConfigError(f"num_replicas must be 0..256, got {self.replicas!r}")
         if not isinstance(self.runtime, dict) or self.runtime.get("kind") not in (
-                "closure", "command", "external"):
-            raise ConfigError("runtime kind must be closure, command or external")
+                "closure", "command", "image", "external"):
+            raise ConfigError("runtime kind must be closure, command, image or external")
 
     @property
     def key(self) -> tuple[str, str]:

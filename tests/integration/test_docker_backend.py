@@ -150,3 +150,38 @@ async def test_device_requests_and_gpu_environment_in_docker_inspect(docker_imag
             x.remove(force=True)
         client.close()
         await backend.close()
+
+
+def test_build_and_deploy_model_and_deploy_image(dclipper, tmp_path):
+    """An image built offline with a model directory serves it; the same image deploys again
+    as a version of another model with deploy_image."""
+    c = dclipper
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "weights.txt").write_text("7")
+    (model_dir / "predict.py").write_text(
+        "W = float(open('/model/weights.txt').read())\n"
+        "def predict(inputs):\n"
+        "    return [W * float(x[0]) for x in inputs]\n")
+    conn = c.conn
+    conn.register_application("bi", "doubles", -1.0, 2_000_000)
+    mv = conn.build_and_deploy_model("bim", 1, "doubles", str(model_dir))
+    conn.link_model_to_app("bi", "bim")
+    status, body = c.predict("bi", {"input": [3.0]})
+    assert status == 200 and body["output"] == 21.0 and not body["default"], body
+    image = [x for x in _running(c.state_dir)][0].attrs["Config"]["Image"]
+    assert image.startswith("clipper-model-bim:1-")
+    conn.register_application("bj", "doubles", -1.0, 2_000_000)
+    conn.deploy_image("bjm", 1, "doubles", image)
+    conn.link_model_to_app("bj", "bjm")
+    assert c.predict("bj", {"input": [2.0]})[1]["output"] == 14.0
+    assert mv["model_version"] == "1"
+    with pytest.raises(ClipperAdminError, match="never pulled"):
+        conn.deploy_image("bjm", 2, "doubles", "no-such-image:nowhere")
+    docker.from_env().images.remove(image, force=True)
+
+
+def test_deploy_image_on_the_local_backend_is_a_clear_error(clipper):
+    with pytest.raises(ClipperAdminError, match="--backend docker"):
+        clipper.conn.deploy_image("lim", 1, "doubles", "anything:1")
+    assert all(m["model_name"] != "lim" for m in clipper.conn.get_all_models())

@@ -180,6 +180,7 @@ def replica_spec(mv: ModelVersion, rpc_address: str, instance_id: str,
                            mounts=(rt["path"],), **res)
     if kind == "command":
         return ReplicaSpec(**ids, argv=tuple(rt["argv"]) + common, **res)
-    if kind == "image":
-        return ReplicaSpec(**ids, image=rt["image"], argv=tuple(rt.get("args", ())), **res)
+    if kind == "image":  # its entrypoint takes the flags every runtime in model_runtimes takes
+        return ReplicaSpec(**ids, image=rt["image"], argv=tuple(rt.get("args", ())) + common,
+                           **res)
     return None

@@ -136,7 +136,8 @@ class DockerBackend(ReplicaBackend):
             environment=env, labels=labels, init=True, network_mode="host", detach=True,
             volumes={p: {"bind": p, "mode": "ro"} for p in spec.mounts})
         if spec.python:
-            kw["command"] = ["python3", *spec.argv]
+            kw["entrypoint"] = ["python3"]
+            kw["command"] = list(spec.argv)
         elif spec.argv:
             kw["command"] = list(spec.argv)
         if spec.cpus is not None:

@@ -181,11 +181,26 @@ def build_model_image(client, name: str, version: str, model_data_path: str,
                       base_image: str | None = None, pkgs_to_install: tuple = (),
                       wheel_dir: str | None = None) -> str:
     """An image with a model directory at ``/model`` and extra Python packages, built offline:
-    the packages come as wheels downloaded on the host (``pip download``), installed with
-    ``--no-index`` inside ``docker build --network none``."""
+    the packages come as wheels downloaded on the host (``pip download``), unpacked inside
+    ``docker build --network none``.
+
+    On Clipper's runtime image (``base_image`` None) the entrypoint serves the model
+    directory: ``closure.pkl`` there (a cloudpickled function), else the function
+    ``predict`` of ``predict.py``.  A ``base_image`` of your own keeps its entrypoint, which
+    gets ``--model-name``, ``--model-version``, ``--input-type`` and ``--address``."""
     if not os.path.isdir(model_data_path):
         raise ConfigError(f"model_data_path must be a directory, got {model_data_path!r}")
-    base_image = base_image or build_runtime(client)
+    entry = None
+    if base_image is None:
+        base_image = build_runtime(client)
+        src = (["--closure", "/model/closure.pkl"]
+               if os.path.exists(os.path.join(model_data_path, "closure.pkl"))
+               else ["--function", "predict:predict"])
+        if src[0] == "--function" and not os.path.exists(
+                os.path.join(model_data_path, "predict.py")):
+            raise ConfigError(f"{model_data_path} holds neither closure.pkl nor predict.py: "
+                              "give the model as one of them, or a base_image that knows it")
+        entry = ["python3", "-m", "model_runtimes.python_closure", *src]
     with tempfile.TemporaryDirectory(prefix="clipper-model-") as ctx:
         shutil.copytree(model_data_path, os.path.join(ctx, "model"), symlinks=False)
         os.makedirs(os.path.join(ctx, "wheels"))
@@ -201,6 +216,10 @@ def build_model_image(client, name: str, version: str, model_data_path: str,
                       "[zipfile.ZipFile(w).extractall('/usr/local/lib/python3.11/"
                       "dist-packages') for w in glob.glob('/tmp/wheels/*.whl')]\" "
                       "&& rm -rf /tmp/wheels"]
+        if entry is not None:
+            import json
+
+            lines += ["ENV PYTHONPATH=/model:/opt/clipper", f"ENTRYPOINT {json.dumps(entry)}"]
         lines += [f"LABEL {LABEL}=model clipper.model={name} clipper.version={version}"]
         with open(os.path.join(ctx, "Dockerfile"), "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -216,3 +235,9 @@ def build_model_image(client, name: str, version: str, model_data_path: str,
                   f"BASE={base_image}", "-t", tag, ctx], f"build the image of {name}:{version}",
                  timeout=600)
     return tag
+
+
+if __name__ == "__main__":  # python -m clipper_core.containers.images: build (or find) both
+    from .docker import connect
+
+    print(build_runtime(connect()))

@@ -92,6 +92,9 @@ class LocalBackend(ReplicaBackend):
             raise ReplicaStartError(
                 f"model {spec.model_name}:{spec.model_version} runs the image {spec.image!r}, "
                 "and the local backend runs processes: start Clipper with --backend docker")
+        if spec.cpus is not None or spec.memory is not None:
+            log.container.warning("replica %s: the local backend does not limit CPUs or "
+                                  "memory (the docker backend does)", spec.instance_id)
         argv = (self.python, *spec.argv) if spec.python else tuple(spec.argv)
         env = dict(os.environ)
         env.update(spec.environment())
