@@ -24,6 +24,7 @@ from .containers.supervisor import Supervisor
 from .deployment import DeploymentController
 from .errors import ConfigError, StateStoreError
 from .frontend import make_app as make_query_app
+from .management import make_app as make_mgmt_app
 from .metrics import Metrics
 from .policies import make_policy
 from .predict import QueryProcessor
@@ -107,8 +108,6 @@ class ClipperServer:
         self.supervisor.start()
         self.deployments = DeploymentController(self.registry, self.scheduler, self.supervisor,
                                                 cfg.state_dir)
-
-        from .management import make_app as make_mgmt_app
 
         query = await self._serve(make_query_app(self.processor, cfg.max_body_bytes,
                                                  self.metrics),
