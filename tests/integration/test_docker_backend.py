@@ -184,4 +184,4 @@ def test_build_and_deploy_model_and_deploy_image(dclipper, tmp_path):
 def test_deploy_image_on_the_local_backend_is_a_clear_error(clipper):
     with pytest.raises(ClipperAdminError, match="--backend docker"):
         clipper.conn.deploy_image("lim", 1, "doubles", "anything:1")
-    assert all(m["model_name"] != "lim" for m in clipper.conn.get_all_models())
+    assert all(m["model_name"] != "lim" for m in clipper.conn.get_all_models(verbose=True))
