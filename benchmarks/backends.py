@@ -58,8 +58,12 @@ async def closed_loop(url: str, n: int, concurrency: int) -> tuple[float, list]:
 
 def deploy_to_answer(c: ClipperProcess, version: int) -> float:
     """Seconds from the deploy call to the new version's first answer."""
+    from clipper_core.admin import ClipperConnection
+
     t0 = time.perf_counter()
-    c.conn.deploy_python_closure("bench-noop", version, "doubles", noop)
+    # a cold deploy waits for the image build (minutes on a loaded machine)
+    ClipperConnection(c.management_url, timeout_s=1800).deploy_python_closure(
+        "bench-noop", version, "doubles", noop, ready_timeout_s=60)
     if version == 1:
         c.conn.link_model_to_app("bench", "bench-noop")
     status, body = c.predict("bench", {"input": [1.0], "version": str(version)})
@@ -108,6 +112,8 @@ def main() -> None:
                 from clipper_core.containers import images
                 from clipper_core.containers.docker import connect
 
+                res[b]["builds"] = [line.split("clipper.container: ")[-1]
+                                    for line in c.log().splitlines() if "built the " in line]
                 cl = connect()
                 res[b]["image_mb"] = cl.images.get(
                     images.runtime_tag(images.base_tag())).attrs["Size"] / 1e6
@@ -143,6 +149,8 @@ def main() -> None:
           + ("   (docker: images built first)" if args.cold else ""))
     if "image_mb" in res["docker"]:
         print(f"runtime image size: {res['docker']['image_mb']:.0f} MB")
+        for line in res["docker"].get("builds", []):
+            print(line)
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "backends.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:

@@ -63,6 +63,7 @@ class DockerBackend(ReplicaBackend):
         self._dead: dict[str, str] = {}  # instance id -> its last exited container
         self._image: str | None = None
         self._image_lock = asyncio.Lock()
+        self._image_task: asyncio.Task | None = None
         self._events: Any = None
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -72,7 +73,15 @@ class DockerBackend(ReplicaBackend):
         client = await asyncio.get_running_loop().run_in_executor(None, connect)
         self = cls(client, frontend_id)
         await self._call(self._open_events)
+        # built (or found) at once, in the background: the first deploy waits for it
+        self._image_task = self._loop.create_task(self.runtime_image())
+        self._image_task.add_done_callback(self._image_done)
         return self
+
+    def _image_done(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.container.error("cannot build the runtime image: %s (a deploy tries again)",
+                                task.exception())
 
     async def _call(self, fn: Callable, *a: Any, **kw: Any) -> Any:
         return await self._loop.run_in_executor(None, functools.partial(fn, *a, **kw))
@@ -113,7 +122,9 @@ class DockerBackend(ReplicaBackend):
         """The runtime image's tag, built (with the base) on first use."""
         async with self._image_lock:
             if self._image is None:
+                log.container.info("building (or finding) the runtime image")
                 self._image = await self._call(images.build_runtime, self.client)
+                log.container.info("runtime image %s ready", self._image)
             return self._image
 
     # ---------------------------------------------------------------- replicas
@@ -248,6 +259,8 @@ class DockerBackend(ReplicaBackend):
 
     async def close(self) -> None:
         self._closed = True
+        if self._image_task is not None and not self._image_task.done():
+            self._image_task.cancel()  # the build thread finishes on its own
         dead = list(self._dead.values())
         self._dead.clear()
         for cid in dead:

@@ -19,6 +19,8 @@ a later build with the same inputs finds the tag and reuses the image.  Building
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.metadata as md
 import os
@@ -119,11 +121,29 @@ def image_exists(client, tag: str) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _build_lock(tag: str):
+    """One build of an image at a time on this machine (two frontends, or a test session
+    and a benchmark, starting at once build it once)."""
+    path = os.path.join(tempfile.gettempdir(), "clipper-image-" + tag.replace(":", "-")
+                        + ".lock")
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def build_base(client, extra_packages: tuple = (), *, wheel_dir: str | None = None) -> str:
     """The base image's tag, building it first if no image carries it (about 40 s)."""
     tag = base_tag(extra_packages)
     if image_exists(client, tag):
         return tag
+    with _build_lock(tag):
+        if image_exists(client, tag):  # another process built it meanwhile
+            return tag
+        return _build_base(client, tag, extra_packages, wheel_dir)
+
+
+def _build_base(client, tag: str, extra_packages: tuple, wheel_dir: str | None) -> str:
     if os.geteuid() != 0:
         raise ConfigError("cannot build the base image: mmdebstrap's root mode needs root "
                           f"(or build it once as root; its tag is {tag})")
@@ -164,6 +184,13 @@ def build_runtime(client, base: str | None = None) -> str:
     tag = runtime_tag(base)
     if image_exists(client, tag):
         return tag
+    with _build_lock(tag):
+        if image_exists(client, tag):
+            return tag
+        return _build_runtime(client, base, tag)
+
+
+def _build_runtime(client, base: str, tag: str) -> str:
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="clipper-runtime-") as ctx:
         for rel, path in _runtime_sources():
