@@ -178,7 +178,12 @@ def test_build_and_deploy_model_and_deploy_image(dclipper, tmp_path):
     assert mv["model_version"] == "1"
     with pytest.raises(ClipperAdminError, match="never pulled"):
         conn.deploy_image("bjm", 2, "doubles", "no-such-image:nowhere")
-    docker.from_env().images.remove(image, force=True)
+    assert c.stop() == 0
+    assert not docker_containers(c.state_dir)
+    client = docker.from_env()
+    client.images.remove(image)  # with its build's intermediate images
+    assert not client.images.list(filters={"label": "clipper.model=bim"}, all=True)
+    client.close()
 
 
 def test_deploy_image_on_the_local_backend_is_a_clear_error(clipper):
