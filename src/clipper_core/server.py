@@ -17,7 +17,7 @@ from aiohttp import web
 
 from . import log
 from .cache import PredictionCache
-from .config import AppConfig, ModelVersion, ServerConfig, check_name, check_version
+from .config import AppConfig, ModelVersion, ServerConfig, check_version
 from .containers import make_backend
 from .containers.base import check_gpus
 from .containers.supervisor import Supervisor

@@ -6,7 +6,6 @@ Every test removes only the containers carrying its own frontend's label."""
 
 import asyncio
 import os
-import signal
 import socket
 import subprocess
 import sys
