@@ -30,3 +30,23 @@ def fresh_clipper():
     c.start()
     yield c
     c.close()
+
+
+# ---------------------------------------------------------------- the docker backend
+@pytest.fixture(scope="session")
+def docker_image():
+    """The runtime image of the docker backend, built once per test session (about 40 s cold;
+    its tag is a hash of its inputs, so a later session reuses it).  No Docker Engine is a
+    failure that says how to get one."""
+    from clipper_core.containers import images
+    from clipper_core.containers.docker import connect
+    from clipper_core.errors import ClipperError
+
+    try:
+        client = connect()
+        tag = images.build_runtime(client)
+    except ClipperError as e:
+        pytest.fail(f"the docker backend tests need a Docker Engine and root for mmdebstrap: "
+                    f"{e.cause}", pytrace=False)
+    client.close()
+    return tag

@@ -189,7 +189,8 @@ class ClipperConnection:
                               func: Callable[[list], list], num_replicas: int = 1,
                               batch_size: int = -1, labels: list | None = None,
                               gpus: list | None = None, *, warmup_input: Any = None,
-                              ready_timeout_s: float | None = None) -> dict:
+                              ready_timeout_s: float | None = None, cpus: float | None = None,
+                              memory: int | str | None = None) -> dict:
         """Serialise ``func`` (and what it captures) with cloudpickle and run it as
         ``num_replicas`` replicas.
 
@@ -202,11 +203,51 @@ class ClipperConnection:
             "model_name": name, "model_version": str(version), "input_type": input_type,
             "closure": blob, "num_replicas": num_replicas, "batch_size": batch_size,
             "labels": labels or [], "gpus": gpus or []}
-        if warmup_input is not None:
-            body["warmup_input"] = warmup_input
-        if ready_timeout_s is not None:
-            body["ready_timeout_s"] = ready_timeout_s
+        _options(body, warmup_input, ready_timeout_s, cpus, memory)
         return self._call("deploy_python_closure", body)["model"]
+
+    def deploy_image(self, name: str, version: Any, input_type: str, image: str,
+                     num_replicas: int = 1, batch_size: int = -1, labels: list | None = None,
+                     gpus: list | None = None, *, warmup_input: Any = None,
+                     ready_timeout_s: float | None = None, cpus: float | None = None,
+                     memory: int | str | None = None) -> dict:
+        """Run a container image as a model version (the docker backend).  The image is one
+        of yours built on Clipper's base image (see :meth:`build_and_deploy_model`), whose
+        entrypoint serves with ``clipper_rpc.serve``; it finds the frontend through the
+        ``CLIPPER_ADDRESS`` and ``CLIPPER_INSTANCE_ID`` variables every replica gets."""
+        body: dict[str, Any] = {
+            "model_name": name, "model_version": str(version), "input_type": input_type,
+            "image": image, "num_replicas": num_replicas, "batch_size": batch_size,
+            "labels": labels or [], "gpus": gpus or []}
+        _options(body, warmup_input, ready_timeout_s, cpus, memory)
+        return self._call("deploy_image", body)["model"]
+
+    def build_and_deploy_model(self, name: str, version: Any, input_type: str,
+                               model_data_path: str, base_image: str | None = None,
+                               pkgs_to_install: list | None = None, **kw: Any) -> dict:
+        """Build an image holding the directory ``model_data_path`` (at ``/model``) and the
+        Python packages ``pkgs_to_install`` on ``base_image`` (default: Clipper's runtime
+        image), offline: the packages are wheels downloaded here, installed inside
+        ``docker build --network none``.  The Docker Engine is the one of this machine, so
+        call it where the frontend runs.  Then :meth:`deploy_image` it (``kw`` goes there);
+        ``base_image`` must bring an entrypoint that serves the model."""
+        from .containers import images
+        from .containers.docker import connect
+
+        client = connect()
+        try:
+            tag = images.build_model_image(client, name, str(version), model_data_path,
+                                           base_image, tuple(pkgs_to_install or ()))
+        finally:
+            client.close()
+        return self.deploy_image(name, version, input_type, tag, **kw)
+
+    def get_logs(self, name: str, version: Any = None, tail: int = 200) -> list:
+        """The last ``tail`` log lines of each replica of a model (one version, or all)."""
+        body: dict[str, Any] = {"model_name": name, "tail": tail}
+        if version is not None:
+            body["model_version"] = str(version)
+        return self._call("get_replica_logs", body)["replicas"]
 
     def register_model(self, name: str, version: Any, input_type: str, batch_size: int = -1,
                        labels: list | None = None) -> dict:
@@ -291,3 +332,11 @@ class ClipperConnection:
 
     def server_info(self) -> dict:
         return self._call("server_info", method="GET")
+
+
+def _options(body: dict, warmup_input: Any, ready_timeout_s: Any, cpus: Any,
+             memory: Any) -> None:
+    for k, v in (("warmup_input", warmup_input), ("ready_timeout_s", ready_timeout_s),
+                 ("cpus", cpus), ("memory", memory)):
+        if v is not None:
+            body[k] = v

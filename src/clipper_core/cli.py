@@ -25,7 +25,8 @@ def _start(args: argparse.Namespace) -> int:
             mgmt_host=args.mgmt_host, mgmt_port=args.mgmt_port, rpc_host=args.rpc_host,
             rpc_port=args.rpc_port, mgmt_token=args.mgmt_token or os.environ.get(
                 "CLIPPER_MGMT_TOKEN"), demo=args.demo, cache_bytes=args.cache_bytes,
-            legacy_rpc_port=args.legacy_rpc_port, legacy_rpc_host=args.legacy_rpc_host)
+            legacy_rpc_port=args.legacy_rpc_port, legacy_rpc_host=args.legacy_rpc_host,
+            backend=args.backend)
     except ClipperError as e:
         print(f"clipper: {e.cause}", file=sys.stderr)
         return 2
@@ -94,6 +95,19 @@ def _endpoints(state_dir: str) -> dict | None:
         return None
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped by its parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def _stop(args: argparse.Namespace) -> int:
     ep = _endpoints(args.state_dir)
     if ep is None:
@@ -109,9 +123,7 @@ def _stop(args: argparse.Namespace) -> int:
         return 0
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _running(pid):
             print(f"Clipper (pid {pid}) stopped")
             return 0
         time.sleep(0.1)
@@ -280,13 +292,35 @@ def _deploy(args: argparse.Namespace) -> int:
     mv = conn.deploy_python_closure(args.name, args.version, args.input_type, fn,
                                     num_replicas=args.replicas, batch_size=args.batch_size,
                                     labels=args.label, warmup_input=warm,
-                                    ready_timeout_s=args.timeout)
+                                    ready_timeout_s=args.timeout, cpus=args.cpus,
+                                    memory=args.memory, gpus=_gpus_arg(args.gpus))
     if args.app:
         conn.link_model_to_app(args.app, args.name)
     text = (f"deployed {mv['model_name']}:{mv['model_version']} with {mv['num_replicas']} "
             "replica(s); it is the current version"
             + (f", linked to app {args.app}" if args.app else ""))
     _out(args, {"model": mv, "linked_app": args.app}, text)
+    return 0
+
+
+def _gpus_arg(text: str | None) -> list | None:
+    if text is None:
+        return None
+    return [g.strip() for g in text.split(",") if g.strip()]
+
+
+def _logs(args: argparse.Namespace) -> int:
+    name, _, version = args.model.partition(":")
+    reps = _conn(args).get_logs(name, version or None, args.tail)
+    if args.json:
+        _out(args, reps, "")
+        return 0
+    if not reps:
+        print(f"model {args.model} has no replicas", file=sys.stderr)
+        return 1
+    for r in reps:
+        print(f"==> {r['model_name']}:{r['model_version']} replica {r['instance_id']} <==")
+        print(r["log"].rstrip("\n"))
     return 0
 
 
@@ -400,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "0 caches nothing")
     s.add_argument("--demo", action="store_true",
                    help="deploy the demo app 'demo' (default: off)")
+    s.add_argument("--backend", choices=("local", "docker"), default="local",
+                   help="run replicas as local processes or as Docker containers "
+                        "(default local)")
     s.add_argument("--log-level", default="INFO",
                    help="DEBUG, INFO, WARNING or ERROR; the dashboard lists refusals only at "
                         "INFO or below (default INFO)")
@@ -441,7 +478,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a label for the model version; repeat for several (default: none)")
     d.add_argument("--timeout", type=float, default=60.0,
                    help="seconds to wait for the first replica (default 60)")
+    d.add_argument("--cpus", type=float, default=None, help="CPUs per replica, e.g. 1.5 (default: no limit)")
+    d.add_argument("--memory", default=None, help="memory per replica, e.g. 512m or 2g (default: no limit)")
+    d.add_argument("--gpus", default=None,
+                   help="GPU ids, comma-separated, one per replica in turn; 'cpu' for a CPU "
+                        "replica (e.g. 0,cpu) (default: none, CPU only)")
     d.set_defaults(fn=_deploy)
+    lg = sub.add_parser("logs", parents=[client], help="show the log of a model's replicas")
+    lg.add_argument("model", help="MODEL or MODEL:VERSION")
+    lg.add_argument("--tail", type=int, default=200, help="lines per replica (default 200)")
+    lg.set_defaults(fn=_logs)
 
     ra = sub.add_parser("register-app", parents=[client], help="register an application")
     ra.add_argument("name", help="application name (a DNS-1123 label)")

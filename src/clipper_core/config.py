@@ -102,8 +102,12 @@ class ServerConfig:
     #: cannot authenticate, so it listens on loopback unless the operator names a host
     legacy_rpc_port: int | None = None
     legacy_rpc_host: str = "127.0.0.1"
+    #: where replicas run: "local" processes or "docker" containers
+    backend: str = "local"
 
     def __post_init__(self) -> None:
+        if self.backend not in ("local", "docker"):
+            raise ConfigError(f"backend must be 'local' or 'docker', got {self.backend!r}")
         for name in ("query_port", "mgmt_port", "rpc_port", "legacy_rpc_port"):
             p = getattr(self, name)
             if p is None and name == "legacy_rpc_port":
@@ -198,8 +202,8 @@ class ModelVersion:
         if not isinstance(self.replicas, int) or not 0 <= self.replicas <= 256:
             raise ConfigError(f"num_replicas must be 0..256, got {self.replicas!r}")
         if not isinstance(self.runtime, dict) or self.runtime.get("kind") not in (
-                "closure", "command", "external"):
-            raise ConfigError("runtime kind must be closure, command or external")
+                "closure", "command", "image", "external"):
+            raise ConfigError("runtime kind must be closure, command, image or external")
 
     @property
     def key(self) -> tuple[str, str]:

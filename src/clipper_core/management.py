@@ -130,24 +130,50 @@ async def add_model(request: web.Request) -> web.Response:
     return json_response({"success": True, "model": mv.to_json()})
 
 
-@routes.post("/admin/deploy_python_closure")
-async def deploy_python_closure(request: web.Request) -> web.Response:
-    b = await _body(request)
-    gpus = field(b, "gpus", list, required=False, default=[])
-    for g in gpus:
-        if isinstance(g, bool) or not isinstance(g, (str, int)):
-            raise BadRequest("field 'gpus' must be a list of GPU indices or 'cpu'")
-    mv = await _server(request).deploy_closure(
-        field(b, "model_name", str), field(b, "model_version", (str, int)),
-        field(b, "input_type", str), field(b, "closure", str),
+def _deploy_options(b: dict) -> dict:
+    """What every deploy route takes besides what to run."""
+    memory = b.get("memory")
+    if memory is not None and (isinstance(memory, bool)
+                               or not isinstance(memory, (int, str))):
+        raise BadRequest("field 'memory' must be bytes: an integer or a string like \"512m\"")
+    return dict(
         num_replicas=field(b, "num_replicas", int, required=False, default=1),
         batch_size=field(b, "batch_size", int, required=False, default=-1),
         labels=tuple(_str_list(b, "labels", required=False)),
-        gpus=tuple(str(g) for g in gpus),
+        gpus=field(b, "gpus", list, required=False, default=[]),
+        cpus=field(b, "cpus", (int, float), required=False, default=None),
+        memory=memory,
         warmup_input=b.get("warmup_input"),
         ready_timeout_s=field(b, "ready_timeout_s", (int, float), required=False,
                               default=60.0))
+
+
+@routes.post("/admin/deploy_python_closure")
+async def deploy_python_closure(request: web.Request) -> web.Response:
+    b = await _body(request)
+    mv = await _server(request).deploy_closure(
+        field(b, "model_name", str), field(b, "model_version", (str, int)),
+        field(b, "input_type", str), field(b, "closure", str), **_deploy_options(b))
     return json_response({"success": True, "model": mv.to_json()})
+
+
+@routes.post("/admin/deploy_image")
+async def deploy_image(request: web.Request) -> web.Response:
+    """Run a container image (built on Clipper's base image) as a model version."""
+    b = await _body(request)
+    mv = await _server(request).deploy_image(
+        field(b, "model_name", str), field(b, "model_version", (str, int)),
+        field(b, "input_type", str), field(b, "image", str), **_deploy_options(b))
+    return json_response({"success": True, "model": mv.to_json()})
+
+
+@routes.post("/admin/get_replica_logs")
+async def get_replica_logs(request: web.Request) -> web.Response:
+    b = await _body(request)
+    logs = await _server(request).replica_logs(
+        field(b, "model_name", str), _version(b, required=False),
+        field(b, "tail", int, required=False, default=200))
+    return json_response({"replicas": logs})
 
 
 @routes.post("/admin/add_model_links")

@@ -94,7 +94,7 @@ class RpcServer:
                             type(msg).__name__)
 
     def _unknown(self, identity: bytes) -> None:
-        if identity not in self.scheduler._by_identity:
+        if not self.scheduler.knows(identity):
             # a container we do not know (we restarted, or dropped it): ask it to register
             self.transport.send(identity, self._reset)
 

@@ -128,7 +128,7 @@ class Replica:
 
     __slots__ = ("identity", "instance_id", "key", "pid", "info", "in_flight", "last_seen",
                  "_suspect", "_draining", "sizer", "batches", "errors",
-                 "timeouts")
+                 "timeouts", "drained")
 
     def __init__(self, identity: bytes, instance_id: str, key: ModelKey, pid: int, info: dict,
                  sizer: Any, now: float) -> None:
@@ -145,6 +145,8 @@ class Replica:
         self.batches = 0
         self.errors = 0
         self.timeouts = 0
+        #: set by :meth:`Scheduler.drain`: resolves once the replica owes no batch
+        self.drained: asyncio.Future | None = None
 
     @property
     def suspect(self) -> bool:
@@ -310,6 +312,11 @@ class ModelQueue:
 def _resolve(fut: asyncio.Future, value: Answer) -> None:
     if not fut.done():
         fut.set_result(value)
+
+
+def _settle(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(True)
 
 
 def answer(q: Any, value: Answer) -> None:
@@ -586,6 +593,8 @@ class Scheduler:
         r.last_seen = now
         if not r.in_flight:
             r.sizer.busy_until = now
+            if r.drained is not None:
+                _settle(r.drained)
         if r._suspect:
             log.batching.info("replica %s answered again; no longer suspect", r.instance_id)
             r.suspect = False
@@ -734,12 +743,33 @@ class Scheduler:
                     self._batches.pop(batch_id, None)
             if not r.in_flight:
                 r.sizer.busy_until = now
+                if r.drained is not None:
+                    _settle(r.drained)
             log.batching.info("replica %s heartbeats again; no longer suspect", r.instance_id)
             r.suspect = False
             mq = self.models.get(r.key)
             if mq is not None:
                 self._dispatch(mq)
         return True
+
+    def knows(self, identity: bytes) -> bool:
+        """Whether ``identity`` is a registered replica's socket."""
+        return identity in self._by_identity
+
+    def drain(self, instance_id: str) -> asyncio.Future | None:
+        """Give a replica no new batches; the future resolves once it owes none (at once when
+        idle, or when it is removed).  None for a replica that is not registered."""
+        r = self.replica_by_instance(instance_id)
+        if r is None:
+            return None
+        r.draining = True
+        if r.drained is None or (r.drained.done() and r.in_flight):
+            r.drained = self._loop.create_future()
+        log.container.info("draining replica %s of %s:%s (%d batch(es) in flight)",
+                           instance_id, r.key[0], r.key[1], len(r.in_flight))
+        if not r.in_flight:
+            _settle(r.drained)
+        return r.drained
 
     def replica_by_instance(self, instance_id: str) -> Replica | None:
         for mq in self.models.values():
@@ -773,6 +803,8 @@ class Scheduler:
             if not (fl.timed_out and requeue):  # a timeout requeued those already
                 lost.extend(fl.queries)
         r.in_flight.clear()
+        if r.drained is not None:
+            _settle(r.drained)
         if requeue:
             self._requeue(mq, lost)
         else:

@@ -7,25 +7,25 @@ Lifecycle in the style of aiohttp's AppRunner/TCPSite: ``await start()`` binds e
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import fcntl
 import json
 import os
-import shutil
-from typing import Any, AsyncIterator
+import uuid
+from typing import Any
 
 from aiohttp import web
 
 from . import log
 from .cache import PredictionCache
-from .config import AppConfig, ModelVersion, ServerConfig, check_name, check_version
-from .containers.local import LocalProcessManager
-from .errors import (BadRequest, ClipperError, ConfigError, Conflict, ModelError,
-                     StateStoreError)
+from .config import AppConfig, ModelVersion, ServerConfig, check_version
+from .containers import make_backend
+from .containers.base import check_gpus
+from .containers.supervisor import Supervisor
+from .deployment import DeploymentController
+from .errors import ConfigError, StateStoreError
 from .frontend import make_app as make_query_app
-from .inputs import PARSERS
 from .legacy_rpc import LegacyRpcServer
+from .management import make_app as make_mgmt_app
 from .metrics import Metrics
 from .policies import make_policy
 from .predict import QueryProcessor
@@ -46,9 +46,6 @@ class ClipperServer:
         self._lockfile = None
         self.endpoints: dict[str, Any] = {}
         self.batching: dict[tuple, BatchingConfig] = {}
-        self._ready_waiters: dict[tuple, list[asyncio.Future]] = {}
-        #: per-model locks: deploys, scaling and deletions of one model run one at a time
-        self._model_locks: dict[str, asyncio.Lock] = {}
         self._wrote_endpoints = False
 
     # ---------------------------------------------------------------- lifecycle
@@ -90,7 +87,6 @@ class ClipperServer:
             heartbeat_timeout_s=cfg.heartbeat_timeout_s,
             route=self.legacy_rpc.route if self.legacy_rpc else None)
         self.scheduler = self.rpc.scheduler
-        self.scheduler.on_replica_change = self._on_replica_change
         self.selection = Selection(self.store)
         self.cache = PredictionCache(cfg.cache_bytes)
         self.processor = QueryProcessor(self.registry, self.scheduler, self.cache,
@@ -114,12 +110,15 @@ class ClipperServer:
             except Exception as e:  # zmq.ZMQError
                 raise ConfigError(f"cannot bind the legacy RPC on {cfg.legacy_rpc_address}: "
                                   f"{e}") from None
-        self.manager = LocalProcessManager(
-            rpc_endpoint, os.path.join(cfg.state_dir, "logs"),
-            on_exit=lambda iid, why: self.scheduler.remove_replica(iid, why),
-            store=self.store)
-
-        from .management import make_app as make_mgmt_app
+        self.frontend_id = _frontend_id(cfg.state_dir)
+        self.backend = await make_backend(cfg.backend, self.frontend_id,
+                                          os.path.join(cfg.state_dir, "logs"))
+        self.supervisor = Supervisor(
+            self.backend, rpc_endpoint, store=self.store,
+            on_exit=lambda iid, why: self.scheduler.remove_replica(iid, why))
+        self.supervisor.start()
+        self.deployments = DeploymentController(self.registry, self.scheduler, self.supervisor,
+                                                cfg.state_dir)
 
         query = await self._serve(make_query_app(self.processor, cfg.max_body_bytes,
                                                  self.metrics),
@@ -130,10 +129,11 @@ class ClipperServer:
                           "management": f"http://{_host(cfg.mgmt_host)}:{mgmt}",
                           "rpc": rpc_endpoint, "pid": os.getpid(),
                           **({"legacy_rpc": legacy_endpoint} if legacy_endpoint else {}),
+                          "backend": cfg.backend, "frontend_id": self.frontend_id,
                           "state_dir": os.path.abspath(cfg.state_dir)}
         # restore: every model version with replicas gets them back, re-adopting the
         # replica processes that a crashed frontend left running
-        counts = await self.manager.restore(list(self.registry.models.values()))
+        counts = await self.supervisor.restore(list(self.registry.models.values()))
         if any(counts.values()):
             log.server.info("restored %d apps and %d model versions: %d replicas re-adopted, "
                             "%d started, %d stale ones stopped", len(self.registry.apps),
@@ -175,8 +175,10 @@ class ClipperServer:
                 await self.selection.close(self._app_exists)  # learned weights survive
             except Exception:
                 log.state.exception("policy state not written at shutdown")
-        if hasattr(self, "manager"):
-            await self.manager.close()
+        if hasattr(self, "supervisor"):
+            await self.supervisor.close()
+        if hasattr(self, "backend"):
+            await self.backend.close()
         if hasattr(self, "rpc"):
             await self.rpc.close()
         if getattr(self, "legacy_rpc", None) is not None:
@@ -213,45 +215,9 @@ class ClipperServer:
                 self.scheduler.remove_model(key)
                 self.batching.pop(key, None)
 
-    def _on_replica_change(self, key: tuple) -> None:
-        mq = self.scheduler.models.get(key)
-        if mq is not None and mq.replicas:
-            for fut in self._ready_waiters.pop(key, []):
-                if not fut.done():
-                    fut.set_result(True)
-
-    async def wait_ready(self, key: tuple, timeout_s: float) -> bool:
+    def wait_ready(self, key: tuple, timeout_s: float):
         """True once a replica of model version ``key`` has registered."""
-        mq = self.scheduler.models.get(key)
-        if mq is not None and mq.replicas:
-            return True
-        fut = asyncio.get_running_loop().create_future()
-        self._ready_waiters.setdefault(key, []).append(fut)
-        try:
-            return await asyncio.wait_for(fut, timeout_s)
-        except asyncio.TimeoutError:
-            return False
-
-    def drain(self, instance_id: str) -> asyncio.Future | None:
-        """Stop giving new batches to a replica; the future resolves when it owes none."""
-        r = self.scheduler.replica_by_instance(instance_id)
-        if r is None:
-            return None
-        r.draining = True  # no new batches, whatever it answers meanwhile
-        log.container.info("draining replica %s of %s:%s (%d batch(es) in flight)",
-                           instance_id, r.key[0], r.key[1], len(r.in_flight))
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-
-        def check() -> None:
-            if not r.in_flight or fut.done():
-                if not fut.done():
-                    fut.set_result(True)
-            else:
-                loop.call_later(0.01, check)
-
-        check()
-        return fut
+        return self.deployments.wait_ready(key, timeout_s)
 
     # ---------------------------------------------------------------- selection policies
     def _app_exists(self, name: str) -> bool:
@@ -285,14 +251,6 @@ class ClipperServer:
         return info
 
     # ---------------------------------------------------------------- management operations
-    @contextlib.asynccontextmanager
-    async def _model_lock(self, name: str) -> AsyncIterator[None]:
-        """Deploys, scaling and deletions of one model run one at a time (those of different
-        models run concurrently); set_model_version never waits for them."""
-        lock = self._model_locks.setdefault(name, asyncio.Lock())
-        async with lock:
-            yield
-
     def add_app(self, name: str, input_type: str, default_output: Any,
                 slo_micros: int, **kw: Any) -> AppConfig:
         make_policy(kw.get("policy", "single"), kw.get("policy_params"))
@@ -311,150 +269,33 @@ class ClipperServer:
                   labels: tuple = (), runtime: dict | None = None, replicas: int = 0,
                   gpus: tuple = ()) -> ModelVersion:
         mv = ModelVersion(name, check_version(version), input_type, batch_size, tuple(labels),
-                          runtime or {"kind": "external"}, replicas, tuple(gpus))
+                          runtime or {"kind": "external"}, replicas, check_gpus(gpus))
         return self.registry.add_model(mv)
 
-    def _closure_dir(self, name: str, version: str) -> str:
-        return os.path.join(self.config.state_dir, "models", name, version)
+    # the model lifecycle is the deployment controller's (see deployment.py)
+    def deploy_closure(self, *a: Any, **kw: Any):
+        return self.deployments.deploy_closure(*a, **kw)
 
-    async def deploy_closure(self, name: str, version: Any, input_type: str, closure_b64: str,
-                             *, num_replicas: int = 1, batch_size: int = -1,
-                             labels: tuple = (), gpus: tuple = (), warmup_input: Any = None,
-                             ready_timeout_s: float = 60.0) -> ModelVersion:
-        """Run a cloudpickled function as a new model version.
+    def deploy_image(self, *a: Any, **kw: Any):
+        return self.deployments.deploy_image(*a, **kw)
 
-        The version becomes current only after one of its replicas has registered and
-        answered a warm-up call: ``warmup_input`` (one input as the query API takes it) when
-        given, else an empty batch that the container answers without calling the model.
-        Until then the previous current version keeps serving.  A deploy that fails (no
-        replica within ``ready_timeout_s``, or the warm-up input raised) changes nothing: its
-        replicas are stopped and the version is forgotten.
-        """
-        check_name(name, "model name")
-        version = check_version(version)
-        _check_replicas(num_replicas, minimum=1)
-        if (isinstance(ready_timeout_s, bool) or not isinstance(ready_timeout_s, (int, float))
-                or not 0 < ready_timeout_s <= 3600):
-            raise ConfigError(f"ready_timeout_s must be a number of seconds in (0, 3600], got "
-                              f"{ready_timeout_s!r}")
-        path = os.path.abspath(os.path.join(self._closure_dir(name, version), "closure.pkl"))
-        mv = ModelVersion(name, version, input_type, batch_size, tuple(labels),
-                          {"kind": "closure", "path": path}, num_replicas, tuple(gpus))
-        warm: list = []
-        if warmup_input is not None:
-            try:
-                warm = [PARSERS[mv.input_type](warmup_input, name)]
-            except ClipperError as e:
-                raise ConfigError(f"'warmup_input' is not a valid input for model {name!r}: "
-                                  f"{e.cause}") from None
-        try:
-            blob = base64.b64decode(closure_b64, validate=True)
-        except (ValueError, TypeError) as e:
-            raise BadRequest(f"'closure' must be base64 of a cloudpickled function: {e}") \
-                from None
-        if not blob:
-            raise BadRequest("'closure' is empty; expected base64 of a cloudpickled function")
-        async with self._model_lock(name):
-            reg = self.registry
-            if mv.key in reg.models:
-                raise Conflict(f"model {name!r} version {version!r} already exists; deploy "
-                               "another version, or delete this one first")
-            for v in reg.versions(name):  # checked before anything is written
-                other = reg.models[(name, v)]
-                if other.input_type != mv.input_type:
-                    raise ConfigError(f"model {name!r} has input_type {other.input_type}; "
-                                      f"version {version!r} declares {mv.input_type}")
-            try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                with open(path, "wb") as f:
-                    f.write(blob)
-            except OSError as e:
-                raise StateStoreError(f"cannot store the closure of {name}:{version} at {path}: "
-                                      f"{e.strerror or e}") from None
-            had_current = reg.current.get(name)
-            # the first version of a model is current at once (nothing else could serve);
-            # any later one only after its warm-up
-            reg.add_model(mv, make_current=had_current is None)
-            try:
-                await self.manager.set_replicas(mv, num_replicas, self.drain)
-                await self._warm_up(mv, warm, ready_timeout_s)
-            except Exception:
-                await self._undo_deploy(mv)
-                raise
-            if had_current is not None:
-                reg.set_current_version(name, version)
-            log.server.info("model %s:%s deployed with %d replica(s); it is the current "
-                            "version%s", name, version, num_replicas,
-                            f" (was {had_current})" if had_current else "")
-            return reg.models[mv.key]
+    def set_num_replicas(self, *a: Any, **kw: Any):
+        return self.deployments.set_num_replicas(*a, **kw)
 
-    async def _warm_up(self, mv: ModelVersion, inputs: list, timeout_s: float) -> None:
-        """Return once a replica of ``mv`` answered a warm-up call; raise if none does."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        logs = os.path.join(self.config.state_dir, "logs")
-        why = "no replica registered"
-        while True:
-            left = deadline - loop.time()
-            if left <= 0 or not await self.wait_ready(mv.key, left):
-                log.container.error("model %s:%s: %s within %.0f s; see the logs in %s",
-                                    mv.name, mv.version, why, timeout_s, logs)
-                raise ConfigError(f"model {mv.name}:{mv.version} was not deployed: {why} within "
-                                  f"{timeout_s:.0f} s (the previous version, if any, stays "
-                                  f"current); the replica logs are in {logs}")
-            mq = self.scheduler.models.get(mv.key)
-            r = next((r for r in mq.replicas.values() if not r.draining), None) if mq else None
-            if r is None:
-                await asyncio.sleep(0.05)
-                continue
-            ok, value = await self.scheduler.probe(r, inputs, max(0.001,
-                                                                  deadline - loop.time()))
-            if ok:
-                if inputs:
-                    log.server.info("model %s:%s answered its warm-up input with %r",
-                                    mv.name, mv.version, value[0] if value else value)
-                return
-            why = f"the warm-up call failed: {value}"
-            if self.scheduler.replica_by_instance(r.instance_id) is r \
-                    and loop.time() < deadline:
-                # the replica is there and answered with an error
-                if not inputs:
-                    # a container that hands the empty probe to its model: its loop answers
-                    log.container.warning("replica %s of %s:%s answered the warm-up probe "
-                                          "with an error (%s); it serves", r.instance_id,
-                                          mv.name, mv.version, value)
-                    return
-                # its model raised on the warm-up input: deploying on would serve errors
-                raise ModelError(f"model {mv.name}:{mv.version} was not deployed: its warm-up "
-                                 f"call failed: {value} (the previous version, if any, stays "
-                                 "current)")
-            # the replica was lost (crashed while loading?): wait for the next one
+    def set_model_version(self, name: str, version: Any) -> ModelVersion:
+        return self.deployments.set_model_version(name, version)
 
-    async def _undo_deploy(self, mv: ModelVersion) -> None:
-        try:
-            await self.manager.set_replicas(mv, 0, self.drain)
-        finally:
-            if mv.key in self.registry.models:
-                self.registry.delete_version(mv.name, mv.version, force=True)
-            shutil.rmtree(self._closure_dir(mv.name, mv.version), ignore_errors=True)
+    def delete_version(self, *a: Any, **kw: Any):
+        return self.deployments.delete_version(*a, **kw)
 
-    async def set_num_replicas(self, name: str, version: str | None, n: int) -> ModelVersion:
-        """Scale model version ``version`` (default: the current one) to ``n`` replicas.
-        Scaling down drains each replica's batch in flight before stopping it."""
-        check_name(name, "model name")
-        _check_replicas(n)
-        if version is not None:
-            version = check_version(version)
-        async with self._model_lock(name):
-            mv = self.registry.get_model(name, version)
-            if mv.runtime.get("kind") == "external":
-                raise ConfigError(f"the replicas of model {name}:{mv.version} are started outside "
-                                  "Clipper (it was registered with add_model): start or stop "
-                                  "them yourself")
-            mv = self.registry.update_model(mv.key, replicas=n)
-            await self.manager.set_replicas(mv, n, self.drain)
-        log.server.info("model %s:%s scaled to %d replica(s)", name, mv.version, n)
-        return mv
+    def stop_inactive_versions(self, names: list):
+        return self.deployments.stop_inactive_versions(names)
+
+    def containers(self) -> list[dict]:
+        return self.deployments.containers()
+
+    def replica_logs(self, *a: Any, **kw: Any):
+        return self.deployments.logs(*a, **kw)
 
     def set_batching(self, name: str, version: str | None, **changes: Any) -> BatchingConfig:
         """Change a model version's batching parameters at run time (see
@@ -480,73 +321,25 @@ class ClipperServer:
             raise ConfigError(f"model {mv.name}:{mv.version} has no batching queue")
         return mq.snapshot(recent=recent)
 
-    def set_model_version(self, name: str, version: Any) -> ModelVersion:
-        """Make ``version`` current (rollback or roll-forward): takes effect for the next query;
-        queries already queued for the previous version are answered by it."""
-        check_name(name, "model name")
-        version = check_version(version)
-        self.registry.set_current_version(name, version)
-        mv = self.registry.get_model(name, version)
-        mq = self.scheduler.models.get(mv.key)
-        if mv.replicas > 0 and (mq is None or not mq.replicas):
-            log.server.warning("model %s:%s is current but none of its replicas is connected "
-                               "yet: its queries get the default output meanwhile",
-                               name, version)
-        return mv
 
-    async def delete_version(self, name: str, version: Any) -> ModelVersion:
-        """Stop the replicas of one model version (draining them) and forget it.  The current
-        version can go only when it is the model's last one and no app links the model."""
-        check_name(name, "model name")
-        version = check_version(version)
-        async with self._model_lock(name):
-            return await self._delete_version_locked(name, version)
-
-    async def _delete_version_locked(self, name: str, version: str) -> ModelVersion:
-        mv = self.registry.get_model(name, version)
-        self.registry.check_delete(name, version)  # refuse before stopping anything
-        await self.manager.set_replicas(mv, 0, self.drain)
-        self.registry.delete_version(name, version)
-        if mv.runtime.get("kind") == "closure":
-            shutil.rmtree(self._closure_dir(name, version), ignore_errors=True)
-        log.server.info("model %s:%s deleted", name, version)
-        return mv
-
-    async def stop_inactive_versions(self, names: list) -> list[str]:
-        """Stop and forget every version of the named models that is not current (as the
-        original clipper_admin did); returns ``name:version`` of each one stopped."""
-        for n in names:
-            check_name(n, "model name")
-            self.registry.get_model(n)  # all known before anything stops
-        stopped = []
-        for n in dict.fromkeys(names):
-            async with self._model_lock(n):
-                current = self.registry.current.get(n)
-                for v in list(self.registry.versions(n)):
-                    if v != current:
-                        await self._delete_version_locked(n, v)
-                        stopped.append(f"{n}:{v}")
-        return stopped
-
-    def containers(self) -> list[dict]:
-        live = {r.instance_id: r for r in self.scheduler.replicas()}
-        out = []
-        for c in self.manager.containers():
-            r = live.pop(c["instance_id"], None)
-            c["connected"] = r is not None
-            c["healthy"] = r is not None and not r.suspect and not r.draining
-            out.append(c)
-        for r in live.values():  # replicas started outside Clipper
-            out.append({"model_name": r.key[0], "model_version": r.key[1],
-                        "instance_id": r.instance_id, "pid": r.pid, "state": "running",
-                        "manager": "external", "connected": True, "healthy": not r.suspect})
-        return out
-
-
-def _check_replicas(n: Any, minimum: int = 0) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or not minimum <= n <= 256:
-        raise ConfigError(f"num_replicas must be an integer {minimum}..256, got {n!r}")
-    return n
+def _frontend_id(state_dir: str) -> str:
+    """This state directory's frontend id: labels its replicas, so that a restarted frontend
+    re-adopts its own and nothing else."""
+    path = os.path.join(state_dir, "frontend_id")
+    try:
+        with open(path) as f:
+            fid = f.read().strip()
+        if fid:
+            return fid
+    except OSError:
+        pass
+    fid = uuid.uuid4().hex[:16]
+    try:
+        with open(path, "w") as f:
+            f.write(fid)
+    except OSError as e:
+        raise StateStoreError(f"cannot write {path}: {e.strerror or e}") from None
+    return fid
 
 
 def _host(h: str) -> str:

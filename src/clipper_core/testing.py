@@ -157,3 +157,27 @@ def post_json(url: str, body: Any, timeout_s: float = 30.0,
             return e.code, json.loads(payload)
         except ValueError:
             return e.code, payload.decode(errors="replace")
+
+
+def docker_containers(state_dir: str) -> list:
+    """The Docker containers (running or not) of the Clipper on ``state_dir``, found by its
+    frontend label."""
+    import docker
+
+    with open(os.path.join(state_dir, "frontend_id")) as f:
+        fid = f.read().strip()
+    client = docker.from_env()
+    try:
+        return client.containers.list(all=True, filters={"label": f"clipper.frontend={fid}"})
+    finally:
+        client.close()
+
+
+def remove_docker_containers(state_dir: str) -> list:
+    """Remove the containers the Clipper on ``state_dir`` left (only those with its label)."""
+    if not os.path.exists(os.path.join(state_dir, "frontend_id")):
+        return []
+    left = docker_containers(state_dir)
+    for c in left:
+        c.remove(force=True)
+    return left

@@ -138,3 +138,24 @@ def test_cli_errors_are_messages(clipper, unique, model_dir, tmp_path, capsys):
     assert p.returncode == 1 and "is not running" in p.stderr
     models = json.loads(run_in_process(capsys, clipper, "models", "--json").stdout)
     assert not [m for m in models if m["model_name"] == model]
+
+
+def test_cli_deploy_resources_and_logs(clipper, unique, model_dir, capsys):
+    name = unique("res")
+    p = run_in_process(capsys, clipper, "deploy", name, "1", f"{model_dir}/mymodel.py:predict",
+                       "--input-type", "doubles", "--gpus", "0,x")
+    assert p.returncode == 1 and "GPU ids" in p.stderr and "'x'" in p.stderr
+    p = run_in_process(capsys, clipper, "deploy", name, "1", f"{model_dir}/mymodel.py:predict",
+                       "--input-type", "doubles", "--memory", "lots")
+    assert p.returncode == 1 and "memory must be bytes" in p.stderr
+    p = run_in_process(capsys, clipper, "deploy", name, "1", f"{model_dir}/mymodel.py:predict",
+                       "--input-type", "doubles", "--cpus", "0.5", "--memory", "256m",
+                       "--gpus", "cpu", "--json")
+    assert p.returncode == 0, p.stderr
+    info = clipper.conn.get_model_info(name, 1)
+    assert info["gpus"] == ["cpu"]
+    p = run_in_process(capsys, clipper, "logs", f"{name}:1", "--tail", "5")
+    assert p.returncode == 0 and f"==> {name}:1 replica" in p.stdout
+    assert "connecting to" in p.stdout  # the replica's own log line
+    p = run_in_process(capsys, clipper, "logs", "no-such-model")
+    assert p.returncode == 1 and "no-such-model" in p.stderr

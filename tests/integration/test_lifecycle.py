@@ -13,7 +13,25 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from clipper_core.admin import ClipperAdminError
-from clipper_core.testing import post_json, wait_for as _wait
+from clipper_core.testing import (ClipperProcess, post_json, remove_docker_containers,
+                                  wait_for as _wait)
+
+
+@pytest.fixture(scope="module", params=["local", "docker"])
+def clipper(request):
+    """The lifecycle suite runs on each replica backend: a Clipper of this module's own."""
+    if request.param == "docker":
+        request.getfixturevalue("docker_image")
+    c = ClipperProcess(extra_args=("--backend", request.param))
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+        if request.param == "docker":
+            left = remove_docker_containers(c.state_dir)
+            assert not left, f"a clean stop left containers: {left}"
+        c.close()
 
 
 def answers_one(inputs):

@@ -233,3 +233,34 @@ def test_a_container_queues_nothing_while_no_frontend_is_connected():
         assert not any(chan.try_send(hb) for _ in range(5000))
     finally:
         chan.close()
+
+
+async def test_drain_is_a_future_the_scheduler_resolves():
+    s, wire, (a, b) = _sched(2)
+    assert s.drain("nobody") is None
+    loop = asyncio.get_running_loop()
+    now = loop.time()
+    qs = [Query(i, np.array([1.0]), now, now + 1.0, loop.create_future()) for i in range(4)]
+    for q in qs:  # a full batch goes out at once
+        s.submit(("m", "1"), q)
+    batch_to = {i: m for i, m in wire.sent if isinstance(m, P.PredictBatch)}
+    assert len(batch_to) == 1
+    busy = a if b"id0" in batch_to else b
+    idle = b if busy is a else a
+    assert s.drain(idle.instance_id).done()  # owes nothing: drained at once
+    fut = s.drain(busy.instance_id)
+    assert not fut.done() and busy.draining
+    m = batch_to[busy.identity]
+    s.on_result(busy.identity, P.Result(m.batch_id, [0.0] * len(m.inputs)))
+    assert fut.done() and await fut
+    assert await qs[0].future == (True, 0.0)
+    # a replica removed while it drains resolves the future too
+    idle.draining = False
+    for q in [Query(i, np.array([1.0]), now, now + 1.0, loop.create_future())
+              for i in range(4, 8)]:
+        s.submit(("m", "1"), q)
+    fut2 = s.drain(idle.instance_id)
+    assert not fut2.done()
+    s.remove_replica(idle.instance_id, "stopped")
+    assert fut2.done()
+    assert s.knows(busy.identity) and not s.knows(idle.identity)

@@ -1,6 +1,26 @@
-"""Container managers: they start, restart and stop model replicas."""
+"""Replica backends (every OS or Docker call that starts, stops or watches a replica) and the
+backend-independent supervisor above them."""
 
-from .base import ContainerManager, ReplicaSpec
-from .local import LocalProcessManager
+from __future__ import annotations
 
-__all__ = ["ContainerManager", "ReplicaSpec", "LocalProcessManager"]
+from .base import (ReplicaBackend, ReplicaExit, ReplicaRef, ReplicaSpec, ReplicaStartError,
+                   replica_spec)
+from .local import LocalBackend
+from .supervisor import Supervisor
+
+BACKENDS = ("local", "docker")
+
+
+async def make_backend(name: str, frontend_id: str, log_dir: str) -> ReplicaBackend:
+    """The backend called ``name`` ("local" or "docker"), ready to start replicas."""
+    if name == "local":
+        return LocalBackend(frontend_id, log_dir)
+    if name == "docker":
+        from .docker import DockerBackend
+
+        return await DockerBackend.create(frontend_id)
+    raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
+
+
+__all__ = ["BACKENDS", "LocalBackend", "ReplicaBackend", "ReplicaExit", "ReplicaRef",
+           "ReplicaSpec", "ReplicaStartError", "Supervisor", "make_backend", "replica_spec"]
