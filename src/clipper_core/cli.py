@@ -289,6 +289,42 @@ def _deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deploy_model(args: argparse.Namespace) -> int:
+    from .deployers import deploy_file
+
+    warm = None if args.warmup_input is None else _json_arg(args.warmup_input,
+                                                            "--warmup-input")
+    options: dict[str, Any] = {"method": args.method, "dtype": args.dtype,
+                               "input": args.input_name}
+    if args.input_shape:
+        try:
+            options["input_shape"] = [int(d) for d in args.input_shape.split(",")]
+        except ValueError:
+            raise CliError(f"--input-shape must be integers separated by commas, e.g. "
+                           f"1,28,28, got {args.input_shape!r}", 2) from None
+    if args.output is not None:
+        options["output"] = int(args.output) if args.output.isdigit() else args.output
+    if args.classes is not None:
+        options["classes"] = _json_arg(args.classes, "--classes")
+    if not os.path.isfile(args.file):
+        raise CliError(f"no such file: {args.file}", 2)
+    conn = _conn(args)
+    if args.app:
+        conn.get_app_info(args.app)  # fail before deploying when the app does not exist
+    gpus = [g for g in (args.gpus or "").split(",") if g]
+    mv = deploy_file(conn, args.framework, args.name, args.version, args.input_type,
+                     args.file, artifact_format=args.format, num_replicas=args.replicas,
+                     batch_size=args.batch_size, labels=args.label, gpus=gpus,
+                     warmup_input=warm, ready_timeout_s=args.timeout, **options)
+    if args.app:
+        conn.link_model_to_app(args.app, args.name)
+    text = (f"deployed {mv['model_name']}:{mv['model_version']} ({args.framework}) with "
+            f"{mv['num_replicas']} replica(s); it is the current version"
+            + (f", linked to app {args.app}" if args.app else ""))
+    _out(args, {"model": mv, "linked_app": args.app}, text)
+    return 0
+
+
 def _register_app(args: argparse.Namespace) -> int:
     default = None if args.default_output is None else _json_arg(args.default_output,
                                                                  "--default-output")
@@ -408,6 +444,42 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--timeout", type=float, default=60.0,
                    help="seconds to wait for the first replica (default 60)")
     d.set_defaults(fn=_deploy)
+
+    from model_runtimes.frameworks import FRAMEWORKS
+
+    dm = sub.add_parser("deploy-model", parents=[client],
+                        help="deploy a model file with a framework's ready-made runtime",
+                        description="Deploy a saved model (XGBoost .json, LightGBM .txt, "
+                                    "scikit-learn .joblib, .onnx, TorchScript .pt) as model "
+                                    "NAME version VERSION.  The file is sent to Clipper; the "
+                                    "framework need not be installed here.")
+    dm.add_argument("framework", choices=list(FRAMEWORKS))
+    dm.add_argument("name", help="model name (a DNS-1123 label)")
+    dm.add_argument("version", help="model version")
+    dm.add_argument("file", help="the saved model")
+    dm.add_argument("--input-type", required=True,
+                    help="ints, floats, doubles (or strings for scikit-learn)")
+    dm.add_argument("--format", default=None, help="artifact format (default: the file's "
+                    "extension)")
+    dm.add_argument("--method", default=None,
+                    help="predict (default), predict_proba, predict_margin, ...")
+    dm.add_argument("--input-shape", default=None, help="one input's shape, e.g. 1,28,28")
+    dm.add_argument("--dtype", default=None, help="float32, float64, int32 or int64")
+    dm.add_argument("--input-name", default=None, help="ONNX input to feed")
+    dm.add_argument("--output", default=None, help="ONNX output name or tuple index")
+    dm.add_argument("--classes", default=None, help="JSON list of class labels (LightGBM)")
+    dm.add_argument("--replicas", type=_nonneg_int, default=1)
+    dm.add_argument("--batch-size", type=int, default=-1, help="-1 = adaptive (default)")
+    dm.add_argument("--gpus", default=None,
+                    help="GPU per replica, comma-separated, e.g. 0,cpu (default: none)")
+    dm.add_argument("--app", default=None, help="link the model to this app after deploying")
+    dm.add_argument("--warmup-input", default=None,
+                    help="one input (JSON) the new version must answer before it becomes "
+                         "current")
+    dm.add_argument("--label", action="append", default=[])
+    dm.add_argument("--timeout", type=float, default=60.0,
+                    help="seconds to wait for the first replica (default 60)")
+    dm.set_defaults(fn=_deploy_model)
 
     ra = sub.add_parser("register-app", parents=[client], help="register an application")
     ra.add_argument("name")

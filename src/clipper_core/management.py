@@ -129,20 +129,45 @@ async def add_model(request: web.Request) -> web.Response:
     return json_response({"success": True, "model": mv.to_json()})
 
 
-@routes.post("/admin/deploy_python_closure")
-async def deploy_python_closure(request: web.Request) -> web.Response:
-    b = await _body(request)
+def _gpus(b: dict) -> tuple:
     gpus = field(b, "gpus", list, required=False, default=[])
     for g in gpus:
         if isinstance(g, bool) or not isinstance(g, (str, int)):
             raise BadRequest("field 'gpus' must be a list of GPU indices or 'cpu'")
+    return tuple(str(g) for g in gpus)
+
+
+@routes.post("/admin/deploy_python_closure")
+async def deploy_python_closure(request: web.Request) -> web.Response:
+    b = await _body(request)
+    gpus = _gpus(b)
     mv = await _server(request).deploy_closure(
         field(b, "model_name", str), field(b, "model_version", (str, int)),
         field(b, "input_type", str), field(b, "closure", str),
         num_replicas=field(b, "num_replicas", int, required=False, default=1),
         batch_size=field(b, "batch_size", int, required=False, default=-1),
         labels=tuple(_str_list(b, "labels", required=False)),
-        gpus=tuple(str(g) for g in gpus),
+        gpus=gpus,
+        warmup_input=b.get("warmup_input"),
+        ready_timeout_s=field(b, "ready_timeout_s", (int, float), required=False,
+                              default=60.0))
+    return json_response({"success": True, "model": mv.to_json()})
+
+
+@routes.post("/admin/deploy_model")
+async def deploy_model(request: web.Request) -> web.Response:
+    """Deploy a model saved in its framework's format (``artifact``: base64 of the file) with
+    the ready-made runtime of ``framework`` (sklearn, xgboost, lightgbm, onnx, pytorch)."""
+    b = await _body(request)
+    mv = await _server(request).deploy_model(
+        field(b, "model_name", str), field(b, "model_version", (str, int)),
+        field(b, "input_type", str), field(b, "framework", str), field(b, "artifact", str),
+        field(b, "artifact_format", str, required=False),
+        field(b, "options", dict, required=False, default={}),
+        num_replicas=field(b, "num_replicas", int, required=False, default=1),
+        batch_size=field(b, "batch_size", int, required=False, default=-1),
+        labels=tuple(_str_list(b, "labels", required=False)),
+        gpus=_gpus(b),
         warmup_input=b.get("warmup_input"),
         ready_timeout_s=field(b, "ready_timeout_s", (int, float), required=False,
                               default=60.0))
@@ -362,7 +387,7 @@ async def auth_middleware(request: web.Request, handler):
 
 
 def make_app(server: "ClipperServer", token: str | None) -> web.Application:
-    max_body = 256 * 1024 * 1024  # closures can be large
+    max_body = 256 * 1024 * 1024  # closures and model artifacts can be large
     app = web.Application(middlewares=[error_middleware, auth_middleware],
                           client_max_size=max_body)
     app[SERVER] = server

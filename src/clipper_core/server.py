@@ -318,14 +318,51 @@ class ClipperServer:
         """
         check_name(name, "model name")
         version = check_version(version)
-        _check_replicas(num_replicas, minimum=1)
-        if (isinstance(ready_timeout_s, bool) or not isinstance(ready_timeout_s, (int, float))
-                or not 0 < ready_timeout_s <= 3600):
-            raise ConfigError(f"ready_timeout_s must be a number of seconds in (0, 3600], got "
-                              f"{ready_timeout_s!r}")
+        _check_deploy(num_replicas, ready_timeout_s)
         path = os.path.abspath(os.path.join(self._closure_dir(name, version), "closure.pkl"))
         mv = ModelVersion(name, version, input_type, batch_size, tuple(labels),
                           {"kind": "closure", "path": path}, num_replicas, tuple(gpus))
+        blob = _b64(closure_b64, "closure", "a cloudpickled function")
+        return await self._deploy_version(mv, blob, warmup_input, ready_timeout_s)
+
+    async def deploy_model(self, name: str, version: Any, input_type: str, framework: str,
+                           artifact_b64: str, artifact_format: str | None = None,
+                           options: dict | None = None, *, num_replicas: int = 1,
+                           batch_size: int = -1, labels: tuple = (), gpus: tuple = (),
+                           warmup_input: Any = None,
+                           ready_timeout_s: float = 60.0) -> ModelVersion:
+        """Run a model saved in its framework's own format (an XGBoost JSON model, an .onnx
+        graph, ...) with the ready-made runtime of ``framework`` (``model_runtimes``).  The
+        artifact is stored in the state directory; warm-up and failure as for
+        :meth:`deploy_closure`."""
+        from model_runtimes import frameworks
+
+        check_name(name, "model name")
+        version = check_version(version)
+        _check_deploy(num_replicas, ready_timeout_s)
+        try:
+            fw = frameworks.get(framework)
+            fmt = fw.formats[0] if artifact_format is None else artifact_format
+            opts = frameworks.check_options(fw, input_type, fmt, options)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        missing = frameworks.missing_modules(fw)  # the local replicas run in this Python
+        if missing:
+            raise ConfigError(f"model {name}:{version} was not deployed: "
+                              f"{frameworks.missing_message(fw, missing)}")
+        path = os.path.abspath(os.path.join(self._closure_dir(name, version), f"model.{fmt}"))
+        mv = ModelVersion(name, version, input_type, batch_size, tuple(labels),
+                          {"kind": "framework", "framework": fw.name, "path": path,
+                           "format": fmt, "options": opts}, num_replicas, tuple(gpus))
+        blob = _b64(artifact_b64, "artifact", f"the model file ({fmt})")
+        return await self._deploy_version(mv, blob, warmup_input, ready_timeout_s)
+
+    async def _deploy_version(self, mv: ModelVersion, blob: bytes, warmup_input: Any,
+                              ready_timeout_s: float) -> ModelVersion:
+        """Store ``blob`` at ``mv.runtime["path"]``, start the replicas, make ``mv`` current
+        after its warm-up; undo everything on failure."""
+        name, version, num_replicas = mv.name, mv.version, mv.replicas
+        path = mv.runtime["path"]
         warm: list = []
         if warmup_input is not None:
             try:
@@ -333,13 +370,6 @@ class ClipperServer:
             except ClipperError as e:
                 raise ConfigError(f"'warmup_input' is not a valid input for model {name!r}: "
                                   f"{e.cause}") from None
-        try:
-            blob = base64.b64decode(closure_b64, validate=True)
-        except (ValueError, TypeError) as e:
-            raise BadRequest(f"'closure' must be base64 of a cloudpickled function: {e}") \
-                from None
-        if not blob:
-            raise BadRequest("'closure' is empty; expected base64 of a cloudpickled function")
         async with self._model_lock(name):
             reg = self.registry
             if mv.key in reg.models:
@@ -355,7 +385,7 @@ class ClipperServer:
                 with open(path, "wb") as f:
                     f.write(blob)
             except OSError as e:
-                raise StateStoreError(f"cannot store the closure of {name}:{version} at {path}: "
+                raise StateStoreError(f"cannot store the model of {name}:{version} at {path}: "
                                       f"{e.strerror or e}") from None
             had_current = reg.current.get(name)
             # the first version of a model is current at once (nothing else could serve);
@@ -493,7 +523,7 @@ class ClipperServer:
         self.registry.check_delete(name, version)  # refuse before stopping anything
         await self.manager.set_replicas(mv, 0, self.drain)
         self.registry.delete_version(name, version)
-        if mv.runtime.get("kind") == "closure":
+        if mv.runtime.get("kind") in ("closure", "framework"):
             shutil.rmtree(self._closure_dir(name, version), ignore_errors=True)
         log.server.info("model %s:%s deleted", name, version)
         return mv
@@ -527,6 +557,25 @@ class ClipperServer:
                         "instance_id": r.instance_id, "pid": r.pid, "state": "running",
                         "manager": "external", "connected": True, "healthy": not r.suspect})
         return out
+
+
+def _b64(text: Any, field_name: str, what: str) -> bytes:
+    """The bytes of a base64 request field (BadRequest when it is not base64 or empty)."""
+    try:
+        blob = base64.b64decode(text, validate=True)
+    except (ValueError, TypeError) as e:
+        raise BadRequest(f"{field_name!r} must be base64 of {what}: {e}") from None
+    if not blob:
+        raise BadRequest(f"{field_name!r} is empty; expected base64 of {what}")
+    return blob
+
+
+def _check_deploy(num_replicas: Any, ready_timeout_s: Any) -> None:
+    _check_replicas(num_replicas, minimum=1)
+    if (isinstance(ready_timeout_s, bool) or not isinstance(ready_timeout_s, (int, float))
+            or not 0 < ready_timeout_s <= 3600):
+        raise ConfigError(f"ready_timeout_s must be a number of seconds in (0, 3600], got "
+                          f"{ready_timeout_s!r}")
 
 
 def _check_replicas(n: Any, minimum: int = 0) -> int:

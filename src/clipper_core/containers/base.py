@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import json
 import sys
 from dataclasses import dataclass
 
@@ -25,6 +26,13 @@ def replica_spec(mv: ModelVersion, rpc_address: str) -> ReplicaSpec | None:
     if rt["kind"] == "closure":
         return ReplicaSpec((sys.executable, "-m", "model_runtimes.python_closure",
                             "--closure", rt["path"], *common))
+    if rt["kind"] == "framework":
+        # a replica without a GPU gets CUDA_VISIBLE_DEVICES="" so that it never tries one; the
+        # manager sets it per replica where the model version has gpus
+        env = () if mv.gpus else (("CUDA_VISIBLE_DEVICES", ""),)
+        return ReplicaSpec((sys.executable, "-m", f"model_runtimes.{rt['framework']}",
+                            "--artifact", rt["path"], "--format", rt["format"],
+                            "--options", json.dumps(rt.get("options", {})), *common), env)
     if rt["kind"] == "command":
         return ReplicaSpec(tuple(rt["argv"]) + common)
     return None
