@@ -6,6 +6,7 @@ within 1e-5 (float32 arithmetic, batched and unbatched kernels may round differe
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib
 import json
 import os
@@ -57,10 +58,30 @@ def assert_batched(clipper, model: str) -> None:
     assert max(size for size, _ in recent) > 1, recent
 
 
-def deploy(clipper, app: str, model: str, fn, *args, **kw) -> dict:
-    mv = fn(clipper.conn, model, 1, *args, **kw)
-    clipper.conn.link_model_to_app(app, model)
-    return mv
+@pytest.fixture
+def deploy(clipper):
+    """deploy((app, model, deployer, input_type, model_object, {kw}), ...): deploys them in
+    parallel (each replica start is mostly imports), links each model to its app; the
+    models are stopped and deleted when the test ends, so that replicas do not pile up."""
+    made = []
+
+    def run(*specs):
+        with concurrent.futures.ThreadPoolExecutor(len(specs)) as ex:
+            futs = [ex.submit(fn, clipper.conn, model, 1, input_type, obj, **dict(*kw))
+                    for _, model, fn, input_type, obj, *kw in specs]
+            for f in futs:
+                f.result()
+        for app, model, *_ in specs:
+            clipper.conn.link_model_to_app(app, model)
+            made.append((app, model))
+
+    yield run
+    for app, model in made:
+        try:
+            clipper.conn.unlink_model_from_app(app, model)
+            clipper.conn.delete_versioned_model(model, 1)
+        except ClipperAdminError:
+            pass
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +92,7 @@ def classification():
     return x, y
 
 
-def test_sklearn_iris_labels_and_probabilities(clipper, unique):
+def test_sklearn_iris_labels_and_probabilities(clipper, deploy, unique):
     need("sklearn")
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
@@ -82,10 +103,10 @@ def test_sklearn_iris_labels_and_probabilities(clipper, unique):
     clf = LogisticRegression(max_iter=500).fit(x, y)
     rows = x[::5].tolist()
     app, proba_app = app_for(clipper, unique), app_for(clipper, unique)
-    deploy(clipper, app, unique("iris"), deploy_sklearn_model, "doubles", clf)
     model = unique("iris-proba")
-    deploy(clipper, proba_app, model, deploy_sklearn_model, "doubles", clf,
-           method="predict_proba")
+    deploy((app, unique("iris"), deploy_sklearn_model, "doubles", clf),
+           (proba_app, model, deploy_sklearn_model, "doubles", clf,
+            {"method": "predict_proba"}))
     single, batch = answers(clipper, app, rows)
     want = clf.predict(np.array(rows)).tolist()
     assert single == want[:5] and batch == want
@@ -96,7 +117,7 @@ def test_sklearn_iris_labels_and_probabilities(clipper, unique):
     assert_batched(clipper, model)
 
 
-def test_sklearn_digits_pipeline_and_its_onnx_conversion(clipper, unique):
+def test_sklearn_digits_pipeline_and_its_onnx_conversion(clipper, deploy, unique):
     """A scikit-learn pipeline served as is, and converted with skl2onnx served by
     onnxruntime: both give the labels the pipeline gives."""
     need("sklearn"), need("skl2onnx"), need("onnxruntime")
@@ -118,11 +139,11 @@ def test_sklearn_digits_pipeline_and_its_onnx_conversion(clipper, unique):
     onx = to_onnx(pipe, x[:1].astype(np.float32), target_opset=17,
                   options={"zipmap": False})
     app, onnx_app, proba_app = (app_for(clipper, unique) for _ in range(3))
-    deploy(clipper, app, unique("digits"), deploy_sklearn_model, "doubles", pipe)
     model = unique("digits-onnx")
-    deploy(clipper, onnx_app, model, deploy_onnx_model, "doubles", onx, output="label")
-    deploy(clipper, proba_app, unique("digits-onnx-p"), deploy_onnx_model, "doubles",
-           onx.SerializeToString(), output="probabilities")
+    deploy((app, unique("digits"), deploy_sklearn_model, "doubles", pipe),
+           (onnx_app, model, deploy_onnx_model, "doubles", onx, {"output": "label"}),
+           (proba_app, unique("digits-onnx-p"), deploy_onnx_model, "doubles",
+            onx.SerializeToString(), {"output": "probabilities"}))
     want = pipe.predict(np.array(rows)).tolist()
     single, batch = answers(clipper, app, rows)
     assert single == want[:5] and batch == want
@@ -138,7 +159,8 @@ def test_sklearn_digits_pipeline_and_its_onnx_conversion(clipper, unique):
     assert_batched(clipper, model)
 
 
-def test_xgboost_classifier_and_booster_file(clipper, unique, classification, tmp_path):
+def test_xgboost_classifier_and_booster_file(clipper, deploy, unique, classification,
+                                             tmp_path):
     xgb = need("xgboost")
     from clipper_core.deployers.xgboost import deploy_xgboost_model
 
@@ -147,14 +169,14 @@ def test_xgboost_classifier_and_booster_file(clipper, unique, classification, tm
     rows = x[:40].tolist()
     app, proba_app, margin_app = (app_for(clipper, unique) for _ in range(3))
     model = unique("xgb")
-    deploy(clipper, app, model, deploy_xgboost_model, "doubles", clf)
-    deploy(clipper, proba_app, unique("xgb-p"), deploy_xgboost_model, "doubles", clf,
-           method="predict_proba", artifact_format="ubj")
     # a bare Booster saved to a file, deployed from the file alone (raw margins)
     path = tmp_path / "booster.json"
     clf.get_booster().save_model(path)
-    deploy(clipper, margin_app, unique("xgb-m"), deploy_xgboost_model, "doubles", str(path),
-           method="predict_margin")
+    deploy((app, model, deploy_xgboost_model, "doubles", clf),
+           (proba_app, unique("xgb-p"), deploy_xgboost_model, "doubles", clf,
+            {"method": "predict_proba", "artifact_format": "ubj"}),
+           (margin_app, unique("xgb-m"), deploy_xgboost_model, "doubles", str(path),
+            {"method": "predict_margin"}))
     xa = np.array(rows)
     single, batch = answers(clipper, app, rows)
     assert batch == clf.predict(xa).tolist() and single == batch[:5]
@@ -165,7 +187,8 @@ def test_xgboost_classifier_and_booster_file(clipper, unique, classification, tm
     assert_batched(clipper, model)
 
 
-def test_lightgbm_classifier_labels_probabilities_and_raw(clipper, unique, classification):
+def test_lightgbm_classifier_labels_probabilities_and_raw(clipper, deploy, unique,
+                                                          classification):
     lgb = need("lightgbm")
     from clipper_core.deployers.lightgbm import deploy_lightgbm_model
 
@@ -176,11 +199,11 @@ def test_lightgbm_classifier_labels_probabilities_and_raw(clipper, unique, class
     rows = x[:40].tolist()
     app, proba_app, raw_app = (app_for(clipper, unique) for _ in range(3))
     model = unique("lgb")
-    deploy(clipper, app, model, deploy_lightgbm_model, "doubles", clf)
-    deploy(clipper, proba_app, unique("lgb-p"), deploy_lightgbm_model, "doubles", clf,
-           method="predict_proba")
-    deploy(clipper, raw_app, unique("lgb-r"), deploy_lightgbm_model, "doubles",
-           clf.booster_, method="predict_raw")
+    deploy((app, model, deploy_lightgbm_model, "doubles", clf),
+           (proba_app, unique("lgb-p"), deploy_lightgbm_model, "doubles", clf,
+            {"method": "predict_proba"}),
+           (raw_app, unique("lgb-r"), deploy_lightgbm_model, "doubles", clf.booster_,
+            {"method": "predict_raw"}))
     xa = np.array(rows)
     single, batch = answers(clipper, app, rows)
     assert batch == clf.predict(xa).tolist() and single == batch[:5]
@@ -199,14 +222,14 @@ def _mlp():
                                       torch.nn.Linear(16, 3)).eval()
 
 
-def test_pytorch_torchscript_mlp_on_the_cpu(clipper, unique):
+def test_pytorch_torchscript_mlp_on_the_cpu(clipper, deploy, unique):
     torch, net = _mlp()
     from clipper_core.deployers.pytorch import deploy_pytorch_model
 
     rows = np.random.default_rng(1).normal(size=(30, 4)).round(3).tolist()
     app = app_for(clipper, unique, "floats")
     model = unique("mlp")
-    deploy(clipper, app, model, deploy_pytorch_model, "floats", torch.jit.script(net))
+    deploy((app, model, deploy_pytorch_model, "floats", torch.jit.script(net)))
     with torch.inference_mode():
         want = net(torch.tensor(rows, dtype=torch.float32)).numpy()
     single, batch = answers(clipper, app, rows)
@@ -223,7 +246,8 @@ def test_pytorch_torchscript_mlp_on_the_cpu(clipper, unique):
     assert "device cpu" in open(logs).read()
 
 
-def test_pytorch_mlp_exported_to_onnx_deploys_from_the_file(clipper, unique, tmp_path):
+def test_pytorch_mlp_exported_to_onnx_deploys_from_the_file(clipper, deploy, unique,
+                                                            tmp_path):
     """An .onnx exported from PyTorch deploys from the file (the deployer imports neither
     torch nor onnx for it) and answers what the torch model answers."""
     torch, net = _mlp()
@@ -241,7 +265,7 @@ def test_pytorch_mlp_exported_to_onnx_deploys_from_the_file(clipper, unique, tmp
     rows = np.random.default_rng(2).normal(size=(30, 4)).round(3).tolist()
     app = app_for(clipper, unique)  # doubles in; the runtime casts to the graph's float32
     model = unique("mlp-onnx")
-    deploy(clipper, app, model, deploy_onnx_model, "doubles", str(path))
+    deploy((app, model, deploy_onnx_model, "doubles", str(path)))
     with torch.inference_mode():
         want = net(torch.tensor(rows, dtype=torch.float32)).numpy()
     single, batch = answers(clipper, app, rows)
@@ -307,15 +331,15 @@ def test_a_model_the_runtime_cannot_load_fails_the_deploy(clipper, unique):
     assert f"{model}:1" not in clipper.conn.get_all_models()
 
 
-def test_inputs_of_the_wrong_width_get_the_default(clipper, unique, classification):
+def test_inputs_of_the_wrong_width_get_the_default(clipper, deploy, unique, classification):
     xgb = need("xgboost")
     from clipper_core.deployers.xgboost import deploy_xgboost_model
 
     x, y = classification
     app = unique("fw")
     clipper.conn.register_application(app, "doubles", -1, SLO, cache_enabled=False)
-    deploy(clipper, app, unique("xgb-w"), deploy_xgboost_model, "doubles",
-           xgb.XGBClassifier(n_estimators=3, max_depth=2).fit(x, y))
+    deploy((app, unique("xgb-w"), deploy_xgboost_model, "doubles",
+            xgb.XGBClassifier(n_estimators=3, max_depth=2).fit(x, y)))
     status, body = clipper.predict(app, {"input": [1.0, 2.0]}, timeout_s=60)
     assert status == 200 and body["default"] and body["output"] == -1, body
     status, body = clipper.predict(app, {"input": x[0].tolist()}, timeout_s=60)
@@ -372,7 +396,7 @@ def test_runtime_started_without_its_framework_exits_naming_the_extra(without_li
     assert "pip install 'clipper-serving[lightgbm]'" in out.stderr, out.stderr
 
 
-def test_a_replica_given_a_gpu_uses_it_or_says_why_not(clipper, unique):
+def test_a_replica_given_a_gpu_uses_it_or_says_why_not(clipper, deploy, unique):
     """gpus=["0"]: where torch sees a CUDA device the replica computes on cuda:0; where it
     sees none (CI) the replica runs on the CPU and logs why, instead of failing."""
     torch, net = _mlp()
@@ -380,8 +404,8 @@ def test_a_replica_given_a_gpu_uses_it_or_says_why_not(clipper, unique):
 
     app = app_for(clipper, unique, "floats")
     model = unique("mlp-gpu")
-    deploy(clipper, app, model, deploy_pytorch_model, "floats", torch.jit.script(net),
-           gpus=["0"])
+    deploy((app, model, deploy_pytorch_model, "floats", torch.jit.script(net),
+            {"gpus": ["0"]}))
     single, _ = answers(clipper, app, [[0.1, 0.2, 0.3, 0.4]])
     with torch.inference_mode():
         want = net(torch.tensor([[0.1, 0.2, 0.3, 0.4]])).numpy()
