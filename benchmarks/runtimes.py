@@ -2,7 +2,7 @@
 
 A real Clipper (``clipper_core.testing.ClipperProcess``) serves, for each framework runtime, one
 small model trained here (scikit-learn random forest, XGBoost and LightGBM boosted trees, an
-MLP in PyTorch as TorchScript and the same MLP exported to ONNX), deployed twice through its
+MLP in PyTorch through torch.export and the same MLP exported to ONNX), deployed twice through its
 deployer: once with ``batch_size=1`` and once adaptive (AIMD, ``batch_size=-1``), one replica
 each.  An aiohttp client drives every deployment in a closed loop (rows drawn from a pool,
 cache off); the deployments run interleaved, in a rotating order, for several rounds.
@@ -85,7 +85,9 @@ def deployers(x, y, tmp: str) -> dict:
 
         from clipper_core.deployers.pytorch import deploy_pytorch_model
 
-        return deploy_pytorch_model, "floats", torch.jit.script(_mlp(torch)), {}
+        # exported with torch.export by the deployer (a dynamic batch dimension)
+        return deploy_pytorch_model, "floats", _mlp(torch), {
+            "example_input": torch.zeros(2, FEATURES)}
 
     def onnx():
         import warnings

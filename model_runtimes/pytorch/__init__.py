@@ -1,5 +1,6 @@
 """PyTorch runtime: serves a TorchScript module (``.pt``, ``torch.jit.save``) or a
-``torch.export`` program (``.pt2``, ``torch.export.save``).
+``torch.export`` program (``.pt2``, ``torch.export.save``; export it with a dynamic batch
+dimension, as the deployer does, or it only takes batches of the example's size).
 
 The batch becomes one tensor on the replica's device (``cuda:0`` when Clipper gave it a GPU,
 else the CPU) and goes through one forward call under ``torch.inference_mode``.  A tuple or
@@ -22,10 +23,14 @@ def load(path: str, fmt: str, options: dict, device: str):
         device = "cpu"
     dev = torch.device(device)
     if fmt == "pt2":
-        module = torch.export.load(path).module().to(dev)
+        program = torch.export.load(path)
+        if dev.type != "cpu":
+            program = torch.export.passes.move_to_device_pass(program, dev)
+        module = program.module()
     else:
         module = torch.jit.load(path, map_location=dev)
-    module.eval()
+    if hasattr(module, "eval") and fmt != "pt2":  # an exported module has no train mode
+        module.eval()
     pick = options.get("output", 0)
 
     def predict(x):

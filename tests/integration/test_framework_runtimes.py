@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -222,19 +223,32 @@ def _mlp():
                                       torch.nn.Linear(16, 3)).eval()
 
 
-def test_pytorch_torchscript_mlp_on_the_cpu(clipper, deploy, unique):
+def _script(torch, net):
+    """TorchScript of ``net``.  Recent PyTorch deprecates TorchScript (a FutureWarning, an
+    error under this suite's filterwarnings) but still saves and loads it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.script(net)
+
+
+def test_pytorch_torchscript_and_exported_mlp_on_the_cpu(clipper, deploy, unique):
+    """The same MLP as TorchScript (.pt) and as a torch.export program (.pt2, exported by
+    the deployer from the nn.Module with a dynamic batch dimension)."""
     torch, net = _mlp()
     from clipper_core.deployers.pytorch import deploy_pytorch_model
 
     rows = np.random.default_rng(1).normal(size=(30, 4)).round(3).tolist()
-    app = app_for(clipper, unique, "floats")
+    app, export_app = app_for(clipper, unique, "floats"), app_for(clipper, unique, "floats")
     model = unique("mlp")
-    deploy((app, model, deploy_pytorch_model, "floats", torch.jit.script(net)))
+    deploy((app, model, deploy_pytorch_model, "floats", _script(torch, net)),
+           (export_app, unique("mlp-pt2"), deploy_pytorch_model, "floats", net,
+            {"example_input": torch.zeros(2, 4)}))
     with torch.inference_mode():
         want = net(torch.tensor(rows, dtype=torch.float32)).numpy()
-    single, batch = answers(clipper, app, rows)
-    np.testing.assert_allclose(batch, want, rtol=0, atol=FLOAT_TOL)
-    np.testing.assert_allclose(single, want[:5], rtol=0, atol=FLOAT_TOL)
+    for a in (app, export_app):
+        single, batch = answers(clipper, a, rows)
+        np.testing.assert_allclose(batch, want, rtol=0, atol=FLOAT_TOL)
+        np.testing.assert_allclose(single, want[:5], rtol=0, atol=FLOAT_TOL)
     assert_batched(clipper, model)
     # no gpus given: the replica is told there is no GPU, so it never tries one
     replicas = [r for r in clipper.conn.get_all_model_replicas(verbose=True)
@@ -243,7 +257,7 @@ def test_pytorch_torchscript_mlp_on_the_cpu(clipper, deploy, unique):
         env = f.read().split(b"\0")
     assert b"CUDA_VISIBLE_DEVICES=" in env, "a CPU replica must get CUDA_VISIBLE_DEVICES=''"
     logs = os.path.join(clipper.state_dir, "logs", f"{replicas[0]['instance_id']}.log")
-    assert "device cpu" in open(logs).read()
+    assert "device cpu" in _read(logs)
 
 
 def test_pytorch_mlp_exported_to_onnx_deploys_from_the_file(clipper, deploy, unique,
@@ -252,8 +266,6 @@ def test_pytorch_mlp_exported_to_onnx_deploys_from_the_file(clipper, deploy, uni
     torch nor onnx for it) and answers what the torch model answers."""
     torch, net = _mlp()
     need("onnx"), need("onnxruntime")
-    import warnings
-
     from clipper_core.deployers.onnx import deploy_onnx_model
 
     path = tmp_path / "mlp.onnx"
@@ -346,6 +358,11 @@ def test_inputs_of_the_wrong_width_get_the_default(clipper, deploy, unique, clas
     assert status == 200 and not body["default"], body
 
 
+def _read(path) -> str:
+    with open(path) as f:
+        return f.read()
+
+
 def _post(clipper, route: str, body: dict):
     from clipper_core.testing import post_json
 
@@ -404,7 +421,7 @@ def test_a_replica_given_a_gpu_uses_it_or_says_why_not(clipper, deploy, unique):
 
     app = app_for(clipper, unique, "floats")
     model = unique("mlp-gpu")
-    deploy((app, model, deploy_pytorch_model, "floats", torch.jit.script(net),
+    deploy((app, model, deploy_pytorch_model, "floats", _script(torch, net),
             {"gpus": ["0"]}))
     single, _ = answers(clipper, app, [[0.1, 0.2, 0.3, 0.4]])
     with torch.inference_mode():
@@ -414,7 +431,7 @@ def test_a_replica_given_a_gpu_uses_it_or_says_why_not(clipper, deploy, unique):
              if r["model_name"] == model)
     assert r["gpu"] == "0"
     log = os.path.join(clipper.state_dir, "logs", f"{r['instance_id']}.log")
-    text = wait_for(lambda: open(log).read(), what="replica log")
+    text = wait_for(lambda: _read(log), what="replica log")
     if torch.cuda.is_available():
         assert "device cuda:0" in text, text
     else:
