@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 
 from clipper_core.admin import ClipperAdminError
-from clipper_core.testing import wait_for
 
 SLO = 20_000_000  # a loaded CI machine must never turn an answer into the default
 FLOAT_TOL = 1e-5
@@ -231,18 +230,21 @@ def _script(torch, net):
         return torch.jit.script(net)
 
 
-def test_pytorch_torchscript_and_exported_mlp_on_the_cpu(clipper, deploy, unique):
+def test_pytorch_torchscript_and_exported_mlp(clipper, deploy, unique):
     """The same MLP as TorchScript (.pt) and as a torch.export program (.pt2, exported by
-    the deployer from the nn.Module with a dynamic batch dimension)."""
+    the deployer from the nn.Module with a dynamic batch dimension).  The TorchScript
+    replica has no GPU and is told so; the exported one is given GPU 0: where torch sees a
+    CUDA device it computes on cuda:0, where it sees none (CI) it runs on the CPU and logs
+    why, instead of failing (tests/gpu/framework_gpu_check.py checks a real GPU)."""
     torch, net = _mlp()
     from clipper_core.deployers.pytorch import deploy_pytorch_model
 
     rows = np.random.default_rng(1).normal(size=(30, 4)).round(3).tolist()
     app, export_app = app_for(clipper, unique, "floats"), app_for(clipper, unique, "floats")
-    model = unique("mlp")
+    model, gpu_model = unique("mlp"), unique("mlp-pt2")
     deploy((app, model, deploy_pytorch_model, "floats", _script(torch, net)),
-           (export_app, unique("mlp-pt2"), deploy_pytorch_model, "floats", net,
-            {"example_input": torch.zeros(2, 4)}))
+           (export_app, gpu_model, deploy_pytorch_model, "floats", net,
+            {"example_input": torch.zeros(2, 4), "gpus": ["0"]}))
     with torch.inference_mode():
         want = net(torch.tensor(rows, dtype=torch.float32)).numpy()
     for a in (app, export_app):
@@ -258,6 +260,14 @@ def test_pytorch_torchscript_and_exported_mlp_on_the_cpu(clipper, deploy, unique
     assert b"CUDA_VISIBLE_DEVICES=" in env, "a CPU replica must get CUDA_VISIBLE_DEVICES=''"
     logs = os.path.join(clipper.state_dir, "logs", f"{replicas[0]['instance_id']}.log")
     assert "device cpu" in _read(logs)
+    r = next(r for r in clipper.conn.get_all_model_replicas(verbose=True)
+             if r["model_name"] == gpu_model)
+    assert r["gpu"] == "0"
+    text = _read(os.path.join(clipper.state_dir, "logs", f"{r['instance_id']}.log"))
+    if torch.cuda.is_available():
+        assert "device cuda:0" in text, text
+    else:
+        assert "running on the CPU" in text and "device cpu" in text, text
 
 
 def test_pytorch_mlp_exported_to_onnx_deploys_from_the_file(clipper, deploy, unique,
@@ -411,28 +421,3 @@ def test_runtime_started_without_its_framework_exits_naming_the_extra(without_li
         env=without_lightgbm, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "pip install 'clipper-serving[lightgbm]'" in out.stderr, out.stderr
-
-
-def test_a_replica_given_a_gpu_uses_it_or_says_why_not(clipper, deploy, unique):
-    """gpus=["0"]: where torch sees a CUDA device the replica computes on cuda:0; where it
-    sees none (CI) the replica runs on the CPU and logs why, instead of failing."""
-    torch, net = _mlp()
-    from clipper_core.deployers.pytorch import deploy_pytorch_model
-
-    app = app_for(clipper, unique, "floats")
-    model = unique("mlp-gpu")
-    deploy((app, model, deploy_pytorch_model, "floats", _script(torch, net),
-            {"gpus": ["0"]}))
-    single, _ = answers(clipper, app, [[0.1, 0.2, 0.3, 0.4]])
-    with torch.inference_mode():
-        want = net(torch.tensor([[0.1, 0.2, 0.3, 0.4]])).numpy()
-    np.testing.assert_allclose(single, want, rtol=0, atol=FLOAT_TOL)
-    r = next(r for r in clipper.conn.get_all_model_replicas(verbose=True)
-             if r["model_name"] == model)
-    assert r["gpu"] == "0"
-    log = os.path.join(clipper.state_dir, "logs", f"{r['instance_id']}.log")
-    text = wait_for(lambda: _read(log), what="replica log")
-    if torch.cuda.is_available():
-        assert "device cuda:0" in text, text
-    else:
-        assert "running on the CPU" in text and "device cpu" in text, text

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from typing import Any
 
 from ._common import deploy_bytes, deploy_file, is_path
+
+#: XGBModel.save_model sets, saves and clears an attribute on the shared booster: two threads
+#: saving one model at once could write a file without the scikit-learn metadata
+_save_lock = threading.Lock()
 
 
 def deploy_xgboost_model(conn, name: str, version: Any, input_type: str, model: Any, *,
@@ -22,7 +27,8 @@ def deploy_xgboost_model(conn, name: str, version: Any, input_type: str, model: 
         raise ValueError(f"artifact_format must be json or ubj, got {artifact_format!r}")
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, f"model.{artifact_format}")
-        model.save_model(path)
+        with _save_lock:
+            model.save_model(path)
         with open(path, "rb") as f:
             data = f.read()
     return deploy_bytes(conn, "xgboost", name, version, input_type, data, artifact_format, kw)
