@@ -194,7 +194,7 @@ def test_lightgbm_classifier_labels_probabilities_and_raw(clipper, deploy, uniqu
 
     x, y = classification
     names = np.array(["ant", "bee", "cat"])
-    clf = lgb.LGBMClassifier(n_estimators=15, num_leaves=7, verbose=-1,
+    clf = lgb.LGBMClassifier(n_estimators=15, num_leaves=7, n_jobs=1, verbose=-1,
                              random_state=0).fit(x, names[y])
     rows = x[:40].tolist()
     app, proba_app, raw_app = (app_for(clipper, unique) for _ in range(3))
