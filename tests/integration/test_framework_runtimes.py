@@ -103,10 +103,19 @@ def test_sklearn_iris_labels_and_probabilities(clipper, deploy, unique):
     clf = LogisticRegression(max_iter=500).fit(x, y)
     rows = x[::5].tolist()
     app, proba_app = app_for(clipper, unique), app_for(clipper, unique)
+    # a text pipeline takes the batch of strings as one list
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import make_pipeline
+
+    texts = ["good film", "bad film", "great acting", "awful plot", "good plot", "bad acting"]
+    text_clf = make_pipeline(TfidfVectorizer(), LogisticRegression()).fit(
+        texts, [1, 0, 1, 0, 1, 0])
+    text_app = app_for(clipper, unique, "strings")
     model = unique("iris-proba")
     deploy((app, unique("iris"), deploy_sklearn_model, "doubles", clf),
            (proba_app, model, deploy_sklearn_model, "doubles", clf,
-            {"method": "predict_proba"}))
+            {"method": "predict_proba"}),
+           (text_app, unique("text"), deploy_sklearn_model, "strings", text_clf))
     single, batch = answers(clipper, app, rows)
     want = clf.predict(np.array(rows)).tolist()
     assert single == want[:5] and batch == want
@@ -115,6 +124,10 @@ def test_sklearn_iris_labels_and_probabilities(clipper, deploy, unique):
     np.testing.assert_allclose(batch, want, rtol=0, atol=1e-12)
     np.testing.assert_allclose(single, want[:5], rtol=0, atol=1e-12)
     assert_batched(clipper, model)
+    queries = ["good acting", "awful film", "great plot", "bad", "film", "unknown words"]
+    single, batch = answers(clipper, text_app, queries)
+    want = text_clf.predict(queries).tolist()
+    assert batch == want and single == want[:5]
 
 
 def test_sklearn_digits_pipeline_and_its_onnx_conversion(clipper, deploy, unique):
