@@ -249,6 +249,28 @@ class ClipperConnection:
             body["model_version"] = str(version)
         return self._call("get_replica_logs", body)["replicas"]
 
+    def deploy_model(self, name: str, version: Any, input_type: str, framework: str,
+                     artifact: bytes, artifact_format: str | None = None,
+                     options: dict | None = None, *, num_replicas: int = 1,
+                     batch_size: int = -1, labels: list | None = None,
+                     gpus: list | None = None, warmup_input: Any = None,
+                     ready_timeout_s: float | None = None, cpus: float | None = None,
+                     memory: int | str | None = None) -> dict:
+        """Send a model file in its framework's format (``artifact``: its bytes) and run it
+        with the ready-made runtime of ``framework``; ``options`` are the runtime's (method,
+        input_shape, dtype, input, output, classes).  The ``clipper_core.deployers`` save a
+        fitted model and call this.  Warm-up and failure as for
+        :meth:`deploy_python_closure`."""
+        body: dict[str, Any] = {
+            "model_name": name, "model_version": str(version), "input_type": input_type,
+            "framework": framework, "artifact": base64.b64encode(artifact).decode(),
+            "options": options or {}, "num_replicas": num_replicas,
+            "batch_size": batch_size, "labels": labels or [], "gpus": gpus or []}
+        if artifact_format is not None:
+            body["artifact_format"] = artifact_format
+        _options(body, warmup_input, ready_timeout_s, cpus, memory)
+        return self._call("deploy_model", body)["model"]
+
     def register_model(self, name: str, version: Any, input_type: str, batch_size: int = -1,
                        labels: list | None = None) -> dict:
         """Register a model whose replicas you start yourself (``clipper_rpc.serve``)."""

@@ -324,6 +324,42 @@ def _logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deploy_model(args: argparse.Namespace) -> int:
+    from .deployers import deploy_file
+
+    warm = None if args.warmup_input is None else _json_arg(args.warmup_input,
+                                                            "--warmup-input")
+    options: dict[str, Any] = {"method": args.method, "dtype": args.dtype,
+                               "input": args.input_name}
+    if args.input_shape:
+        try:
+            options["input_shape"] = [int(d) for d in args.input_shape.split(",")]
+        except ValueError:
+            raise CliError(f"--input-shape must be integers separated by commas, e.g. "
+                           f"1,28,28, got {args.input_shape!r}", 2) from None
+    if args.output is not None:
+        options["output"] = int(args.output) if args.output.isdigit() else args.output
+    if args.classes is not None:
+        options["classes"] = _json_arg(args.classes, "--classes")
+    if not os.path.isfile(args.file):
+        raise CliError(f"no such file: {args.file}", 2)
+    conn = _conn(args)
+    if args.app:
+        conn.get_app_info(args.app)  # fail before deploying when the app does not exist
+    gpus = _gpus_arg(args.gpus) or []
+    mv = deploy_file(conn, args.framework, args.name, args.version, args.input_type,
+                     args.file, artifact_format=args.format, num_replicas=args.replicas,
+                     batch_size=args.batch_size, labels=args.label, gpus=gpus,
+                     warmup_input=warm, ready_timeout_s=args.timeout, **options)
+    if args.app:
+        conn.link_model_to_app(args.app, args.name)
+    text = (f"deployed {mv['model_name']}:{mv['model_version']} ({args.framework}) with "
+            f"{mv['num_replicas']} replica(s); it is the current version"
+            + (f", linked to app {args.app}" if args.app else ""))
+    _out(args, {"model": mv, "linked_app": args.app}, text)
+    return 0
+
+
 def _register_app(args: argparse.Namespace) -> int:
     default = None if args.default_output is None else _json_arg(args.default_output,
                                                                  "--default-output")
@@ -488,6 +524,47 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("model", help="MODEL or MODEL:VERSION")
     lg.add_argument("--tail", type=int, default=200, help="lines per replica (default 200)")
     lg.set_defaults(fn=_logs)
+
+    from model_runtimes.frameworks import FRAMEWORKS
+
+    dm = sub.add_parser("deploy-model", parents=[client],
+                        help="deploy a model file with a framework's ready-made runtime",
+                        description="Deploy a saved model (XGBoost .json, LightGBM .txt, "
+                                    "scikit-learn .joblib, .onnx, TorchScript .pt) as model "
+                                    "NAME version VERSION.  The file is sent to Clipper; the "
+                                    "framework need not be installed here.")
+    dm.add_argument("framework", choices=list(FRAMEWORKS),
+                    help="the runtime: " + ", ".join(FRAMEWORKS) + " (required)")
+    dm.add_argument("name", help="model name (a DNS-1123 label)")
+    dm.add_argument("version", help="model version")
+    dm.add_argument("file", help="the saved model file (required)")
+    dm.add_argument("--input-type", required=True,
+                    help="ints, floats, doubles (or strings for scikit-learn) (required)")
+    dm.add_argument("--format", default=None, help="artifact format (default: the file's "
+                    "extension)")
+    dm.add_argument("--method", default=None,
+                    help="predict (default), predict_proba, predict_margin, ...")
+    dm.add_argument("--input-shape", default=None, help="one input's shape, e.g. 1,28,28 (default: as sent)")
+    dm.add_argument("--dtype", default=None, help="float32, float64, int32 or int64 (default: the runtime's, or the graph's)")
+    dm.add_argument("--input-name", default=None, help="ONNX input to feed (default: the graph's first)")
+    dm.add_argument("--output", default=None, help="ONNX output name or tuple index (default: the first)")
+    dm.add_argument("--classes", default=None, help="JSON list of class labels (LightGBM) (default: none)")
+    dm.add_argument("--replicas", type=_nonneg_int, default=1,
+                    help="replicas to run (default 1)")
+    dm.add_argument("--batch-size", type=int, default=-1,
+                    help="fixed maximum batch size, or -1 for adaptive (AIMD) (default -1)")
+    dm.add_argument("--gpus", default=None,
+                    help="GPU per replica, comma-separated, e.g. 0,cpu (default: none)")
+    dm.add_argument("--app", default=None,
+                    help="link the model to this app after deploying (default: link none)")
+    dm.add_argument("--warmup-input", default=None,
+                    help="one input (JSON) the new version must answer before it becomes "
+                         "current (default: an empty batch the container answers itself)")
+    dm.add_argument("--label", action="append", default=[],
+                    help="a label for the model version; repeat for several (default: none)")
+    dm.add_argument("--timeout", type=float, default=60.0,
+                    help="seconds to wait for the first replica (default 60)")
+    dm.set_defaults(fn=_deploy_model)
 
     ra = sub.add_parser("register-app", parents=[client], help="register an application")
     ra.add_argument("name", help="application name (a DNS-1123 label)")

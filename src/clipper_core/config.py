@@ -186,7 +186,9 @@ class ModelVersion:
     batch_size: int = -1
     labels: tuple = ()
     #: how the container manager starts a replica: {"kind": "closure", "path": ...},
-    #: {"kind": "command", "argv": [...]}, or {"kind": "external"} (you start them yourself)
+    #: {"kind": "framework", "framework": ..., "path": ..., "format": ..., "options": {...}}
+    #: (a ready-made runtime, model_runtimes/<framework>), {"kind": "command", "argv": [...]},
+    #: or {"kind": "external"} (you start them yourself)
     runtime: dict = field(default_factory=lambda: {"kind": "external"})
     replicas: int = 1
     gpus: tuple = ()
@@ -202,8 +204,9 @@ class ModelVersion:
         if not isinstance(self.replicas, int) or not 0 <= self.replicas <= 256:
             raise ConfigError(f"num_replicas must be 0..256, got {self.replicas!r}")
         if not isinstance(self.runtime, dict) or self.runtime.get("kind") not in (
-                "closure", "command", "image", "external"):
-            raise ConfigError("runtime kind must be closure, command, image or external")
+                "closure", "framework", "command", "image", "external"):
+            raise ConfigError("runtime kind must be closure, framework, command, image or "
+                              "external")
 
     @property
     def key(self) -> tuple[str, str]:

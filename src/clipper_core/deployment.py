@@ -74,19 +74,18 @@ class DeploymentController:
     def _closure_dir(self, name: str, version: str) -> str:
         return os.path.join(self.state_dir, "models", name, version)
 
-    async def deploy_closure(self, name: str, version: Any, input_type: str, closure_b64: str,
-                             **kw: Any) -> ModelVersion:
-        """Run a cloudpickled function as a new model version (see :meth:`deploy`)."""
-        check_name(name, "model name")
-        version = check_version(version)
+    def _stored_file(self, name: str, version: str, filename: str, b64: Any, field_name: str,
+                     what: str) -> tuple[str, Any]:
+        """Decode the base64 request field ``b64`` (BadRequest when it is not base64 or empty)
+        and return the path the version's replicas load and the step that writes it there
+        (``deploy`` runs it under the model lock, after its checks)."""
         try:
-            blob = base64.b64decode(closure_b64, validate=True)
+            blob = base64.b64decode(b64, validate=True)
         except (ValueError, TypeError) as e:
-            raise BadRequest(f"'closure' must be base64 of a cloudpickled function: {e}") \
-                from None
+            raise BadRequest(f"{field_name!r} must be base64 of {what}: {e}") from None
         if not blob:
-            raise BadRequest("'closure' is empty; expected base64 of a cloudpickled function")
-        path = os.path.abspath(os.path.join(self._closure_dir(name, version), "closure.pkl"))
+            raise BadRequest(f"{field_name!r} is empty; expected base64 of {what}")
+        path = os.path.abspath(os.path.join(self._closure_dir(name, version), filename))
 
         def write() -> None:
             try:
@@ -94,11 +93,48 @@ class DeploymentController:
                 with open(path, "wb") as f:
                     f.write(blob)
             except OSError as e:
-                raise StateStoreError(f"cannot store the closure of {name}:{version} at "
+                raise StateStoreError(f"cannot store the {field_name} of {name}:{version} at "
                                       f"{path}: {e.strerror or e}") from None
 
+        return path, write
+
+    async def deploy_closure(self, name: str, version: Any, input_type: str, closure_b64: str,
+                             **kw: Any) -> ModelVersion:
+        """Run a cloudpickled function as a new model version (see :meth:`deploy`)."""
+        check_name(name, "model name")
+        version = check_version(version)
+        path, write = self._stored_file(name, version, "closure.pkl", closure_b64, "closure",
+                                        "a cloudpickled function")
         return await self.deploy(name, version, input_type, {"kind": "closure", "path": path},
                                  before=write, **kw)
+
+    async def deploy_model(self, name: str, version: Any, input_type: str, framework: str,
+                           artifact_b64: str, artifact_format: str | None = None,
+                           options: dict | None = None, **kw: Any) -> ModelVersion:
+        """Run a model saved in its framework's own format (an XGBoost JSON model, an .onnx
+        graph, ...) with the ready-made runtime of ``framework`` (``model_runtimes``).  The
+        artifact is stored in the state directory; warm-up and failure as for :meth:`deploy`."""
+        from model_runtimes import frameworks
+
+        check_name(name, "model name")
+        version = check_version(version)
+        try:
+            fw = frameworks.get(framework)
+            fmt = fw.formats[0] if artifact_format is None else artifact_format
+            opts = frameworks.check_options(fw, input_type, fmt, options)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.supervisor.backend.name == "local":
+            # local replicas run in this very Python: a missing framework fails here, clearly
+            missing = frameworks.missing_modules(fw)
+            if missing:
+                raise ConfigError(f"model {name}:{version} was not deployed: "
+                                  f"{frameworks.missing_message(fw, missing)}")
+        path, write = self._stored_file(name, version, f"model.{fmt}", artifact_b64,
+                                        "artifact", f"the model file ({fmt})")
+        return await self.deploy(name, version, input_type,
+                                 {"kind": "framework", "framework": fw.name, "path": path,
+                                  "format": fmt, "options": opts}, before=write, **kw)
 
     async def deploy_image(self, name: str, version: Any, input_type: str, image: str,
                            **kw: Any) -> ModelVersion:
@@ -223,7 +259,7 @@ class DeploymentController:
         finally:
             if mv.key in self.registry.models:
                 self.registry.delete_version(mv.name, mv.version, force=True)
-            if mv.runtime.get("kind") == "closure":
+            if mv.runtime.get("kind") in ("closure", "framework"):
                 shutil.rmtree(self._closure_dir(mv.name, mv.version), ignore_errors=True)
 
     # ---------------------------------------------------------------- scale, rollback, delete
@@ -272,7 +308,7 @@ class DeploymentController:
         self.registry.check_delete(name, version)  # refuse before stopping anything
         await self.supervisor.set_replicas(mv, 0, self.drain)
         self.registry.delete_version(name, version)
-        if mv.runtime.get("kind") == "closure":
+        if mv.runtime.get("kind") in ("closure", "framework"):
             shutil.rmtree(self._closure_dir(name, version), ignore_errors=True)
         log.server.info("model %s:%s deleted", name, version)
         return mv

@@ -157,6 +157,19 @@ async def deploy_python_closure(request: web.Request) -> web.Response:
     return json_response({"success": True, "model": mv.to_json()})
 
 
+@routes.post("/admin/deploy_model")
+async def deploy_model(request: web.Request) -> web.Response:
+    """Deploy a model saved in its framework's format (``artifact``: base64 of the file) with
+    the ready-made runtime of ``framework`` (sklearn, xgboost, lightgbm, onnx, pytorch)."""
+    b = await _body(request)
+    mv = await _server(request).deploy_model(
+        field(b, "model_name", str), field(b, "model_version", (str, int)),
+        field(b, "input_type", str), field(b, "framework", str), field(b, "artifact", str),
+        field(b, "artifact_format", str, required=False),
+        field(b, "options", dict, required=False, default={}), **_deploy_options(b))
+    return json_response({"success": True, "model": mv.to_json()})
+
+
 @routes.post("/admin/deploy_image")
 async def deploy_image(request: web.Request) -> web.Response:
     """Run a container image (built on Clipper's base image) as a model version."""
@@ -397,7 +410,7 @@ async def auth_middleware(request: web.Request, handler):
 
 
 def make_app(server: "ClipperServer", token: str | None) -> web.Application:
-    max_body = 256 * 1024 * 1024  # closures can be large
+    max_body = 256 * 1024 * 1024  # closures and model artifacts can be large
     app = web.Application(middlewares=[error_middleware, auth_middleware],
                           client_max_size=max_body)
     app[SERVER] = server

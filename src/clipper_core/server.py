@@ -279,6 +279,9 @@ class ClipperServer:
     def deploy_image(self, *a: Any, **kw: Any):
         return self.deployments.deploy_image(*a, **kw)
 
+    def deploy_model(self, *a: Any, **kw: Any):
+        return self.deployments.deploy_model(*a, **kw)
+
     def set_num_replicas(self, *a: Any, **kw: Any):
         return self.deployments.set_num_replicas(*a, **kw)
 

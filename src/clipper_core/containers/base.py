@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import json
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
@@ -171,13 +172,20 @@ def replica_spec(mv: ModelVersion, rpc_address: str, instance_id: str,
     res = {"cpus": rt.get("cpus"), "memory": rt.get("memory"), "gpu": gpu}
     ids = dict(instance_id=instance_id, model_name=mv.name, model_version=mv.version,
                index=index, rpc_address=rpc_address)
-    if gpu is None and mv.gpus:
-        res["env"] = (("CUDA_VISIBLE_DEVICES", ""),)  # a CPU replica sees no GPU
+    if gpu is None:
+        # a replica is given a GPU only through the model's gpus: any other sees none, so a
+        # framework runtime never tries one
+        res["env"] = (("CUDA_VISIBLE_DEVICES", ""),)
     kind = rt.get("kind")
     if kind == "closure":
         return ReplicaSpec(**ids, argv=("-m", "model_runtimes.python_closure", "--closure",
                                         rt["path"], *common), python=True,
                            mounts=(rt["path"],), **res)
+    if kind == "framework":
+        return ReplicaSpec(**ids, argv=("-m", f"model_runtimes.{rt['framework']}", "--artifact",
+                                        rt["path"], "--format", rt["format"], "--options",
+                                        json.dumps(rt.get("options", {})), *common),
+                           python=True, mounts=(rt["path"],), **res)
     if kind == "command":
         return ReplicaSpec(**ids, argv=tuple(rt["argv"]) + common, **res)
     if kind == "image":  # its entrypoint takes the flags every runtime in model_runtimes takes
