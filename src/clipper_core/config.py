@@ -72,6 +72,12 @@ class ServerConfig:
     #: required on the management API when it is bound to a non-loopback address
     mgmt_token: str | None = None
     max_body_bytes: int = 10 * 1024 * 1024
+    #: the management API's own body limit (closures are pickled into the body)
+    mgmt_max_body_bytes: int = 64 * 1024 * 1024
+    #: CURVE authentication of model replicas on the RPC socket (off: loopback only)
+    rpc_auth: bool = True
+    #: a larger RPC message disconnects its sender before it is buffered
+    rpc_max_message_bytes: int = 64 * 1024 * 1024
     heartbeat_interval_s: float = 1.0
     heartbeat_timeout_s: float = 5.0
     queue_capacity: int = 20_000
@@ -102,7 +108,16 @@ class ServerConfig:
         if not is_loopback(self.mgmt_host) and not self.mgmt_token:
             raise ConfigError(
                 f"the management API deploys code: binding it to {self.mgmt_host} needs a "
-                "token (--mgmt-token or CLIPPER_MGMT_TOKEN)")
+                "token (--mgmt-token-file or CLIPPER_MGMT_TOKEN)")
+        if not self.rpc_auth and not is_loopback(self.rpc_host):
+            raise ConfigError(
+                f"the model RPC without authentication lets anyone who reaches it answer "
+                f"for a model: binding it to {self.rpc_host} needs authentication on (drop "
+                "--insecure-rpc)")
+        if self.mgmt_max_body_bytes < 1024:
+            raise ConfigError("mgmt_max_body_bytes must be at least 1024")
+        if self.rpc_max_message_bytes < 64 * 1024:
+            raise ConfigError("rpc_max_message_bytes must be at least 65536")
 
     @property
     def rpc_address(self) -> str:

@@ -12,7 +12,7 @@ __all__ = [
     "ClipperError", "BadRequest", "MalformedJSON", "MissingField", "InvalidInput",
     "UnknownVersion", "NotFound", "UnknownApp", "UnknownModel", "Conflict", "PayloadTooLarge",
     "Overloaded", "PredictionTimeout", "ModelError", "StateStoreError", "ConfigError",
-    "ProtocolError", "Unauthorized",
+    "ProtocolError", "Unauthorized", "Forbidden", "UnsupportedMediaType",
 ]
 
 
@@ -58,6 +58,16 @@ class ConfigError(BadRequest):
 class Unauthorized(ClipperError, PermissionError):
     status = 401
     code = "unauthorized"
+
+
+class Forbidden(ClipperError, PermissionError):
+    status = 403
+    code = "forbidden"
+
+
+class UnsupportedMediaType(BadRequest):
+    status = 415
+    code = "unsupported_media_type"
 
 
 class NotFound(ClipperError, LookupError):

@@ -126,7 +126,7 @@ class Replica:
 
     __slots__ = ("identity", "instance_id", "key", "pid", "info", "in_flight", "last_seen",
                  "_suspect", "_draining", "sizer", "batches", "errors",
-                 "timeouts")
+                 "timeouts", "proven")
 
     def __init__(self, identity: bytes, instance_id: str, key: ModelKey, pid: int, info: dict,
                  sizer: Any, now: float) -> None:
@@ -143,6 +143,10 @@ class Replica:
         self.batches = 0
         self.errors = 0
         self.timeouts = 0
+        #: False until the replica has been heard from after registering (its first
+        #: heartbeat or an answer); until then it is suspect and gets no batch, so a peer that
+        #: registers and stays silent never takes queries
+        self.proven = False
 
     @property
     def suspect(self) -> bool:
@@ -345,12 +349,15 @@ class Scheduler:
         #: called after each answered batch: (model queue, batch size, latency s, compute s)
         self.on_batch_done: Callable[[ModelQueue, int, float, float], None] | None = None
         self.on_replica_change: Callable[[ModelKey], None] | None = None
+        #: versions removed while this frontend ran: their replicas are told to stop
+        self.removed: set[ModelKey] = set()
 
     # ---------------------------------------------------------------- models
     def ensure_model(self, key: ModelKey, input_type: str, cfg: BatchingConfig,
                      slo_s: float) -> ModelQueue:
         mq = self.models.get(key)
         if mq is None:
+            self.removed.discard(key)
             mq = self.models[key] = ModelQueue(key, input_type, self.queue_capacity, cfg, slo_s,
                                                self.impl)
         elif cfg != mq.cfg or slo_s != mq.slo_s:
@@ -376,6 +383,7 @@ class Scheduler:
         mq = self.models.pop(key, None)
         if mq is None:
             return
+        self.removed.add(key)
         for r in list(mq.order):
             self._drop_replica(mq, r, explanation, requeue=False)
         # now=-inf: every queued query comes out as "live", none as expired
@@ -569,7 +577,10 @@ class Scheduler:
         if not r.in_flight:
             r.sizer.busy_until = now
         if r._suspect:
-            log.batching.info("replica %s answered again; no longer suspect", r.instance_id)
+            if r.proven:
+                log.batching.info("replica %s answered again; no longer suspect",
+                                  r.instance_id)
+            r.proven = True
             r.suspect = False
         return fl, r
 
@@ -693,6 +704,7 @@ class Scheduler:
             else:
                 del self._by_identity[identity]
         r = Replica(identity, reg.instance_id, key, reg.pid, reg.info, mq.new_sizer(), now)
+        r.suspect = True  # in rotation once heard from again (see Replica.proven)
         mq._add(r)
         self._by_identity[identity] = r
         log.rpc.info("replica %s of %s registered (pid %d)", reg.instance_id, mq.label, reg.pid)
@@ -715,7 +727,10 @@ class Scheduler:
                     self._batches.pop(batch_id, None)
             if not r.in_flight:
                 r.sizer.busy_until = now
-            log.batching.info("replica %s heartbeats again; no longer suspect", r.instance_id)
+            if r.proven:
+                log.batching.info("replica %s heartbeats again; no longer suspect",
+                                  r.instance_id)
+            r.proven = True
             r.suspect = False
             mq = self.models.get(r.key)
             if mq is not None:

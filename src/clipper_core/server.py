@@ -29,7 +29,7 @@ from .metrics import Metrics
 from .policies import make_policy
 from .predict import QueryProcessor
 from .registry import Registry
-from .rpc import RpcServer
+from .rpc import CREDENTIALS as RPC_CREDENTIALS, KEYS_DIR as RPC_KEYS_DIR, RpcServer, rpc_keys
 from .scheduler import BatchingConfig, Scheduler
 from .selection import Selection
 from .state import StateStore
@@ -80,11 +80,13 @@ class ClipperServer:
         self.store = StateStore(cfg.state_dir)
         self.registry = Registry(self.store)
         loop = asyncio.get_running_loop()
+        rpc_keys_, rpc_creds = rpc_keys(cfg.state_dir) if cfg.rpc_auth else (None, None)
         self.rpc = RpcServer(
             cfg.rpc_address,
             lambda send: Scheduler(send, queue_capacity=cfg.queue_capacity, loop=loop),
             heartbeat_interval_s=cfg.heartbeat_interval_s,
-            heartbeat_timeout_s=cfg.heartbeat_timeout_s)
+            heartbeat_timeout_s=cfg.heartbeat_timeout_s, keys=rpc_keys_,
+            max_message_bytes=cfg.rpc_max_message_bytes)
         self.scheduler = self.rpc.scheduler
         self.scheduler.on_replica_change = self._on_replica_change
         self.selection = Selection(self.store)
@@ -106,19 +108,23 @@ class ClipperServer:
         self.manager = LocalProcessManager(
             rpc_endpoint, os.path.join(cfg.state_dir, "logs"),
             on_exit=lambda iid, why: self.scheduler.remove_replica(iid, why),
-            store=self.store)
+            store=self.store, rpc_credentials=rpc_creds)
 
-        from .management import make_app as make_mgmt_app
+        from .management import allow_hosts as allow_mgmt_hosts, make_app as make_mgmt_app
 
         query = await self._serve(make_query_app(self.processor, cfg.max_body_bytes,
                                                  self.metrics),
                                   cfg.query_host, cfg.query_port)
-        mgmt = await self._serve(make_mgmt_app(self, cfg.mgmt_token), cfg.mgmt_host,
-                                 cfg.mgmt_port)
+        mgmt_app = make_mgmt_app(self, cfg.mgmt_token, cfg.mgmt_max_body_bytes)
+        mgmt = await self._serve(mgmt_app, cfg.mgmt_host, cfg.mgmt_port)
+        allow_mgmt_hosts(mgmt_app, cfg.mgmt_host, mgmt)
         self.endpoints = {"query": f"http://{_host(cfg.query_host)}:{query}",
                           "management": f"http://{_host(cfg.mgmt_host)}:{mgmt}",
                           "rpc": rpc_endpoint, "pid": os.getpid(),
                           "state_dir": os.path.abspath(cfg.state_dir)}
+        if rpc_creds is not None:  # for replicas started by hand: serve(credentials=...)
+            self.endpoints["rpc_credentials"] = os.path.abspath(
+                os.path.join(cfg.state_dir, RPC_KEYS_DIR, RPC_CREDENTIALS))
         # restore: every model version with replicas gets them back, re-adopting the
         # replica processes that a crashed frontend left running
         counts = await self.manager.restore(list(self.registry.models.values()))

@@ -112,6 +112,12 @@ class ClipperProcess:
         return self.endpoints["management"]
 
     @property
+    def rpc_credentials(self) -> str | None:
+        """The credentials file for replicas started by hand
+        (``clipper_rpc.serve(..., credentials=c.rpc_credentials)``); None without auth."""
+        return self.endpoints.get("rpc_credentials")
+
+    @property
     def conn(self) -> ClipperConnection:
         return ClipperConnection(self.management_url)
 

@@ -5,8 +5,15 @@ from __future__ import annotations
 import abc
 import sys
 from dataclasses import dataclass
+from typing import Mapping
+
+from clipper_rpc.auth import ENV_NAMES as RPC_CREDENTIAL_ENV, Credentials
 
 from ..config import ModelVersion
+
+#: never inherited by a replica: model code must not read the operator's secrets (the
+#: management token) or another replica's RPC keys (each replica gets its own in its spec)
+SECRET_ENV = ("CLIPPER_MGMT_TOKEN", "CLIPPER_MGMT_TOKEN_FILE", *RPC_CREDENTIAL_ENV)
 
 
 @dataclass(frozen=True)
@@ -17,17 +24,29 @@ class ReplicaSpec:
     env: tuple = ()  # ((name, value), ...)
 
 
-def replica_spec(mv: ModelVersion, rpc_address: str) -> ReplicaSpec | None:
-    """The command that runs a replica of ``mv`` (None for externally started replicas)."""
+def replica_spec(mv: ModelVersion, rpc_address: str,
+                 credentials: Credentials | None = None) -> ReplicaSpec | None:
+    """The command that runs a replica of ``mv`` (None for externally started replicas).
+
+    ``credentials`` (the RPC's CURVE keys) go into the replica's environment, never its
+    command line, which every local user can read."""
     rt = mv.runtime
     common = ("--model-name", mv.name, "--model-version", mv.version,
               "--input-type", mv.input_type, "--address", rpc_address)
+    env = tuple(credentials.to_env().items()) if credentials is not None else ()
     if rt["kind"] == "closure":
         return ReplicaSpec((sys.executable, "-m", "model_runtimes.python_closure",
-                            "--closure", rt["path"], *common))
+                            "--closure", rt["path"], *common), env)
     if rt["kind"] == "command":
-        return ReplicaSpec(tuple(rt["argv"]) + common)
+        return ReplicaSpec(tuple(rt["argv"]) + common, env)
     return None
+
+
+def replica_environment(inherited: Mapping[str, str], spec: ReplicaSpec) -> dict[str, str]:
+    """A replica's environment: ``inherited`` without :data:`SECRET_ENV`, plus the spec's."""
+    env = {k: v for k, v in inherited.items() if k not in SECRET_ENV}
+    env.update(dict(spec.env))
+    return env
 
 
 class ContainerManager(abc.ABC):

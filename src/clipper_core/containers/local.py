@@ -22,7 +22,7 @@ from typing import Callable
 
 from .. import log
 from ..config import ModelVersion
-from .base import ContainerManager, replica_spec
+from .base import ContainerManager, replica_environment, replica_spec
 
 ENV_INSTANCE = "CLIPPER_INSTANCE_ID"
 
@@ -119,8 +119,10 @@ class LocalProcessManager(ContainerManager):
 
     def __init__(self, rpc_address: str, log_dir: str, *,
                  on_exit: Callable[[str, str], None] | None = None,
-                 max_backoff_s: float = 5.0, store=None) -> None:
+                 max_backoff_s: float = 5.0, store=None, rpc_credentials=None) -> None:
         self.rpc_address = rpc_address
+        #: the replicas' CURVE credentials (clipper_rpc.auth.Credentials), None: no auth
+        self.rpc_credentials = rpc_credentials
         self.log_dir = log_dir
         self.on_exit = on_exit
         self.max_backoff_s = max_backoff_s
@@ -245,14 +247,13 @@ class LocalProcessManager(ContainerManager):
         return "" if g.lower() == "cpu" else g
 
     async def _spawn(self, slot: _Slot) -> asyncio.subprocess.Process:
-        spec = replica_spec(slot.mv, self.rpc_address)
-        env = dict(os.environ)
+        spec = replica_spec(slot.mv, self.rpc_address, self.rpc_credentials)
+        env = replica_environment(os.environ, spec)
         env["CLIPPER_INSTANCE_ID"] = slot.instance_id
         env["PYTHONUNBUFFERED"] = "1"
         slot.gpu = self._gpu_for(slot)
         if slot.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot.gpu
-        env.update(dict(spec.env))
         path = os.path.join(self.log_dir, f"{slot.instance_id}.log")
         with open(path, "ab") as out:
             return await asyncio.create_subprocess_exec(
