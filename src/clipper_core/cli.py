@@ -45,7 +45,9 @@ def _start(args: argparse.Namespace) -> int:
             state_dir=args.state_dir, query_host=args.host, query_port=args.query_port,
             mgmt_host=args.mgmt_host, mgmt_port=args.mgmt_port, rpc_host=args.rpc_host,
             rpc_port=args.rpc_port, mgmt_token=_read_token(args.mgmt_token_file),
-            rpc_auth=not args.insecure_rpc, demo=args.demo, cache_bytes=args.cache_bytes)
+            rpc_auth=not args.insecure_rpc, demo=args.demo, cache_bytes=args.cache_bytes,
+            max_connections=args.max_connections, max_in_flight=args.max_in_flight,
+            idle_timeout_s=args.idle_timeout, body_timeout_s=args.body_timeout)
     except ClipperError as e:
         print(f"clipper: {e.cause}", file=sys.stderr)
         return 2
@@ -397,6 +399,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "$CLIPPER_MGMT_TOKEN_FILE or $CLIPPER_MGMT_TOKEN); needed when "
                         "--mgmt-host is not a loopback address")
     s.add_argument("--mgmt-token", default=None, help=argparse.SUPPRESS)  # refused
+    s.add_argument("--max-connections", type=int, default=10_000,
+                   help="connections the query port holds at most (default 10000; also "
+                        "bounded by the open-file limit)")
+    s.add_argument("--max-in-flight", type=int, default=8192,
+                   help="requests worked on at once per port; more get 503 (default 8192)")
+    s.add_argument("--idle-timeout", type=float, default=15.0,
+                   help="seconds a connection may wait outside a request (slow headers, "
+                        "idle keep-alive) before it is closed (default 15)")
+    s.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds an announced request body has to arrive (default 30)")
     s.add_argument("--insecure-rpc", action="store_true",
                    help="accept model replicas without CURVE credentials (loopback only)")
     s.add_argument("--rpc-host", default="127.0.0.1")

@@ -13,6 +13,7 @@ __all__ = [
     "UnknownVersion", "NotFound", "UnknownApp", "UnknownModel", "Conflict", "PayloadTooLarge",
     "Overloaded", "PredictionTimeout", "ModelError", "StateStoreError", "ConfigError",
     "ProtocolError", "Unauthorized", "Forbidden", "UnsupportedMediaType",
+    "RequestTimeout",
 ]
 
 
@@ -88,6 +89,11 @@ class Conflict(ClipperError):
     code = "conflict"
 
 
+class RequestTimeout(BadRequest, TimeoutError):
+    status = 408
+    code = "request_timeout"
+
+
 class PayloadTooLarge(ClipperError, ValueError):
     status = 413
     code = "payload_too_large"
@@ -113,3 +119,17 @@ class ModelError(ClipperError, RuntimeError):
 class StateStoreError(ClipperError, OSError):
     status = 500
     code = "state_store_error"
+
+
+def brief(value: object, limit: int = 60) -> str:
+    """How an error message shows a value a client sent: a short scalar as itself, anything
+    else by its kind.  Never ``repr()`` of a whole value: a deeply nested one raises
+    RecursionError, a large one would be copied into the answer and the log."""
+    if value is None or isinstance(value, (bool, int, float)):
+        s = repr(value)
+    elif isinstance(value, str):
+        s = repr(value[:limit]) + ("..." if len(value) > limit else "")
+    else:
+        kind = {dict: "an object", list: "a list"}.get(type(value), type(value).__name__)
+        return kind
+    return s if len(s) <= limit + 5 else s[:limit] + "..."

@@ -24,6 +24,8 @@ from .containers.local import LocalProcessManager
 from .errors import (BadRequest, ClipperError, ConfigError, Conflict, ModelError,
                      StateStoreError)
 from .frontend import make_app as make_query_app
+from .http import BODY_TIMEOUT
+from .limits import ConnectionGate, raise_open_file_limit
 from .inputs import PARSERS
 from .metrics import Metrics
 from .policies import make_policy
@@ -42,6 +44,7 @@ class ClipperServer:
         self.config = config
         self.started = asyncio.Event()
         self._runners: list[web.AppRunner] = []
+        self._listeners: list = []  # (asyncio.Server, ConnectionGate)
         self._lockfile = None
         self.endpoints: dict[str, Any] = {}
         self.batching: dict[tuple, BatchingConfig] = {}
@@ -112,11 +115,15 @@ class ClipperServer:
 
         from .management import allow_hosts as allow_mgmt_hosts, make_app as make_mgmt_app
 
+        nofile = raise_open_file_limit()
+        # file descriptors: the management port keeps 64 connections of its own, and 256 stay
+        # free for replicas, the state store and logs, whatever the query port is sent
+        max_query_conns = min(cfg.max_connections, max(16, nofile - 256 - 64))
         query = await self._serve(make_query_app(self.processor, cfg.max_body_bytes,
                                                  self.metrics),
-                                  cfg.query_host, cfg.query_port)
+                                  cfg.query_host, cfg.query_port, max_query_conns)
         mgmt_app = make_mgmt_app(self, cfg.mgmt_token, cfg.mgmt_max_body_bytes)
-        mgmt = await self._serve(mgmt_app, cfg.mgmt_host, cfg.mgmt_port)
+        mgmt = await self._serve(mgmt_app, cfg.mgmt_host, cfg.mgmt_port, 64)
         allow_mgmt_hosts(mgmt_app, cfg.mgmt_host, mgmt)
         self.endpoints = {"query": f"http://{_host(cfg.query_host)}:{query}",
                           "management": f"http://{_host(cfg.mgmt_host)}:{mgmt}",
@@ -147,19 +154,34 @@ class ClipperServer:
         log.server.info("Clipper is up: queries on %s, management on %s, RPC on %s",
                         self.endpoints["query"], self.endpoints["management"], rpc_endpoint)
 
-    async def _serve(self, app: web.Application, host: str, port: int) -> int:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    async def _serve(self, app: web.Application, host: str, port: int,
+                     max_connections: int) -> int:
+        cfg = self.config
+        # connection and request limits (limits.py): the gate wraps aiohttp's protocol
+        gate = ConnectionGate(None, max_connections=max_connections,
+                              max_in_flight=cfg.max_in_flight,
+                              idle_timeout_s=cfg.idle_timeout_s, name=f"{host}:{port}")
+        app.middlewares.insert(1, gate.middleware)  # inside the error mapping
+        app[BODY_TIMEOUT] = cfg.body_timeout_s
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               keepalive_timeout=cfg.idle_timeout_s)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+        gate.factory = runner.server
         try:
-            await site.start()
+            srv = await asyncio.get_running_loop().create_server(
+                gate, host, port, backlog=1024, reuse_address=True)
         except OSError as e:
+            gate.close()
             raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None
         self._runners.append(runner)
-        return runner.addresses[0][1]
+        self._listeners.append((srv, gate))
+        return srv.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         log.server.info("shutting down")
+        for srv, gate in self._listeners:
+            srv.close()
+            gate.close()
         for runner in self._runners:
             await runner.shutdown()
         if hasattr(self, "scheduler"):
@@ -293,6 +315,10 @@ class ClipperServer:
     def update_app(self, name: str, **changes: Any) -> AppConfig:
         """Change an app's SLO, default output, policy or cache setting; takes effect for the
         next query."""
+        if "policy" in changes or "policy_params" in changes:
+            app = self.registry.get_app(name)
+            make_policy(changes.get("policy", app.policy),  # ConfigError names what is wrong
+                        changes.get("policy_params", app.policy_params))
         return self.registry.update_app(name, **changes)
 
     def delete_app(self, name: str) -> None:
