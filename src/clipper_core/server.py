@@ -225,6 +225,7 @@ class ClipperServer:
         for key in list(self.scheduler.models):
             if key not in reg.models:
                 self.scheduler.remove_model(key)
+                self.cache.drop_version(*key)  # a redeployed name:version starts afresh
                 self.batching.pop(key, None)
 
     def _on_replica_change(self, key: tuple) -> None:
