@@ -71,7 +71,7 @@ def json_array(value: list, input_type: str, where: str, *,
                "O": "mixed values or numbers out of range"}.get(kind, f"{arr.dtype} values")
         if kind in kinds:
             got = "booleans among the numbers"
-        raise InvalidInput(f"{where} must be a list of {what}, got {got}")
+        raise InvalidInput(f"{where} must hold {what}, got {got}")
     return arr
 
 
