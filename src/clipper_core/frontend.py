@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from . import openapi
 from .errors import BadRequest, InvalidInput, MissingField
 from .http import MAX_BODY, error_middleware, json_object, json_response, read_json
 from .metrics import Metrics
@@ -82,4 +83,5 @@ def make_app(proc: QueryProcessor, max_body_bytes: int,
     app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/stats", stats)
     app.router.add_routes(OipApi(proc, metrics).routes())  # Open Inference Protocol v2
+    openapi.install(app, openapi.query_document())
     return app

@@ -13,7 +13,7 @@ from aiohttp import web
 from .errors import BadRequest, Unauthorized
 from .predict import check_uid
 from .http import MAX_BODY, error_middleware, field, json_object, json_response, read_json
-from . import cache, mgmt_guard, sched
+from . import cache, mgmt_guard, openapi, sched
 from .mgmt_guard import allow_hosts  # noqa: F401  (the server calls it once bound)
 from .sched import COMPILED
 
@@ -372,4 +372,5 @@ def make_app(server: "ClipperServer", token: str | None,
     if token:
         app[TOKEN] = token
     app.add_routes(routes)
+    openapi.install(app, openapi.management_document())
     return app
