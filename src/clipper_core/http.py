@@ -14,6 +14,7 @@ from .errors import (BadRequest, ClipperError, MalformedJSON, MissingField, Payl
                      RequestTimeout, brief)
 
 _JSON = "application/json"
+_REFUSED = log.RateLimitedLog(log.access, interval_s=1.0)
 MAX_BODY = web.AppKey("max_body_bytes", int)
 
 
@@ -94,8 +95,8 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     except ClipperError as e:
         if e.status >= 500:
             log.server.error("%s %s: %s", request.method, request.path, e.cause)
-        else:
-            log.access.info("%s %s -> %d %s", request.method, request.path, e.status, e.cause)
+        else:  # one line per refused request would let a client grow the log at will
+            _REFUSED.info("%s %s -> %d %s", request.method, request.path, e.status, e.cause)
         return json_response(e.to_json(), e.status)
     except web.HTTPException as e:
         if e.status == 413:
@@ -111,7 +112,7 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     except RecursionError:
         # a JSON body nested deep enough to exhaust the stack in some check: the client's fault
         e = BadRequest("the request body is nested too deeply")
-        log.access.info("%s %s -> 400 %s", request.method, request.path, e.cause)
+        _REFUSED.info("%s %s -> 400 %s", request.method, request.path, e.cause)
         return json_response(e.to_json(), 400)
     except Exception as e:
         log.server.exception("unhandled error in %s %s", request.method, request.path)

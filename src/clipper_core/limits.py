@@ -25,7 +25,7 @@ from aiohttp import web
 
 from . import log
 from .errors import Overloaded
-from .rpc import RateLimitedLog
+from .log import RateLimitedLog
 
 GATE = web.AppKey("connection_gate", object)
 

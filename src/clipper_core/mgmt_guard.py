@@ -21,7 +21,7 @@ import ipaddress
 from aiohttp import web
 
 from .errors import Forbidden, UnsupportedMediaType
-from .rpc import RateLimitedLog
+from .log import RateLimitedLog
 from . import log
 
 #: the Host values (lower-case ``host:port``) accepted; None: any (wildcard bind)

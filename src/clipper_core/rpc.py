@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 
 import zmq
 
@@ -15,6 +14,7 @@ from clipper_rpc.errors import ProtocolError
 from clipper_rpc.transport import RouterTransport
 
 from . import log
+from .log import RateLimitedLog
 from .errors import StateStoreError
 from .scheduler import Scheduler
 
@@ -66,30 +66,6 @@ def rpc_keys(state_dir: str) -> tuple[ServerKeys, Credentials]:
     return keys, creds
 
 
-class RateLimitedLog:
-    """At most one line per ``interval_s`` for one kind of refusal, with the count since."""
-
-    def __init__(self, logger, interval_s: float = 5.0) -> None:
-        self._log = logger
-        self._interval = interval_s
-        self._last = -1e9
-        self._suppressed = 0
-        self.count = 0
-
-    def warning(self, fmt: str, *args) -> None:
-        self.count += 1
-        now = time.monotonic()
-        if now - self._last < self._interval:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            fmt += " (and %d more like it since the last such line)"
-            args = (*args, self._suppressed)
-        self._last = now
-        self._suppressed = 0
-        self._log.warning(fmt, *args)
-
-
 class RpcServer:
     """Binds the ROUTER, answers registrations and heartbeats, routes results."""
 
@@ -111,6 +87,7 @@ class RpcServer:
         self._task: asyncio.Task | None = None
         self._malformed = RateLimitedLog(log.rpc)
         self._refusals = RateLimitedLog(log.rpc)
+        self._impostors = RateLimitedLog(log.rpc)
         self._strays = RateLimitedLog(log.rpc)
 
     @property
@@ -119,7 +96,7 @@ class RpcServer:
 
     @property
     def refused(self) -> int:
-        return self._refusals.count
+        return self._refusals.count + self._impostors.count
 
     @property
     def endpoint(self) -> str:
@@ -165,9 +142,9 @@ class RpcServer:
                 # the instance id belongs to a peer that is still connected (a send to a
                 # disconnected identity fails at once: ROUTER_MANDATORY): an impostor, or a
                 # copy of a replica; the live one keeps its place
-                self._refusals.warning("refused a registration as replica %s of %s:%s from "
-                                       "another peer while that replica is connected",
-                                       msg.instance_id, msg.model_name, msg.model_version)
+                self._impostors.warning("refused a registration as replica %s of %s:%s from "
+                                        "another peer while that replica is connected",
+                                        msg.instance_id, msg.model_name, msg.model_version)
             elif sched.add_replica(identity, msg) is None:
                 self._refusals.warning("refused replica %s of unknown model %s:%s",
                                        msg.instance_id, msg.model_name, msg.model_version)
