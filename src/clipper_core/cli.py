@@ -47,7 +47,8 @@ def _start(args: argparse.Namespace) -> int:
             rpc_port=args.rpc_port, mgmt_token=_read_token(args.mgmt_token_file),
             rpc_auth=not args.insecure_rpc, demo=args.demo, cache_bytes=args.cache_bytes,
             max_connections=args.max_connections, max_in_flight=args.max_in_flight,
-            idle_timeout_s=args.idle_timeout, body_timeout_s=args.body_timeout)
+            idle_timeout_s=args.idle_timeout, keepalive_timeout_s=args.keepalive_timeout,
+            body_timeout_s=args.body_timeout)
     except ClipperError as e:
         print(f"clipper: {e.cause}", file=sys.stderr)
         return 2
@@ -405,8 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-in-flight", type=int, default=8192,
                    help="requests worked on at once per port; more get 503 (default 8192)")
     s.add_argument("--idle-timeout", type=float, default=15.0,
-                   help="seconds a connection may wait outside a request (slow headers, "
-                        "idle keep-alive) before it is closed (default 15)")
+                   help="seconds a new connection has to send a complete request (slow or "
+                        "no headers) before it is closed (default 15)")
+    s.add_argument("--keepalive-timeout", type=float, default=75.0,
+                   help="seconds a connection may stay idle between requests (default 75)")
     s.add_argument("--body-timeout", type=float, default=30.0,
                    help="seconds an announced request body has to arrive (default 30)")
     s.add_argument("--insecure-rpc", action="store_true",

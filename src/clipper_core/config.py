@@ -104,9 +104,10 @@ class ServerConfig:
     max_connections: int = 10_000
     #: requests each HTTP port works on at once; more are answered 503 unread
     max_in_flight: int = 8192
-    #: a connection outside a request (headers incomplete, or idle keep-alive) for this long
-    #: is closed
+    #: a connection that has not sent a complete request within this long is closed
     idle_timeout_s: float = 15.0
+    #: a connection idle between requests for this long is closed (aiohttp's default)
+    keepalive_timeout_s: float = 75.0
     #: an announced request body must arrive within this long (408)
     body_timeout_s: float = 30.0
     heartbeat_interval_s: float = 1.0
@@ -149,7 +150,7 @@ class ServerConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {brief(v)}")
-        for name in ("idle_timeout_s", "body_timeout_s"):
+        for name in ("idle_timeout_s", "keepalive_timeout_s", "body_timeout_s"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 86400:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {brief(v)}")

@@ -5,8 +5,9 @@ aiohttp has no cap on connections and no timeout before a request's headers are 
 1,000 idle connections under a 1,024 open-file limit stopped every query and management
 call.  :class:`ConnectionGate` wraps a listener's protocol factory:
 
-* a connection that is not inside a request (never sent complete headers, or finished its
-  last request) for ``idle_timeout_s`` is closed (slow headers, idle keep-alive);
+* a connection that has not completed its first request's headers within
+  ``idle_timeout_s`` is closed (slow or no headers), and one idle between requests for
+  ``keepalive_timeout_s`` (idle keep-alive);
 * at ``max_connections`` a new connection first evicts the longest-idle one; when every
   connection is busy in a request, the new one is closed at once;
 * ``max_in_flight`` requests at a time; more are answered 503 without being read.
@@ -46,13 +47,14 @@ def raise_open_file_limit() -> int:
 class _Conn:
     """Delegates to aiohttp's protocol; records when it last stopped being busy."""
 
-    __slots__ = ("proto", "gate", "transport", "active", "idle_since")
+    __slots__ = ("proto", "gate", "transport", "active", "idle_since", "served")
 
     def __init__(self, proto: Any, gate: "ConnectionGate") -> None:
         self.proto = proto
         self.gate = gate
         self.transport = None
         self.active = 0
+        self.served = False
         self.idle_since = gate.loop.time()
 
     # asyncio.Protocol
@@ -80,11 +82,13 @@ class _Conn:
 
 class ConnectionGate:
     def __init__(self, factory: Callable[[], Any] | None, *, max_connections: int,
-                 max_in_flight: int, idle_timeout_s: float, name: str) -> None:
+                 max_in_flight: int, idle_timeout_s: float, keepalive_timeout_s: float,
+                 name: str) -> None:
         self.factory = factory
         self.max_connections = max_connections
         self.max_in_flight = max_in_flight
         self.idle_timeout_s = idle_timeout_s
+        self.keepalive_timeout_s = max(keepalive_timeout_s, idle_timeout_s)
         self.name = name
         self.loop = asyncio.get_running_loop()
         self._conns: dict[Any, _Conn] = {}  # transport -> connection
@@ -131,8 +135,10 @@ class ConnectionGate:
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(min(1.0, self.idle_timeout_s / 4))
-            cutoff = self.loop.time() - self.idle_timeout_s
-            stale = [c for c in self._conns.values() if not c.active and c.idle_since < cutoff]
+            now = self.loop.time()
+            fresh, kept = now - self.idle_timeout_s, now - self.keepalive_timeout_s
+            stale = [c for c in self._conns.values() if not c.active
+                     and c.idle_since < (kept if c.served else fresh)]
             for c in stale:
                 self._conns.pop(c.transport, None)
                 c.transport.abort()
@@ -158,4 +164,5 @@ class ConnectionGate:
             self.in_flight -= 1
             if c is not None:
                 c.active -= 1
+                c.served = True
                 c.idle_since = self.loop.time()

@@ -160,11 +160,13 @@ class ClipperServer:
         # connection and request limits (limits.py): the gate wraps aiohttp's protocol
         gate = ConnectionGate(None, max_connections=max_connections,
                               max_in_flight=cfg.max_in_flight,
-                              idle_timeout_s=cfg.idle_timeout_s, name=f"{host}:{port}")
+                              idle_timeout_s=cfg.idle_timeout_s,
+                              keepalive_timeout_s=cfg.keepalive_timeout_s,
+                              name=f"{host}:{port}")
         app.middlewares.insert(1, gate.middleware)  # inside the error mapping
         app[BODY_TIMEOUT] = cfg.body_timeout_s
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                               keepalive_timeout=cfg.idle_timeout_s)
+                               keepalive_timeout=cfg.keepalive_timeout_s)
         await runner.setup()
         gate.factory = runner.server
         try:
