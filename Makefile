@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test build venv bench bench-deps clean system-deps
+.PHONY: run test test-compiled test-pure build venv bench bench-deps clean system-deps
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,18 @@ run: build
 system-deps:
 	bash .ci/system-deps
 
+# the whole suite twice: against the compiled Cython modules, then against their pure-Python
+# twins (as msgpack runs its suite again with MSGPACK_PUREPYTHON=1)
 test: build system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+	CLIPPER_PUREPYTHON=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+# one of the two runs
+test-compiled: build system-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-pure: build system-deps
+	CLIPPER_PUREPYTHON=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: build
 	$(PY) benchmarks/demo_throughput.py

@@ -166,6 +166,7 @@ def run_scheduler(impl, n, rate):
     sched.ensure_model(key, "doubles", S.BatchingConfig(), 0.05)
     for i in range(REPLICAS):
         sched.add_replica(b"r%d" % i, P.Register("m", "1", "doubles", f"r{i}", 1, {}))
+        sched.touch(b"r%d" % i)  # the first heartbeat puts a replica in rotation
     real_encode = S.P.encode
     S.P.encode = encode
     try:

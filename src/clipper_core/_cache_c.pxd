@@ -66,6 +66,8 @@ cdef class PredictionCache:
     @cython.locals(head=Entry)
     cdef int _unlink(self, Entry e) except -1
     cpdef clear(self)
+    @cython.locals(e=Entry, keep=list, dropped=Py_ssize_t, prefix=bytes)
+    cpdef Py_ssize_t drop_version(self, str model, str version) except -1
     cpdef list keys(self)
     @cython.locals(f=Flight)
     cpdef Flight flight(self, bytes key)

@@ -276,6 +276,25 @@ class PredictionCache:
         self.bytes_used = 0
         self.entries = 0
 
+    def drop_version(self, model, version):
+        """Drop every stored output of one model version (it was deleted: a new version of
+        the same name must never answer from its predecessor's outputs).  Linear in the
+        entries held; versions are deleted rarely.  Returns how many were dropped."""
+        prefix = (model + "\x00" + version + "\x00").encode("utf-8")
+        keep = []
+        dropped = 0
+        for e in self._fifo[self._hand:]:
+            if e.key.startswith(prefix):
+                self._unlink(e)
+                self.bytes_used -= e.size
+                self.entries -= 1
+                dropped += 1
+            else:
+                keep.append(e)
+        self._fifo = keep
+        self._hand = 0
+        return dropped
+
     def keys(self):
         """Stored keys in ring order, the hand's next candidate first (for tests)."""
         return [e.key for e in self._fifo[self._hand:]]

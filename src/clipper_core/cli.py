@@ -14,17 +14,41 @@ from typing import Any
 from . import log
 from .config import (DEFAULT_CACHE_BYTES, DEFAULT_MGMT_PORT, DEFAULT_QUERY_PORT,
                      DEFAULT_RPC_PORT, DEFAULT_STATE_DIR, ServerConfig)
-from .errors import ClipperError
+from .errors import ClipperError, ConfigError
+
+
+def _read_token(path: str | None) -> str | None:
+    """The management token: from ``path`` (``--mgmt-token-file``), else
+    ``$CLIPPER_MGMT_TOKEN_FILE``, else ``$CLIPPER_MGMT_TOKEN``.  Never from the command line,
+    which every local user can read in the process list."""
+    path = path or os.environ.get("CLIPPER_MGMT_TOKEN_FILE")
+    if path:
+        try:
+            with open(path) as f:
+                token = f.read().strip()
+        except OSError as e:
+            raise ConfigError(f"cannot read the management token file {path}: "
+                              f"{e.strerror or e}") from None
+        if not token:
+            raise ConfigError(f"the management token file {path} is empty")
+        return token
+    return os.environ.get("CLIPPER_MGMT_TOKEN") or None
 
 
 def _start(args: argparse.Namespace) -> int:
     log.configure(args.log_level)
     try:
+        if args.mgmt_token is not None:
+            raise ConfigError("--mgmt-token would show the token in the process list: put it "
+                              "in a file (--mgmt-token-file) or in $CLIPPER_MGMT_TOKEN")
         cfg = ServerConfig(
             state_dir=args.state_dir, query_host=args.host, query_port=args.query_port,
             mgmt_host=args.mgmt_host, mgmt_port=args.mgmt_port, rpc_host=args.rpc_host,
-            rpc_port=args.rpc_port, mgmt_token=args.mgmt_token or os.environ.get(
-                "CLIPPER_MGMT_TOKEN"), demo=args.demo, cache_bytes=args.cache_bytes,
+            rpc_port=args.rpc_port, mgmt_token=_read_token(args.mgmt_token_file),
+            rpc_auth=not args.insecure_rpc, demo=args.demo, cache_bytes=args.cache_bytes,
+            max_connections=args.max_connections, max_in_flight=args.max_in_flight,
+            idle_timeout_s=args.idle_timeout, keepalive_timeout_s=args.keepalive_timeout,
+            body_timeout_s=args.body_timeout,
             legacy_rpc_port=args.legacy_rpc_port, legacy_rpc_host=args.legacy_rpc_host,
             backend=args.backend)
     except ClipperError as e:
@@ -167,7 +191,11 @@ def _conn(args: argparse.Namespace):
             raise CliError(f"the Clipper recorded in {args.state_dir} (pid {ep.get('pid')}) is "
                            "not running; start it again with `clipper start`")
         url = ep["management"]
-    return ClipperConnection(url, token=args.mgmt_token)
+    try:
+        token = _read_token(args.mgmt_token_file)
+    except ConfigError as e:
+        raise CliError(e.cause) from None
+    return ClipperConnection(url, token=token)
 
 
 def _table(headers: list[str], rows: list[list]) -> str:
@@ -430,8 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: $CLIPPER_STATE_DIR, else ~/.clipper)")
     client.add_argument("--management-url", default=None,
                         help="management API URL (default: the Clipper of --state-dir)")
-    client.add_argument("--mgmt-token", default=None,
-                        help="management API token (default: $CLIPPER_MGMT_TOKEN)")
+    client.add_argument("--mgmt-token-file", default=None,
+                        help="file holding the management API token (default: "
+                             "$CLIPPER_MGMT_TOKEN_FILE, else $CLIPPER_MGMT_TOKEN)")
     client.add_argument("--json", action="store_true",
                         help="print JSON instead of a table (default: a table)")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
@@ -446,14 +475,31 @@ def build_parser() -> argparse.ArgumentParser:
                         f"free one (default {DEFAULT_QUERY_PORT})")
     s.add_argument("--mgmt-host", default="127.0.0.1",
                    help="address the management API and dashboard listen on; anything but "
-                        "loopback needs --mgmt-token (default 127.0.0.1)")
+                        "loopback needs a token (--mgmt-token-file) (default 127.0.0.1)")
     s.add_argument("--mgmt-port", type=int, default=DEFAULT_MGMT_PORT,
                    help=f"port of the management API and of the dashboard at /; 0 picks a "
                         f"free one (default {DEFAULT_MGMT_PORT})")
-    s.add_argument("--mgmt-token", default=None,
-                   help="token the management API and the dashboard require as "
-                        "'Authorization: Bearer TOKEN' (default: $CLIPPER_MGMT_TOKEN, else none "
-                        "on loopback)")
+    s.add_argument("--mgmt-token-file", default=None,
+                   help="file holding the token the management API and the dashboard require "
+                        "as 'Authorization: Bearer TOKEN' (default: $CLIPPER_MGMT_TOKEN_FILE, "
+                        "else $CLIPPER_MGMT_TOKEN, else none; needed when --mgmt-host is not "
+                        "a loopback address)")
+    s.add_argument("--mgmt-token", default=None, help=argparse.SUPPRESS)  # refused
+    s.add_argument("--max-connections", type=int, default=10_000,
+                   help="connections the query port holds at most (default 10000; also "
+                        "bounded by the open-file limit)")
+    s.add_argument("--max-in-flight", type=int, default=8192,
+                   help="requests worked on at once per port; more get 503 (default 8192)")
+    s.add_argument("--idle-timeout", type=float, default=15.0,
+                   help="seconds a new connection has to send a complete request (slow or "
+                        "no headers) before it is closed (default 15)")
+    s.add_argument("--keepalive-timeout", type=float, default=75.0,
+                   help="seconds a connection may stay idle between requests (default 75)")
+    s.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds an announced request body has to arrive (default 30)")
+    s.add_argument("--insecure-rpc", action="store_true",
+                   help="accept model replicas without CURVE credentials (loopback only; "
+                        "default: off, replicas must authenticate)")
     s.add_argument("--rpc-host", default="127.0.0.1",
                    help="address model replicas connect to over ZeroMQ (default 127.0.0.1)")
     s.add_argument("--rpc-port", type=int, default=DEFAULT_RPC_PORT,

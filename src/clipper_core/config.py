@@ -10,7 +10,7 @@ from typing import Any
 
 from clipper_rpc.protocol import INPUT_TYPES
 
-from .errors import ConfigError
+from .errors import ConfigError, brief
 
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -23,12 +23,34 @@ DEFAULT_STATE_DIR = os.path.join(os.path.expanduser("~"), ".clipper")
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 
 
+#: how deep a stored JSON value (an app's default output, policy parameters) may nest: it is
+#: serialised into every default answer and the state store
+MAX_JSON_DEPTH = 64
+
+
+def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
+    """Nesting depth of a JSON value, counted without recursion, stopping past ``limit``."""
+    depth, level = 0, [value]
+    while level:
+        depth += 1
+        if depth > limit:
+            return depth
+        nxt = []
+        for v in level:
+            if isinstance(v, list):
+                nxt.extend(v)
+            elif isinstance(v, dict):
+                nxt.extend(v.values())
+        level = nxt
+    return depth - 1 if depth else 0
+
+
 def check_name(name: Any, what: str) -> str:
     """A model or app name must be a DNS-1123 label."""
     if not isinstance(name, str) or len(name) > 63 or not DNS1123.match(name):
         raise ConfigError(
             f"{what} must be a DNS-1123 label (lower-case letters, digits and '-', starting "
-            f"and ending with a letter or digit, at most 63 characters), got {name!r}")
+            f"and ending with a letter or digit, at most 63 characters), got {brief(name)}")
     return name
 
 
@@ -38,7 +60,7 @@ def check_version(version: Any) -> str:
     if not isinstance(version, str) or not VERSION_RE.match(version):
         raise ConfigError(
             "model version must be 1-63 characters of letters, digits, '.', '_' or '-', "
-            f"starting with a letter or digit, got {version!r}")
+            f"starting with a letter or digit, got {brief(version)}")
     return version
 
 
@@ -60,7 +82,7 @@ def check_input_type(input_type: Any) -> str:
     if canonical is None:
         raise ConfigError(f"input_type must be one of {', '.join(INPUT_TYPES)} (or one of the "
                           f"original Clipper's aliases: integers, int, i, double, d, str, ...), "
-                          f"got {input_type!r}")
+                          f"got {brief(input_type)}")
     return canonical
 
 
@@ -87,6 +109,22 @@ class ServerConfig:
     #: required on the management API when it is bound to a non-loopback address
     mgmt_token: str | None = None
     max_body_bytes: int = 10 * 1024 * 1024
+    #: the management API's own body limit (closures are pickled into the body)
+    mgmt_max_body_bytes: int = 64 * 1024 * 1024
+    #: CURVE authentication of model replicas on the RPC socket (off: loopback only)
+    rpc_auth: bool = True
+    #: a larger RPC message disconnects its sender before it is buffered
+    rpc_max_message_bytes: int = 64 * 1024 * 1024
+    #: connections the query port holds at most (also bounded by the open-file limit)
+    max_connections: int = 10_000
+    #: requests each HTTP port works on at once; more are answered 503 unread
+    max_in_flight: int = 8192
+    #: a connection that has not sent a complete request within this long is closed
+    idle_timeout_s: float = 15.0
+    #: a connection idle between requests for this long is closed (aiohttp's default)
+    keepalive_timeout_s: float = 75.0
+    #: an announced request body must arrive within this long (408)
+    body_timeout_s: float = 30.0
     heartbeat_interval_s: float = 1.0
     heartbeat_timeout_s: float = 5.0
     queue_capacity: int = 20_000
@@ -113,7 +151,7 @@ class ServerConfig:
             if p is None and name == "legacy_rpc_port":
                 continue
             if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p <= 65535:
-                raise ConfigError(f"{name} must be a port number 0-65535, got {p!r}")
+                raise ConfigError(f"{name} must be a port number 0-65535, got {brief(p)}")
         if self.max_body_bytes < 1024:
             raise ConfigError("max_body_bytes must be at least 1024")
         if self.heartbeat_interval_s <= 0 or self.heartbeat_timeout_s <= self.heartbeat_interval_s:
@@ -123,11 +161,28 @@ class ServerConfig:
         if (not isinstance(self.cache_bytes, int) or isinstance(self.cache_bytes, bool)
                 or not 0 <= self.cache_bytes < 2**62):
             raise ConfigError(f"cache_bytes must be a number of bytes >= 0, "
-                              f"got {self.cache_bytes!r}")
+                              f"got {brief(self.cache_bytes)}")
         if not is_loopback(self.mgmt_host) and not self.mgmt_token:
             raise ConfigError(
                 f"the management API deploys code: binding it to {self.mgmt_host} needs a "
-                "token (--mgmt-token or CLIPPER_MGMT_TOKEN)")
+                "token (--mgmt-token-file or CLIPPER_MGMT_TOKEN)")
+        if not self.rpc_auth and not is_loopback(self.rpc_host):
+            raise ConfigError(
+                f"the model RPC without authentication lets anyone who reaches it answer "
+                f"for a model: binding it to {self.rpc_host} needs authentication on (drop "
+                "--insecure-rpc)")
+        for name in ("max_connections", "max_in_flight"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {brief(v)}")
+        for name in ("idle_timeout_s", "keepalive_timeout_s", "body_timeout_s"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 86400:
+                raise ConfigError(f"{name} must be a positive number of seconds, got {brief(v)}")
+        if self.mgmt_max_body_bytes < 1024:
+            raise ConfigError("mgmt_max_body_bytes must be at least 1024")
+        if self.rpc_max_message_bytes < 64 * 1024:
+            raise ConfigError("rpc_max_message_bytes must be at least 65536")
 
     @property
     def rpc_address(self) -> str:
@@ -158,16 +213,20 @@ class AppConfig:
         if (not isinstance(self.slo_micros, int) or isinstance(self.slo_micros, bool)
                 or not 1_000 <= self.slo_micros <= 600_000_000):
             raise ConfigError("latency_slo_micros must be an integer between 1000 (1 ms) and "
-                              f"600000000 (10 min), got {self.slo_micros!r}")
+                              f"600000000 (10 min), got {brief(self.slo_micros)}")
         if not isinstance(self.policy_params, dict):
             raise ConfigError("policy_params must be a JSON object")
+        for what in ("default_output", "policy_params"):
+            if json_depth(getattr(self, what)) > MAX_JSON_DEPTH:
+                raise ConfigError(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
         if not isinstance(self.cache_enabled, bool):
-            raise ConfigError(f"cache_enabled must be true or false, got {self.cache_enabled!r}")
+            raise ConfigError("cache_enabled must be true or false, got "
+                              f"{brief(self.cache_enabled)}")
         ttl = self.cache_ttl_s
         if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float))
                                 or not 0 < ttl < float("inf")):
             raise ConfigError("cache_ttl_s must be a positive number of seconds or null (no "
-                              f"limit), got {ttl!r}")
+                              f"limit), got {brief(ttl)}")
 
     def to_json(self) -> dict:
         return {"name": self.name, "input_type": self.input_type,
@@ -200,9 +259,9 @@ class ModelVersion:
         if (not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool)
                 or self.batch_size == 0 or self.batch_size < -1 or self.batch_size > 100_000):
             raise ConfigError("batch_size must be -1 (adaptive) or 1..100000, "
-                              f"got {self.batch_size!r}")
+                              f"got {brief(self.batch_size)}")
         if not isinstance(self.replicas, int) or not 0 <= self.replicas <= 256:
-            raise ConfigError(f"num_replicas must be 0..256, got {self.replicas!r}")
+            raise ConfigError(f"num_replicas must be 0..256, got {brief(self.replicas)}")
         if not isinstance(self.runtime, dict) or self.runtime.get("kind") not in (
                 "closure", "framework", "command", "image", "external"):
             raise ConfigError("runtime kind must be closure, framework, command, image or "

@@ -12,7 +12,8 @@ __all__ = [
     "ClipperError", "BadRequest", "MalformedJSON", "MissingField", "InvalidInput",
     "UnknownVersion", "NotFound", "UnknownApp", "UnknownModel", "Conflict", "PayloadTooLarge",
     "Overloaded", "PredictionTimeout", "ModelError", "StateStoreError", "ConfigError",
-    "ProtocolError", "Unauthorized", "ClosureNotSerializable",
+    "ProtocolError", "Unauthorized", "ClosureNotSerializable", "Forbidden",
+    "UnsupportedMediaType", "RequestTimeout",
 ]
 
 
@@ -66,6 +67,16 @@ class Unauthorized(ClipperError, PermissionError):
     code = "unauthorized"
 
 
+class Forbidden(ClipperError, PermissionError):
+    status = 403
+    code = "forbidden"
+
+
+class UnsupportedMediaType(BadRequest):
+    status = 415
+    code = "unsupported_media_type"
+
+
 class NotFound(ClipperError, LookupError):
     status = 404
     code = "not_found"
@@ -82,6 +93,11 @@ class UnknownModel(NotFound):
 class Conflict(ClipperError):
     status = 409
     code = "conflict"
+
+
+class RequestTimeout(BadRequest, TimeoutError):
+    status = 408
+    code = "request_timeout"
 
 
 class PayloadTooLarge(ClipperError, ValueError):
@@ -109,3 +125,17 @@ class ModelError(ClipperError, RuntimeError):
 class StateStoreError(ClipperError, OSError):
     status = 500
     code = "state_store_error"
+
+
+def brief(value: object, limit: int = 60) -> str:
+    """How an error message shows a value a client sent: a short scalar as itself, anything
+    else by its kind.  Never ``repr()`` of a whole value: a deeply nested one raises
+    RecursionError, a large one would be copied into the answer and the log."""
+    if value is None or isinstance(value, (bool, int, float)):
+        s = repr(value)
+    elif isinstance(value, str):
+        s = repr(value[:limit]) + ("..." if len(value) > limit else "")
+    else:
+        kind = {dict: "an object", list: "a list"}.get(type(value), type(value).__name__)
+        return kind
+    return s if len(s) <= limit + 5 else s[:limit] + "..."

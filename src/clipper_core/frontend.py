@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from . import openapi
 from .errors import BadRequest, InvalidInput, MissingField
 from .http import MAX_BODY, error_middleware, json_object, json_response, read_json
 from .metrics import Metrics
@@ -106,4 +107,5 @@ def make_app(proc: QueryProcessor, max_body_bytes: int,
     # Triton's repository routes first: /v2/models/stats is not an app named "stats"
     app.router.add_routes(TritonApi(proc, metrics, oip).routes())
     app.router.add_routes(oip.routes())  # Open Inference Protocol v2
+    openapi.install(app, openapi.query_document())
     return app

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import ClientPayloadError, http_exceptions, web
+from aiohttp.web_protocol import RequestPayloadError
 
 from . import log
-from .errors import ClipperError, MalformedJSON, MissingField, BadRequest, PayloadTooLarge
+from .errors import (BadRequest, ClipperError, MalformedJSON, MissingField, PayloadTooLarge,
+                     RequestTimeout, brief)
 
 _JSON = "application/json"
+_REFUSED = log.RateLimitedLog(log.access, interval_s=1.0)
 MAX_BODY = web.AppKey("max_body_bytes", int)
 
 
@@ -19,12 +23,31 @@ def json_response(obj: Any, status: int = 200) -> web.Response:
                         status=status, content_type=_JSON)
 
 
+#: a client that announced a body must deliver it within this many seconds (a body shorter
+#: than its Content-Length would otherwise hold the request, and its connection, forever)
+BODY_TIMEOUT_S = 30.0
+BODY_TIMEOUT = web.AppKey("body_timeout_s", float)
+
+
 async def read_body(request: web.Request) -> bytes:
-    """The request body; ``PayloadTooLarge`` when it is over the app's limit."""
+    """The request body; ``PayloadTooLarge`` when it is over the app's limit, ``BadRequest``
+    when it is not delivered in time or cannot be decoded (a ``Content-Encoding`` it lacks)."""
     try:
-        return await request.read()
+        if request.content.is_eof():  # all of it is here already: no timer needed
+            return await request.read()
+        async with asyncio.timeout(request.app.get(BODY_TIMEOUT, BODY_TIMEOUT_S)):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(request) from None
+    except TimeoutError:
+        raise RequestTimeout("the request body did not arrive within "
+                             f"{request.app.get(BODY_TIMEOUT, BODY_TIMEOUT_S):g} s (is it "
+                             "shorter than its Content-Length?)") from None
+    except (http_exceptions.HttpProcessingError, ClientPayloadError, RequestPayloadError) as e:
+        enc = request.headers.get("Content-Encoding")
+        raise BadRequest("the request body cannot be read"
+                         + (f" as Content-Encoding {brief(enc)}" if enc else "")
+                         + f": {type(e).__name__}") from None
 
 
 async def read_json(request: web.Request) -> Any:
@@ -72,8 +95,8 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     except ClipperError as e:
         if e.status >= 500:
             log.server.error("%s %s: %s", request.method, request.path, e.cause)
-        else:
-            log.access.info("%s %s -> %d %s", request.method, request.path, e.status, e.cause)
+        else:  # one line per refused request would let a client grow the log at will
+            _REFUSED.info("%s %s -> %d %s", request.method, request.path, e.status, e.cause)
         return json_response(e.to_json(), e.status)
     except web.HTTPException as e:
         if e.status == 413:
@@ -86,6 +109,11 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
                                   "cause": f"{request.method} is not allowed on {request.path}"},
                                  405)
         raise
+    except RecursionError:
+        # a JSON body nested deep enough to exhaust the stack in some check: the client's fault
+        e = BadRequest("the request body is nested too deeply")
+        _REFUSED.info("%s %s -> 400 %s", request.method, request.path, e.cause)
+        return json_response(e.to_json(), 400)
     except Exception as e:
         log.server.exception("unhandled error in %s %s", request.method, request.path)
         return json_response({"error": "internal_error",

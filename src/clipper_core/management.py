@@ -13,7 +13,8 @@ from aiohttp import web
 from .errors import BadRequest, Unauthorized
 from .predict import check_uid
 from .http import MAX_BODY, error_middleware, field, json_object, json_response, read_json
-from . import cache, dashboard, legacy_routes, sched
+from . import cache, dashboard, legacy_routes, mgmt_guard, openapi, sched
+from .mgmt_guard import allow_hosts  # noqa: F401  (the server calls it once bound)
 from .sched import COMPILED
 
 if TYPE_CHECKING:
@@ -409,10 +410,12 @@ async def auth_middleware(request: web.Request, handler):
     return await handler(request)
 
 
-def make_app(server: "ClipperServer", token: str | None) -> web.Application:
-    max_body = 256 * 1024 * 1024  # closures and model artifacts can be large
-    app = web.Application(middlewares=[error_middleware, auth_middleware],
-                          client_max_size=max_body)
+def make_app(server: "ClipperServer", token: str | None,
+             max_body: int = 256 * 1024 * 1024) -> web.Application:
+    # closures and model artifacts can be large
+    app = web.Application(middlewares=[error_middleware], client_max_size=max_body)
+    mgmt_guard.install(app)  # Host, Origin and Content-Type before the token and any body
+    app.middlewares.append(auth_middleware)
     app[SERVER] = server
     app[MAX_BODY] = max_body
     if token:
@@ -420,4 +423,5 @@ def make_app(server: "ClipperServer", token: str | None) -> web.Application:
     app.add_routes(routes)
     app.add_routes(legacy_routes.routes)
     dashboard.setup(app, server)
+    openapi.install(app, openapi.management_document())
     return app

@@ -46,9 +46,9 @@ from aiohttp import web
 
 from . import __version__, log
 from .config import AppConfig
-from .errors import (BadRequest, ClipperError, InvalidInput, MalformedJSON, MissingField,
+from .errors import (BadRequest, ClipperError, InvalidInput, MalformedJSON, MissingField, brief,
                      UnknownVersion)
-from .inputs import describe
+from .inputs import TARGET as _TARGET, check_range, describe, json_array
 from .http import json_response, read_body
 from .predict import MAX_BATCH_INPUTS
 
@@ -75,10 +75,6 @@ ACCEPTED = {"ints": _INTS, "floats": _FLOATS, "doubles": _FLOATS, "bytes": ("BYT
 #: the datatype an app declares in its metadata
 DATATYPE_OF = {"ints": "INT32", "floats": "FP32", "doubles": "FP64", "bytes": "BYTES",
                "strings": "BYTES"}
-_TARGET = {"ints": np.dtype(np.int32), "floats": np.dtype(np.float32),
-           "doubles": np.dtype(np.float64)}
-_INT32 = np.iinfo(np.int32)
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _U32 = struct.Struct("<I")
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
@@ -109,7 +105,7 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[Any, memoryview
     try:
         n = int(header_length)
     except ValueError:
-        raise BadRequest(f"{HEADER_LENGTH} must be a byte count, got {header_length!r}") \
+        raise BadRequest(f"{HEADER_LENGTH} must be a byte count, got {brief(header_length)}") \
             from None
     if not 0 < n <= len(body):
         raise BadRequest(f"{HEADER_LENGTH} is {n}, but the request body holds {len(body)} "
@@ -122,7 +118,7 @@ def _shape(t: dict, name: str) -> list[int]:
     if (not isinstance(shape, list) or not shape
             or any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape)):
         raise InvalidInput(f"input {name!r} must have a 'shape': a non-empty list of "
-                           f"non-negative integers, got {shape!r}")
+                           f"non-negative integers, got {brief(shape)}")
     return shape
 
 
@@ -158,7 +154,7 @@ def decode_infer(body: bytes, header_length: str | None, app: AppConfig) -> Infe
     if datatype not in ACCEPTED[app.input_type]:
         raise InvalidInput(f"input {name!r} of app {app.name!r} must have datatype "
                            f"{' or '.join(ACCEPTED[app.input_type])} (input_type "
-                           f"{app.input_type}), got {datatype!r}")
+                           f"{app.input_type}), got {brief(datatype)}")
     shape = _shape(t, name)
     params = t.get("parameters") or {}
     if not isinstance(params, dict):
@@ -170,7 +166,7 @@ def decode_infer(body: bytes, header_length: str | None, app: AppConfig) -> Infe
     if size is not None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise InvalidInput(f"parameters.binary_data_size of input {name!r} must be a "
-                               f"byte count, got {size!r}")
+                               f"byte count, got {brief(size)}")
         if size != len(raw):
             raise InvalidInput(f"input {name!r} declares binary_data_size {size}, but "
                                f"{len(raw)} bytes follow the JSON header")
@@ -201,24 +197,24 @@ def _request_options(req: dict, inputs: list) -> InferRequest:
         raise BadRequest("'parameters' of the inference request must be a JSON object")
     binary = params.get("binary_data_output", False)
     if not isinstance(binary, bool):
-        raise BadRequest(f"parameters.binary_data_output must be a boolean, got {binary!r}")
+        raise BadRequest(f"parameters.binary_data_output must be a boolean, got {brief(binary)}")
     timeout_ms = params.get("timeout_ms")
     if timeout_ms is None and "timeout" in params:  # Triton's: microseconds
         us = params["timeout"]
         if isinstance(us, bool) or not isinstance(us, (int, float)) or us <= 0:
             raise InvalidInput(f"parameters.timeout must be a positive number of "
-                               f"microseconds, got {us!r}")
+                               f"microseconds, got {brief(us)}")
         timeout_ms = us / 1e3
     outputs = req.get("outputs")
     if outputs is not None:
         if not isinstance(outputs, list) or len(outputs) > 1:
             raise BadRequest(f"'outputs' must be a list naming at most the one output "
-                             f"{OUTPUT_NAME!r}, got {outputs!r}"[:300])
+                             f"{OUTPUT_NAME!r}, got {brief(outputs)}"[:300])
         for o in outputs:
             oname = o.get("name") if isinstance(o, dict) else None
             if oname != OUTPUT_NAME:
                 raise BadRequest(f"an app has one output, {OUTPUT_NAME!r}; the request asks "
-                                 f"for {oname!r}")
+                                 f"for {brief(oname)}")
             op = o.get("parameters") or {}
             if not isinstance(op, dict):
                 raise BadRequest(f"'parameters' of output {OUTPUT_NAME!r} must be an object")
@@ -229,7 +225,7 @@ def _request_options(req: dict, inputs: list) -> InferRequest:
             b = op.get("binary_data", binary)
             if not isinstance(b, bool):
                 raise BadRequest(f"parameters.binary_data of output {OUTPUT_NAME!r} must be "
-                                 f"a boolean, got {b!r}")
+                                 f"a boolean, got {brief(b)}")
             binary = b
     rid = req.get("id")
     if rid is not None and not isinstance(rid, str):
@@ -259,32 +255,12 @@ def _numeric_rows(app: AppConfig, name: str, datatype: str, shape: list, data: A
             raise InvalidInput(f"'data' of input {name!r} must be a list of {what} (flat in "
                                f"row-major order, or nested as the shape), got "
                                f"{describe(data)}")
-        try:
-            arr = np.asarray(data)
-        except (ValueError, TypeError, OverflowError):
-            raise InvalidInput(f"'data' of input {name!r} must be a list of {what}, nested "
-                               "evenly if nested; got a ragged or mixed list") from None
-        if arr.dtype.kind not in ("iu" if ints else "iuf"):
-            got = {"f": "non-integer numbers (or integers beyond 64 bits)", "b": "booleans",
-                   "U": "strings"}.get(
-                arr.dtype.kind, "mixed values or integers out of range")
-            raise InvalidInput(f"'data' of input {name!r} (datatype {datatype}) must hold "
-                               f"{what}, got {got}")
+        where = f"'data' of input {name!r} (datatype {datatype})"
+        arr = json_array(data, app.input_type, where, integers=ints)
         if arr.size != count:
             raise InvalidInput(f"input {name!r} has shape {shape}, which needs {count} values; "
                                f"'data' holds {arr.size}")
-    if app.input_type == "ints" and arr.dtype.itemsize >= 4:
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < _INT32.min or hi > _INT32.max:
-            raise InvalidInput(f"input {name!r} of app {app.name!r} (input_type ints) must fit "
-                               f"in 32-bit signed integers, got a value of "
-                               f"{hi if hi > _INT32.max else lo}")
-    elif app.input_type == "floats" and arr.dtype.itemsize > 4:
-        with np.errstate(invalid="ignore"):
-            big = (np.abs(arr) > _FLOAT32_MAX) & np.isfinite(arr)
-        if big.any():
-            raise InvalidInput(f"input {name!r} of app {app.name!r} (input_type floats) must "
-                               "fit in 32-bit floats")
+    check_range(arr, app.input_type, f"input {name!r} of app {app.name!r}")
     arr = arr.astype(_TARGET[app.input_type], copy=False).reshape(shape)
     return [arr] if arr.ndim == 1 else list(arr)
 
@@ -523,6 +499,9 @@ def _oip_errors(handler: Callable[[web.Request], Awaitable[web.StreamResponse]])
             else:
                 log.access.info("%s %s -> %d %s", request.method, request.path, status, e.cause)
             return json_response({"error": e.cause, "code": e.code}, status)
+        except RecursionError:  # a body nested deep enough to exhaust the stack somewhere
+            return json_response({"error": "the request body is nested too deeply",
+                                  "code": "bad_request"}, 400)
 
     return wrapped
 
@@ -625,7 +604,7 @@ class OipApi:
         if version is not None:
             if not links:
                 raise UnknownVersion(f"app {app.name!r} has no linked model, so no version "
-                                     f"{version!r}")
+                                     f"{brief(version)}")
             reg.get_model(links[0], version)
         numeric = app.input_type in _TARGET
         out_type = self.output_datatype(app)

@@ -39,7 +39,7 @@ from typing import Any, Mapping, Sequence
 
 import orjson
 
-from .errors import ConfigError, InvalidInput
+from .errors import ConfigError, InvalidInput, brief
 
 __all__ = ["Policy", "Single", "Weighted", "Exp3", "Exp4", "Ensemble", "BUILTIN",
            "load_policy", "make_policy", "register_policy", "LOSSES"]
@@ -129,7 +129,7 @@ def _param_num(params: Mapping[str, Any], key: str, default: float, lo: float, h
     if not ok:
         rng = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
         raise ConfigError(f"policy {policy!r}: parameter {key!r} must be "
-                          f"{'an integer' if integer else 'a number'} in {rng}, got {v!r}")
+                          f"{'an integer' if integer else 'a number'} in {rng}, got {brief(v)}")
     return v
 
 
@@ -139,12 +139,12 @@ def _param_weights(params: Mapping[str, Any], policy: str) -> dict[str, float] |
         return None
     if not isinstance(w, dict) or not w:
         raise ConfigError(f"policy {policy!r}: parameter 'weights' must be a non-empty object "
-                          f"mapping model names to non-negative numbers, got {w!r}")
+                          f"mapping model names to non-negative numbers, got {brief(w)}")
     out = {}
     for k, v in w.items():
         if not _is_number(v) or not math.isfinite(v) or v < 0:
             raise ConfigError(f"policy {policy!r}: weight of model {k!r} must be a "
-                              f"non-negative number, got {v!r}")
+                              f"non-negative number, got {brief(v)}")
         out[k] = float(v)
     if sum(out.values()) <= 0:
         raise ConfigError(f"policy {policy!r}: at least one weight must be positive")
@@ -180,19 +180,19 @@ class Policy:
             unknown = set(params) - self.params_allowed - self.COMMON_PARAMS
             if unknown:
                 known = ", ".join(sorted(self.params_allowed | self.COMMON_PARAMS))
-                raise ConfigError(f"policy {self.name!r} has no parameter "
+                raise ConfigError(f"policy {brief(self.name)} has no parameter "
                                   f"{', '.join(map(repr, sorted(unknown)))}; it takes: {known}")
         self.params = params
         self.loss_kind = params.get("loss", "zero_one")
         if self.loss_kind not in LOSSES:
-            raise ConfigError(f"policy {self.name!r}: parameter 'loss' must be one of "
-                              f"{', '.join(LOSSES)}, got {self.loss_kind!r}")
+            raise ConfigError(f"policy {brief(self.name)}: parameter 'loss' must be one of "
+                              f"{', '.join(LOSSES)}, got {brief(self.loss_kind)}")
         self.loss_scale = float(_param_num(params, "loss_scale", 1.0, 0.0, 1e300, self.name,
                                            lo_open=True))
         seed = params.get("seed")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-            raise ConfigError(f"policy {self.name!r}: parameter 'seed' must be an integer, "
-                              f"got {seed!r}")
+            raise ConfigError(f"policy {brief(self.name)}: parameter 'seed' must be an integer, "
+                              f"got {brief(seed)}")
         self.rng = rng if rng is not None else random.Random(seed)
 
     # -------------------------------------------------------------- the three operations
@@ -228,7 +228,7 @@ class Policy:
         """Raise ``InvalidInput`` when ``label`` cannot be scored by this policy's loss."""
         if self.loss_kind == "squared" and not (_is_number(label) and math.isfinite(label)):
             raise InvalidInput("'label' must be a finite number for this app (its policy "
-                               f"scores feedback with the squared loss), got {label!r}")
+                               f"scores feedback with the squared loss), got {brief(label)}")
 
     def loss(self, prediction: Any, label: Any) -> float:
         """The loss of one prediction, in [0, 1]."""
@@ -263,7 +263,7 @@ class Weighted(Policy):
         salt = self.params.get("salt", "")
         if not isinstance(salt, str):
             raise ConfigError(f"policy 'weighted': parameter 'salt' must be a string, "
-                              f"got {salt!r}")
+                              f"got {brief(salt)}")
         self.salt = salt.encode()
 
     def weights(self, models):
@@ -498,11 +498,11 @@ def load_policy(name: Any) -> type[Policy]:
     try:
         mod = importlib.import_module(mod_name)
     except Exception as e:  # ImportError, or whatever the module raises while importing
-        raise ConfigError(f"cannot import policy module {mod_name!r} for policy {name!r}: "
+        raise ConfigError(f"cannot import policy module {brief(mod_name)} for policy {name!r}: "
                           f"{type(e).__name__}: {e}") from None
     cls = getattr(mod, attr, None)
     if not (isinstance(cls, type) and issubclass(cls, Policy)):
-        raise ConfigError(f"policy {name!r}: {attr!r} in module {mod_name!r} is not a "
+        raise ConfigError(f"policy {name!r}: {brief(attr)} in module {brief(mod_name)} is not a "
                           "subclass of clipper_core.policies.Policy")
     return cls
 
@@ -512,7 +512,7 @@ def make_policy(name: str, params: Mapping[str, Any] | None = None,
     """Instantiate (and so validate) policy ``name`` with ``params``."""
     cls = load_policy(name)
     if params is not None and not isinstance(params, dict):
-        raise ConfigError(f"policy_params must be a JSON object, got {params!r}")
+        raise ConfigError(f"policy_params must be a JSON object, got {brief(params)}")
     try:
         return cls(params or {}, rng)
     except ConfigError:

@@ -26,9 +26,9 @@ from typing import Any
 
 from . import log
 from .cache import PredictionCache, key_prefix
-from .config import DEFAULT_CACHE_BYTES, AppConfig
-from .errors import InvalidInput, Overloaded, PredictionTimeout
-from .inputs import PARSERS, input_key
+from .config import DEFAULT_CACHE_BYTES, MAX_JSON_DEPTH, AppConfig, json_depth
+from .errors import InvalidInput, Overloaded, PredictionTimeout, brief
+from .inputs import PARSERS, describe, input_key
 from .registry import Registry
 from .scheduler import Scheduler, answer
 from .sched import Query
@@ -86,7 +86,7 @@ def check_uid(uid: Any) -> str | None:
         return str(uid)
     if not isinstance(uid, str) or not uid or len(uid) > MAX_UID_CHARS:
         raise InvalidInput(f"'uid' must be a non-empty string of at most {MAX_UID_CHARS} "
-                           f"characters (or an integer), got {uid!r:.80}")
+                           f"characters (or an integer), got {brief(uid)}")
     return uid
 
 
@@ -184,7 +184,7 @@ class QueryProcessor:
         if (isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float))
                 or timeout_ms <= 0):
             raise InvalidInput(f"timeout_ms must be a positive number of milliseconds, "
-                               f"got {timeout_ms!r}")
+                               f"got {brief(timeout_ms)}")
         return min(slo_s, timeout_ms / 1e3)  # a request may only shorten the SLO
 
     async def predict(self, app_name: str, raw_inputs: list, *, version: Any = None,
@@ -556,6 +556,8 @@ class QueryProcessor:
         x = PARSERS[app.input_type](raw_input, app.name)
         if sel.error is not None:
             raise PredictionTimeout(f"feedback for app {app.name!r} not used: {sel.error}")
+        if json_depth(label) > MAX_JSON_DEPTH:
+            raise InvalidInput(f"'label' is nested more than {MAX_JSON_DEPTH} levels deep")
         try:
             sel.policy.check_label(label)
         except InvalidInput:
@@ -576,8 +578,11 @@ class QueryProcessor:
         try:
             losses = sel.observe(uid, links, preds, label)
         except Exception as e:
+            # the predictions are there and the label passed the policy's check: what the
+            # policy cannot score is this label (a 400 naming it, not a retryable 503)
             why = self._policy_failed(sel, "observe", e)
-            raise PredictionTimeout(f"feedback for app {app.name!r} not used: {why}") from None
+            raise InvalidInput(f"feedback for app {app.name!r} not used: the 'label' "
+                               f"({describe(label)}) could not be scored: {why}") from None
         self.counts["feedback"] += 1
         return {"success": True, "uid": uid, "losses": losses,
                 "missing": [m for m in links if m not in preds]}

@@ -3,15 +3,68 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import json
+import os
+
+import zmq
 
 from clipper_rpc import protocol as P
+from clipper_rpc.auth import Credentials, ServerAuth, ServerKeys, new_keypair
 from clipper_rpc.errors import ProtocolError
 from clipper_rpc.legacy_protocol import looks_like_v3
 from clipper_rpc.transport import RouterTransport
 
 from . import log
+from .log import RateLimitedLog
+from .errors import StateStoreError
 from .scheduler import Scheduler
+
+#: under the state directory: the frontend's key pair, the replicas' credentials and the
+#: extra client public keys an operator allows (one z85 key per line)
+KEYS_DIR = "rpc"
+SERVER_KEYS = "server.json"
+CREDENTIALS = "credentials.json"
+AUTHORIZED = "authorized_keys"
+
+
+def rpc_keys(state_dir: str) -> tuple[ServerKeys, Credentials]:
+    """The frontend's CURVE keys and the credentials of the replicas it starts, created in
+    ``<state_dir>/rpc/`` (mode 0700, files 0600) on first use and kept across restarts, so
+    that replicas left running by a previous frontend can reconnect."""
+    d = os.path.join(state_dir, KEYS_DIR)
+    try:
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        os.chmod(d, 0o700)
+        server_path = os.path.join(d, SERVER_KEYS)
+        if not os.path.exists(server_path):
+            public, secret = new_keypair()
+            fd = os.open(server_path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"public": public.decode(), "secret": secret.decode()}, f)
+            os.replace(server_path + ".tmp", server_path)
+        with open(server_path) as f:
+            sk = json.load(f)
+        creds_path = os.path.join(d, CREDENTIALS)
+        if os.path.exists(creds_path):
+            creds = Credentials.load(creds_path)
+        else:
+            creds = None
+        if creds is None or creds.server_public != sk["public"].encode():
+            public, secret = new_keypair()
+            creds = Credentials(sk["public"], public, secret)
+            creds.save(creds_path)
+        clients = {creds.public}
+        extra = os.path.join(d, AUTHORIZED)
+        if os.path.exists(extra):
+            with open(extra) as f:
+                for line in f:
+                    line = line.strip()
+                    if line and not line.startswith("#"):
+                        clients.add(Credentials(creds.server_public, line, creds.secret).public)
+        keys = ServerKeys(sk["public"].encode(), sk["secret"].encode(), frozenset(clients))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StateStoreError(f"cannot read or create the RPC keys in {d}: {e}") from None
+    return keys, creds
 
 
 V3_HINT = ("; it looks like an original Clipper container (RPC protocol v3): start Clipper "
@@ -22,8 +75,13 @@ class RpcServer:
     """Binds the ROUTER, answers registrations and heartbeats, routes results."""
 
     def __init__(self, address: str, scheduler_factory, *, heartbeat_interval_s: float = 1.0,
-                 heartbeat_timeout_s: float = 5.0, route=None) -> None:
-        self.transport = RouterTransport(address, self._on_message)
+                 heartbeat_timeout_s: float = 5.0, keys: ServerKeys | None = None,
+                 max_message_bytes: int = -1, route=None) -> None:
+        ctx = zmq.Context.instance()
+        #: None: unauthenticated (``--insecure-rpc``, loopback only)
+        self.auth = ServerAuth(keys, ctx) if keys is not None else None
+        self.transport = RouterTransport(address, self._on_message, ctx, auth=self.auth,
+                                         max_message_bytes=max_message_bytes)
         #: what reaches a replica goes through here: ``route`` (the legacy endpoint's) sends
         #: the v3 replicas' messages through their own port
         self._send = self.transport.send if route is None else route(self.transport.send)
@@ -33,10 +91,20 @@ class RpcServer:
         self._registered = P.encode(P.Registered(int(heartbeat_interval_s * 1000)))
         self._heartbeat = P.encode(P.Heartbeat())
         self._reset = P.encode(P.Reset())
+        self._shutdown = P.encode(P.Shutdown())
         self._task: asyncio.Task | None = None
-        self.protocol_errors = 0
-        self._last_protocol_log = 0.0
-        self.refused = 0
+        self._malformed = RateLimitedLog(log.rpc)
+        self._refusals = RateLimitedLog(log.rpc)
+        self._impostors = RateLimitedLog(log.rpc)
+        self._strays = RateLimitedLog(log.rpc)
+
+    @property
+    def protocol_errors(self) -> int:
+        return self._malformed.count
+
+    @property
+    def refused(self) -> int:
+        return self._refusals.count + self._impostors.count
 
     @property
     def endpoint(self) -> str:
@@ -64,13 +132,9 @@ class RpcServer:
         try:
             msg = P.decode(frames)
         except ProtocolError as e:
-            self.protocol_errors += 1
-            now = time.monotonic()
-            if now - self._last_protocol_log > 1.0:  # one bad peer must not flood the log
-                self._last_protocol_log = now
-                log.rpc.warning("dropped a malformed message from peer %r: %s "
-                                "(%d malformed so far)%s", identity, e, self.protocol_errors,
-                                V3_HINT if looks_like_v3(frames) else "")
+            # one bad peer must not flood the log
+            self._malformed.warning("dropped a malformed message from peer %r: %s%s",
+                                    identity, e, V3_HINT if looks_like_v3(frames) else "")
             return
         sched = self.scheduler
         if isinstance(msg, P.Result):
@@ -80,18 +144,30 @@ class RpcServer:
             if not sched.touch(identity):
                 self._unknown(identity)
         elif isinstance(msg, P.Register):
-            if sched.add_replica(identity, msg) is None:
-                self.refused += 1
-                log.rpc.warning("refused replica %s of unknown model %s:%s", msg.instance_id,
-                                msg.model_name, msg.model_version)
+            old = sched.replica_by_instance(msg.instance_id)
+            if (old is not None and old.identity != identity
+                    and self.transport.send(old.identity, self._heartbeat)):
+                # the instance id belongs to a peer that is still connected (a send to a
+                # disconnected identity fails at once: ROUTER_MANDATORY): an impostor, or a
+                # copy of a replica; the live one keeps its place
+                self._impostors.warning("refused a registration as replica %s of %s:%s from "
+                                        "another peer while that replica is connected",
+                                        msg.instance_id, msg.model_name, msg.model_version)
+            elif sched.add_replica(identity, msg) is None:
+                self._refusals.warning("refused replica %s of unknown model %s:%s",
+                                       msg.instance_id, msg.model_name, msg.model_version)
+                if (msg.model_name, msg.model_version) in sched.removed:
+                    # a version that is gone (deleted): tell its replica to stop instead of
+                    # letting it re-register every second forever
+                    self.transport.send(identity, self._shutdown)
             else:
                 self.transport.send(identity, self._registered)
         elif isinstance(msg, P.Error):
             if not sched.on_error(identity, msg):
                 self._unknown(identity)
         else:
-            log.rpc.warning("peer %r sent %s, which only the frontend sends", identity,
-                            type(msg).__name__)
+            self._strays.warning("peer %r sent %s, which only the frontend sends", identity,
+                                 type(msg).__name__)
 
     def _unknown(self, identity: bytes) -> None:
         if not self.scheduler.knows(identity):

@@ -128,7 +128,7 @@ class Replica:
 
     __slots__ = ("identity", "instance_id", "key", "pid", "info", "in_flight", "last_seen",
                  "_suspect", "_draining", "sizer", "batches", "errors",
-                 "timeouts", "drained")
+                 "timeouts", "drained", "proven")
 
     def __init__(self, identity: bytes, instance_id: str, key: ModelKey, pid: int, info: dict,
                  sizer: Any, now: float) -> None:
@@ -147,6 +147,10 @@ class Replica:
         self.timeouts = 0
         #: set by :meth:`Scheduler.drain`: resolves once the replica owes no batch
         self.drained: asyncio.Future | None = None
+        #: False until the replica has been heard from after registering (its first
+        #: heartbeat or an answer); until then it is suspect and gets no batch, so a peer that
+        #: registers and stays silent never takes queries
+        self.proven = False
 
     @property
     def suspect(self) -> bool:
@@ -357,12 +361,15 @@ class Scheduler:
         #: called after each answered batch: (model queue, batch size, latency s, compute s)
         self.on_batch_done: Callable[[ModelQueue, int, float, float], None] | None = None
         self.on_replica_change: Callable[[ModelKey], None] | None = None
+        #: versions removed while this frontend ran: their replicas are told to stop
+        self.removed: set[ModelKey] = set()
 
     # ---------------------------------------------------------------- models
     def ensure_model(self, key: ModelKey, input_type: str, cfg: BatchingConfig,
                      slo_s: float) -> ModelQueue:
         mq = self.models.get(key)
         if mq is None:
+            self.removed.discard(key)
             mq = self.models[key] = ModelQueue(key, input_type, self.queue_capacity, cfg, slo_s,
                                                self.impl)
         elif cfg != mq.cfg or slo_s != mq.slo_s:
@@ -388,6 +395,7 @@ class Scheduler:
         mq = self.models.pop(key, None)
         if mq is None:
             return
+        self.removed.add(key)
         for r in list(mq.order):
             self._drop_replica(mq, r, explanation, requeue=False)
         # now=-inf: every queued query comes out as "live", none as expired
@@ -596,7 +604,10 @@ class Scheduler:
             if r.drained is not None:
                 _settle(r.drained)
         if r._suspect:
-            log.batching.info("replica %s answered again; no longer suspect", r.instance_id)
+            if r.proven:
+                log.batching.info("replica %s answered again; no longer suspect",
+                                  r.instance_id)
+            r.proven = True
             r.suspect = False
         return fl, r
 
@@ -721,6 +732,7 @@ class Scheduler:
             else:
                 del self._by_identity[identity]
         r = Replica(identity, reg.instance_id, key, reg.pid, reg.info, mq.new_sizer(), now)
+        r.suspect = True  # in rotation once heard from again (see Replica.proven)
         mq._add(r)
         self._by_identity[identity] = r
         log.rpc.info("replica %s of %s registered (pid %d)", reg.instance_id, mq.label, reg.pid)
@@ -745,7 +757,10 @@ class Scheduler:
                 r.sizer.busy_until = now
                 if r.drained is not None:
                     _settle(r.drained)
-            log.batching.info("replica %s heartbeats again; no longer suspect", r.instance_id)
+            if r.proven:
+                log.batching.info("replica %s heartbeats again; no longer suspect",
+                                  r.instance_id)
+            r.proven = True
             r.suspect = False
             mq = self.models.get(r.key)
             if mq is not None:

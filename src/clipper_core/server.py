@@ -24,13 +24,15 @@ from .containers.supervisor import Supervisor
 from .deployment import DeploymentController
 from .errors import ConfigError, StateStoreError
 from .frontend import make_app as make_query_app
+from .http import BODY_TIMEOUT
 from .legacy_rpc import LegacyRpcServer
-from .management import make_app as make_mgmt_app
+from .limits import ConnectionGate, raise_open_file_limit
+from .management import allow_hosts as allow_mgmt_hosts, make_app as make_mgmt_app
 from .metrics import Metrics
 from .policies import make_policy
 from .predict import QueryProcessor
 from .registry import Registry
-from .rpc import RpcServer
+from .rpc import CREDENTIALS as RPC_CREDENTIALS, KEYS_DIR as RPC_KEYS_DIR, RpcServer, rpc_keys
 from .scheduler import BatchingConfig, Scheduler
 from .selection import Selection
 from .state import StateStore
@@ -43,6 +45,7 @@ class ClipperServer:
         self.config = config
         self.started = asyncio.Event()
         self._runners: list[web.AppRunner] = []
+        self._listeners: list = []  # (asyncio.Server, ConnectionGate)
         self._lockfile = None
         self.endpoints: dict[str, Any] = {}
         self.batching: dict[tuple, BatchingConfig] = {}
@@ -80,11 +83,13 @@ class ClipperServer:
         loop = asyncio.get_running_loop()
         self.legacy_rpc = (LegacyRpcServer(cfg.legacy_rpc_address)
                            if cfg.legacy_rpc_address else None)
+        rpc_keys_, rpc_creds = rpc_keys(cfg.state_dir) if cfg.rpc_auth else (None, None)
         self.rpc = RpcServer(
             cfg.rpc_address,
             lambda send: Scheduler(send, queue_capacity=cfg.queue_capacity, loop=loop),
             heartbeat_interval_s=cfg.heartbeat_interval_s,
-            heartbeat_timeout_s=cfg.heartbeat_timeout_s,
+            heartbeat_timeout_s=cfg.heartbeat_timeout_s, keys=rpc_keys_,
+            max_message_bytes=cfg.rpc_max_message_bytes,
             route=self.legacy_rpc.route if self.legacy_rpc else None)
         self.scheduler = self.rpc.scheduler
         self.selection = Selection(self.store)
@@ -115,22 +120,31 @@ class ClipperServer:
                                           os.path.join(cfg.state_dir, "logs"))
         self.supervisor = Supervisor(
             self.backend, rpc_endpoint, store=self.store,
-            on_exit=lambda iid, why: self.scheduler.remove_replica(iid, why))
+            on_exit=lambda iid, why: self.scheduler.remove_replica(iid, why),
+            rpc_credentials=rpc_creds)
         self.supervisor.start()
         self.deployments = DeploymentController(self.registry, self.scheduler, self.supervisor,
                                                 cfg.state_dir)
 
+        nofile = raise_open_file_limit()
+        # file descriptors: the management port keeps 64 connections of its own, and 256 stay
+        # free for replicas, the state store and logs, whatever the query port is sent
+        max_query_conns = min(cfg.max_connections, max(16, nofile - 256 - 64))
         query = await self._serve(make_query_app(self.processor, cfg.max_body_bytes,
                                                  self.metrics),
-                                  cfg.query_host, cfg.query_port)
-        mgmt = await self._serve(make_mgmt_app(self, cfg.mgmt_token), cfg.mgmt_host,
-                                 cfg.mgmt_port)
+                                  cfg.query_host, cfg.query_port, max_query_conns)
+        mgmt_app = make_mgmt_app(self, cfg.mgmt_token, cfg.mgmt_max_body_bytes)
+        mgmt = await self._serve(mgmt_app, cfg.mgmt_host, cfg.mgmt_port, 64)
+        allow_mgmt_hosts(mgmt_app, cfg.mgmt_host, mgmt)
         self.endpoints = {"query": f"http://{_host(cfg.query_host)}:{query}",
                           "management": f"http://{_host(cfg.mgmt_host)}:{mgmt}",
                           "rpc": rpc_endpoint, "pid": os.getpid(),
                           **({"legacy_rpc": legacy_endpoint} if legacy_endpoint else {}),
                           "backend": cfg.backend, "frontend_id": self.frontend_id,
                           "state_dir": os.path.abspath(cfg.state_dir)}
+        if rpc_creds is not None:  # for replicas started by hand: serve(credentials=...)
+            self.endpoints["rpc_credentials"] = os.path.abspath(
+                os.path.join(cfg.state_dir, RPC_KEYS_DIR, RPC_CREDENTIALS))
         # restore: every model version with replicas gets them back, re-adopting the
         # replica processes that a crashed frontend left running
         counts = await self.supervisor.restore(list(self.registry.models.values()))
@@ -153,19 +167,36 @@ class ClipperServer:
         log.server.info("Clipper is up: queries on %s, management on %s, RPC on %s",
                         self.endpoints["query"], self.endpoints["management"], rpc_endpoint)
 
-    async def _serve(self, app: web.Application, host: str, port: int) -> int:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    async def _serve(self, app: web.Application, host: str, port: int,
+                     max_connections: int) -> int:
+        cfg = self.config
+        # connection and request limits (limits.py): the gate wraps aiohttp's protocol
+        gate = ConnectionGate(None, max_connections=max_connections,
+                              max_in_flight=cfg.max_in_flight,
+                              idle_timeout_s=cfg.idle_timeout_s,
+                              keepalive_timeout_s=cfg.keepalive_timeout_s,
+                              name=f"{host}:{port}")
+        app.middlewares.insert(1, gate.middleware)  # inside the error mapping
+        app[BODY_TIMEOUT] = cfg.body_timeout_s
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               keepalive_timeout=cfg.keepalive_timeout_s)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+        gate.factory = runner.server
         try:
-            await site.start()
+            srv = await asyncio.get_running_loop().create_server(
+                gate, host, port, backlog=1024, reuse_address=True)
         except OSError as e:
+            gate.close()
             raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None
         self._runners.append(runner)
-        return runner.addresses[0][1]
+        self._listeners.append((srv, gate))
+        return srv.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         log.server.info("shutting down")
+        for srv, gate in self._listeners:
+            srv.close()
+            gate.close()
         for runner in self._runners:
             await runner.shutdown()
         if hasattr(self, "scheduler"):
@@ -213,6 +244,7 @@ class ClipperServer:
         for key in list(self.scheduler.models):
             if key not in reg.models:
                 self.scheduler.remove_model(key)
+                self.cache.drop_version(*key)  # a redeployed name:version starts afresh
                 self.batching.pop(key, None)
 
     def wait_ready(self, key: tuple, timeout_s: float):
@@ -259,6 +291,10 @@ class ClipperServer:
     def update_app(self, name: str, **changes: Any) -> AppConfig:
         """Change an app's SLO, default output, policy or cache setting; takes effect for the
         next query."""
+        if "policy" in changes or "policy_params" in changes:
+            app = self.registry.get_app(name)
+            make_policy(changes.get("policy", app.policy),  # ConfigError names what is wrong
+                        changes.get("policy_params", app.policy_params))
         return self.registry.update_app(name, **changes)
 
     def delete_app(self, name: str) -> None:

@@ -53,6 +53,11 @@ class StateStore:
         return (f"move {self.path} aside to start with an empty state (apps and models must "
                 "then be deployed again), or start with --state-dir pointing elsewhere")
 
+    def _ran_before(self) -> bool:
+        models = os.path.join(self.state_dir, "models")
+        return ((os.path.isdir(models) and bool(os.listdir(models)))
+                or os.path.exists(os.path.join(self.state_dir, "rpc", "server.json")))
+
     def _open(self) -> sqlite3.Connection:
         if os.path.isdir(self.path):
             raise StateStoreError(f"the state file {self.path} is a directory, not a Clipper "
@@ -63,6 +68,14 @@ class StateStore:
                 log.state.warning("the state directory %s holds deployed models but no state "
                                   "file: apps and models must be registered again",
                                   self.state_dir)
+        elif os.path.getsize(self.path) == 0 and self._ran_before():
+            # SQLite takes a 0-byte file for an empty database: a truncated state file would
+            # silently forget every app and model
+            raise StateStoreError(f"the state file {self.path} is empty (0 bytes), but the "
+                                  f"state directory shows that Clipper ran there before (it "
+                                  f"holds deployed models or RPC keys): the file was truncated "
+                                  f"or replaced; restore it from a backup, or "
+                                  f"{self._recovery()}")
         elif not os.access(self.path, os.R_OK | os.W_OK):
             raise StateStoreError(f"the state file {self.path} is not readable and writable by "
                                   f"this user; fix its permissions or {self._recovery()}")

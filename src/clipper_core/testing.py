@@ -24,7 +24,8 @@ class ClipperProcess:
     """``clipper start`` in a child process with port 0 everywhere and its own state dir."""
 
     def __init__(self, state_dir: str | None = None, *, extra_args: tuple = (),
-                 start_timeout_s: float = 30.0, env: dict | None = None) -> None:
+                 start_timeout_s: float = 30.0, env: dict | None = None,
+                 open_files: int | None = None) -> None:
         self._tmp = None
         if state_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="clipper-test-")
@@ -33,6 +34,8 @@ class ClipperProcess:
         self.extra_args = tuple(extra_args)
         self.start_timeout_s = start_timeout_s
         self.env = env
+        #: RLIMIT_NOFILE (soft and hard) of the child, as ``ulimit -n`` would set it
+        self.open_files = open_files
         self.proc: subprocess.Popen | None = None
         self.endpoints: dict[str, Any] = {}
         self.log_path = os.path.join(state_dir, "clipper.log")
@@ -51,7 +54,8 @@ class ClipperProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "clipper_core", "--state-dir", self.state_dir, "start",
              "--query-port", "0", "--mgmt-port", "0", "--rpc-port", "0", *self.extra_args],
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            preexec_fn=self._limit_open_files if self.open_files else None)
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -71,6 +75,11 @@ class ClipperProcess:
             raise RuntimeError(f"clipper did not start within {self.start_timeout_s} s:\n"
                                f"{self.log()}")
         return self
+
+    def _limit_open_files(self) -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int | None:
         if self.proc is None:
@@ -110,6 +119,12 @@ class ClipperProcess:
     @property
     def management_url(self) -> str:
         return self.endpoints["management"]
+
+    @property
+    def rpc_credentials(self) -> str | None:
+        """The credentials file for replicas started by hand
+        (``clipper_rpc.serve(..., credentials=c.rpc_credentials)``); None without auth."""
+        return self.endpoints.get("rpc_credentials")
 
     @property
     def conn(self) -> ClipperConnection:

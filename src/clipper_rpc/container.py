@@ -20,6 +20,7 @@ import uuid
 from typing import Any, Callable, Sequence
 
 from . import protocol as P
+from .auth import Credentials
 from .errors import ProtocolError
 from .transport import DealerChannel
 
@@ -58,8 +59,17 @@ def serve(predict: Callable[[list], Sequence[Any]], *, model_name: str, model_ve
 
 def serve_model(model: Model, *, model_name: str, model_version: str, input_type: str,
                 address: str | None = None, instance_id: str | None = None,
-                heartbeat_interval: float = 1.0, stop: threading.Event | None = None) -> None:
+                heartbeat_interval: float = 1.0, stop: threading.Event | None = None,
+                credentials: "Credentials | str | dict | None" = None) -> None:
     """Connect to the frontend at ``address`` and answer batches with ``model.predict``.
+
+    ``credentials`` authenticate this replica to the frontend (CURVE): a
+    :class:`~clipper_rpc.auth.Credentials`, the path of a credentials file (a frontend writes
+    its own to ``<state dir>/rpc/credentials.json``) or that file's JSON as a dict.  Without
+    them, the environment is read (``CLIPPER_RPC_SECRET_KEY`` and friends, which Clipper sets
+    for the replicas it starts, or ``CLIPPER_RPC_CREDENTIALS``, a file path); with none at all
+    the replica connects unauthenticated, which only a frontend started with ``--insecure-rpc``
+    accepts.
 
     Returns when ``stop`` is set, the frontend sends SHUTDOWN, or SIGTERM/SIGINT arrives.
     """
@@ -71,10 +81,13 @@ def serve_model(model: Model, *, model_name: str, model_version: str, input_type
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
+    creds = Credentials.coerce(credentials)
+    if creds is None:
+        creds = Credentials.from_env()
     model.load()
     register = P.encode(P.Register(model_name, str(model_version), input_type, instance_id,
                                    os.getpid(), {"runtime": "python"}))
-    chan = DealerChannel(address)
+    chan = DealerChannel(address, credentials=creds)
     log.info("model %s:%s (%s) connecting to %s as %s", model_name, model_version,
              input_type, address, instance_id)
     try:
@@ -108,12 +121,17 @@ def _loop(chan: DealerChannel, model: Model, register: list, hb: float,
                     log.warning("the frontend went away; the answer to batch %d is dropped "
                                 "(it re-sends the queries)", msg.batch_id)
                 now = last_sent = time.monotonic()
+            elif isinstance(msg, P.Registered):
+                # answer at once: the frontend puts a replica in rotation only once it has
+                # heard from it after registering
+                chan.try_send(heartbeat)
+                last_sent = now
             elif isinstance(msg, P.Reset):
                 must_register = True
             elif isinstance(msg, P.Shutdown):
                 log.info("frontend asked this container to shut down")
                 return
-            # Registered and Heartbeat only refresh last_heard
+            # a Heartbeat only refreshes last_heard
         if now - last_heard > 5 * hb:
             # the frontend went silent (restarted?): ZeroMQ reconnects by itself, so
             # announce ourselves again

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import zmq
+
+if TYPE_CHECKING:
+    from .auth import Credentials, ServerAuth
 
 log = logging.getLogger("clipper.rpc")
 
@@ -26,8 +29,13 @@ class RouterTransport:
     """Frontend end of the RPC: bind a ROUTER, hand each message to ``on_message``."""
 
     def __init__(self, address: str, on_message: FrameHandler,
-                 ctx: zmq.Context | None = None, *, max_drain: int = 4096) -> None:
+                 ctx: zmq.Context | None = None, *, max_drain: int = 4096,
+                 auth: "ServerAuth | None" = None, max_message_bytes: int = -1,
+                 rcv_hwm: int = 1000) -> None:
         self._ctx = ctx or zmq.Context.instance()
+        self._auth = auth
+        self._max_message_bytes = max_message_bytes
+        self._rcv_hwm = rcv_hwm
         self._address = address
         self._on_message = on_message
         self._max_drain = max_drain
@@ -48,7 +56,14 @@ class RouterTransport:
         # report an unroutable identity instead of dropping the message silently
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.SNDHWM, 100_000)
-        sock.setsockopt(zmq.RCVHWM, 100_000)
+        # what one peer may have queued towards us (messages); ZeroMQ stops reading its TCP
+        # stream beyond that, so a flooding peer holds its own bytes, not ours
+        sock.setsockopt(zmq.RCVHWM, self._rcv_hwm)
+        # a larger frame disconnects the peer before its body is buffered (a 300 MB frame
+        # would otherwise be read into memory before any check could refuse it)
+        sock.setsockopt(zmq.MAXMSGSIZE, self._max_message_bytes)
+        if self._auth is not None:
+            self._auth.apply(sock)
         addr = self._address
         if addr.startswith("tcp://") and addr.endswith(":0"):
             addr = addr[:-2] + ":*"
@@ -117,15 +132,21 @@ class RouterTransport:
                 pass
         self._sock.close(linger=0)
         self._sock = None
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
 
 
 class DealerChannel:
     """Container end of the RPC: a blocking DEALER connected to the frontend's ROUTER."""
 
-    def __init__(self, address: str, ctx: zmq.Context | None = None) -> None:
+    def __init__(self, address: str, ctx: zmq.Context | None = None, *,
+                 credentials: "Credentials | None" = None) -> None:
         self._ctx = ctx or zmq.Context.instance()
         self.address = address
         self._sock = self._ctx.socket(zmq.DEALER)
+        if credentials is not None:
+            credentials.apply(self._sock)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.RECONNECT_IVL, 100)
         self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)

@@ -188,3 +188,23 @@ def test_unusable_state_location(tmp_path, make):
         expected = "is a directory"
     err = _start_fails(str(state))
     assert expected in err and "clipper:" in err
+
+
+def test_a_zero_byte_state_file_after_a_run_is_refused(tmp_path):
+    state = tmp_path / "state"
+    with ClipperProcess(str(state)) as c:
+        c.conn.register_application("kept-app", "doubles", 0.0, 100_000)
+    # the WAL is checkpointed at a clean stop; truncate the database to 0 bytes
+    for extra in ("state.db-wal", "state.db-shm"):
+        if (state / extra).exists():
+            (state / extra).unlink()
+    (state / "state.db").write_bytes(b"")
+    err = _start_fails(str(state))
+    assert "state.db is empty (0 bytes)" in err and "aside" in err, err
+    assert (state / "state.db").stat().st_size == 0, "the refused file was written to"
+    # a fresh state directory with an empty file is simply a new state
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "state.db").write_bytes(b"")
+    with ClipperProcess(str(fresh)) as c:
+        assert c.conn.get_all_apps() == []

@@ -6,6 +6,7 @@ import msgpack
 import zmq
 
 from clipper_rpc import protocol as P
+from clipper_rpc.auth import Credentials
 
 
 def add_one(inputs):
@@ -21,6 +22,8 @@ def test_garbage_on_the_rpc_socket_is_dropped_and_serving_goes_on(clipper, uniqu
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    # an authenticated peer that sends garbage (an unauthenticated one never gets through)
+    Credentials.load(clipper.rpc_credentials).apply(sock)
     sock.connect(clipper.endpoints["rpc"])
     try:
         garbage = [

@@ -133,6 +133,8 @@ class Sim:
         r = self.sched.add_replica(identity, P.Register(KEY[0], KEY[1], "doubles",
                                                         rep["instance_id"], 1, {}))
         assert r is not None
+        assert r.suspect, "a replica is in rotation before it was heard from again"
+        self.sched.touch(identity)  # its first heartbeat, which a container sends at once
         return rep
 
     def _send(self, identity, frames):

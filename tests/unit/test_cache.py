@@ -271,3 +271,20 @@ def test_key_prefix_is_injective():
     assert kp("a", "1", "ints") + b"2" != kp("a", "12", "ints")
     assert kp("ab", "1", "ints") != kp("a", "b1", "ints")
     assert kp("m", "1", "ints") + b"x" != kp("m", "1", "floats") + b"x"
+
+
+def test_drop_version_forgets_only_that_version(impl):
+    c = impl.PredictionCache(1 << 20)
+    k = lambda m, v, x: impl.key_prefix(m, v, "doubles") + x
+    for x in (b"a", b"b", b"c"):
+        c.put(k("cx", "1", x), "old", 0.0)
+        c.put(k("cx", "10", x), "ten", 0.0)
+        c.put(k("cy", "1", x), "other", 0.0)
+    used = c.bytes_used
+    assert c.drop_version("cx", "1") == 3
+    assert c.peek(k("cx", "1", b"a")) is impl.MISS
+    assert c.peek(k("cx", "10", b"a")) == "ten" and c.peek(k("cy", "1", b"b")) == "other"
+    assert c.entries == 6 and c.bytes_used < used
+    c.put(k("cx", "1", b"a"), "new", 0.0)  # the table and the ring stay consistent
+    assert c.peek(k("cx", "1", b"a")) == "new"
+    assert len(c.keys()) == 7

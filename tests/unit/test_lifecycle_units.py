@@ -128,6 +128,8 @@ def _sched(n_replicas=1):
     s.ensure_model(("m", "1"), "doubles", BatchingConfig(batch_size=4), 1.0)
     reps = [s.add_replica(f"id{i}".encode(), P.Register("m", "1", "doubles", f"r{i}", 100 + i))
             for i in range(n_replicas)]
+    for r in reps:
+        s.touch(r.identity)  # the first heartbeat puts a registered replica in rotation
     return s, wire, reps
 
 

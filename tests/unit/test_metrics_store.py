@@ -134,6 +134,7 @@ async def test_batch_wait_is_recorded_per_batch(tmp_path):
                             BatchingConfig(batch_size=2, batch_wait_s=0.02, max_in_flight=1),
                             1.0)
     sched.add_replica(b"r1", P.Register("m", "1", "doubles", "r1"))
+    sched.touch(b"r1")  # its first heartbeat puts it in rotation
 
     def query(i):
         now = loop.time()

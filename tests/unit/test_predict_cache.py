@@ -38,6 +38,7 @@ class Rig:
                                     BatchingConfig(batch_size=64, batch_wait_s=0.0), 2.0)
         self.scheduler.add_replica(REPLICA + version.encode(),
                                    P.Register("m", version, "doubles", f"inst-{version}"))
+        self.scheduler.touch(REPLICA + version.encode())  # its first heartbeat
 
     def _send(self, identity, frames):
         self.sent.append((identity, P.decode([bytes(memoryview(f)) for f in frames])))
@@ -257,6 +258,7 @@ async def test_a_multi_model_app_uses_the_cache_per_model(rig):
     rig.scheduler.ensure_model(("n", "1"), "doubles",
                                BatchingConfig(batch_size=64, batch_wait_s=0.0), 2.0)
     rig.scheduler.add_replica(b"replica-n", P.Register("n", "1", "doubles", "inst-n"))
+    rig.scheduler.touch(b"replica-n")
     rig.registry.add_app(AppConfig("ens", "doubles", "default", 2_000_000, policy="ensemble"))
     rig.registry.link("ens", "m")
     rig.registry.link("ens", "n")

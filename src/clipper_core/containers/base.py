@@ -15,7 +15,9 @@ import abc
 import asyncio
 import json
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Mapping
+
+from clipper_rpc.auth import ENV_NAMES as RPC_CREDENTIAL_ENV, Credentials
 
 from ..config import ModelVersion
 from ..errors import ConfigError
@@ -31,6 +33,10 @@ ENV_INDEX = "CLIPPER_REPLICA_INDEX"
 class ReplicaStartError(ConfigError):
     """A backend refused to start a replica (no image, no GPU driver, bad resources): a
     deploy error, not something a restart would cure."""
+
+#: never inherited by a replica: model code must not read the operator's secrets (the
+#: management token) or another replica's RPC keys (each replica gets its own in its spec)
+SECRET_ENV = ("CLIPPER_MGMT_TOKEN", "CLIPPER_MGMT_TOKEN_FILE", *RPC_CREDENTIAL_ENV)
 
 
 @dataclass(frozen=True)
@@ -159,9 +165,12 @@ def check_gpus(gpus: Any) -> tuple:
     return tuple(out)
 
 
-def replica_spec(mv: ModelVersion, rpc_address: str, instance_id: str,
-                 index: int) -> ReplicaSpec | None:
-    """The spec of replica ``index`` of ``mv`` (None for externally started replicas)."""
+def replica_spec(mv: ModelVersion, rpc_address: str, instance_id: str, index: int,
+                 credentials: Credentials | None = None) -> ReplicaSpec | None:
+    """The spec of replica ``index`` of ``mv`` (None for externally started replicas).
+
+    ``credentials`` (the RPC's CURVE keys) go into the replica's environment, never its
+    command line, which every local user can read."""
     rt = mv.runtime
     common = ("--model-name", mv.name, "--model-version", mv.version,
               "--input-type", mv.input_type, "--address", rpc_address)
@@ -172,10 +181,12 @@ def replica_spec(mv: ModelVersion, rpc_address: str, instance_id: str,
     res = {"cpus": rt.get("cpus"), "memory": rt.get("memory"), "gpu": gpu}
     ids = dict(instance_id=instance_id, model_name=mv.name, model_version=mv.version,
                index=index, rpc_address=rpc_address)
+    env = tuple(credentials.to_env().items()) if credentials is not None else ()
     if gpu is None:
         # a replica is given a GPU only through the model's gpus: any other sees none, so a
         # framework runtime never tries one
-        res["env"] = (("CUDA_VISIBLE_DEVICES", ""),)
+        env += (("CUDA_VISIBLE_DEVICES", ""),)
+    res["env"] = env
     kind = rt.get("kind")
     if kind == "closure":
         return ReplicaSpec(**ids, argv=("-m", "model_runtimes.python_closure", "--closure",
@@ -192,3 +203,11 @@ def replica_spec(mv: ModelVersion, rpc_address: str, instance_id: str,
         return ReplicaSpec(**ids, image=rt["image"], argv=tuple(rt.get("args", ())) + common,
                            **res)
     return None
+
+
+def replica_environment(inherited: Mapping[str, str], spec: ReplicaSpec) -> dict[str, str]:
+    """A replica's environment: ``inherited`` without :data:`SECRET_ENV` (the management
+    token stays with the frontend), plus what the spec gives every replica."""
+    env = {k: v for k, v in inherited.items() if k not in SECRET_ENV}
+    env.update(spec.environment())
+    return env

@@ -18,7 +18,8 @@ import sys
 
 from .. import log
 from .base import (ENV_ADDRESS, ENV_FRONTEND, ENV_INDEX, ENV_INSTANCE, ENV_MODEL,
-                   ENV_VERSION, ReplicaBackend, ReplicaRef, ReplicaSpec, ReplicaStartError)
+                   ENV_VERSION, ReplicaBackend, ReplicaRef, ReplicaSpec, ReplicaStartError,
+                   replica_environment)
 
 
 def _environ(pid: int) -> dict[str, str]:
@@ -96,8 +97,7 @@ class LocalBackend(ReplicaBackend):
             log.container.warning("replica %s: the local backend does not limit CPUs or "
                                   "memory (the docker backend does)", spec.instance_id)
         argv = (self.python, *spec.argv) if spec.python else tuple(spec.argv)
-        env = dict(os.environ)
-        env.update(spec.environment())
+        env = replica_environment(os.environ, spec)
         env[ENV_FRONTEND] = self.frontend_id
         try:
             with open(self.log_path(spec.instance_id), "ab") as out:

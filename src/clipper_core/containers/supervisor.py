@@ -47,9 +47,12 @@ class Supervisor:
 
     def __init__(self, backend: ReplicaBackend, rpc_address: str, *, store=None,
                  on_exit: Callable[[str, str], None] | None = None,
-                 max_backoff_s: float = 5.0, grace_s: float = 3.0) -> None:
+                 max_backoff_s: float = 5.0, grace_s: float = 3.0,
+                 rpc_credentials=None) -> None:
         self.backend = backend
         self.rpc_address = rpc_address
+        #: the replicas' CURVE credentials (clipper_rpc.auth.Credentials); None: no auth
+        self.rpc_credentials = rpc_credentials
         self.store = store
         self.on_exit = on_exit
         self.max_backoff_s = max_backoff_s
@@ -113,7 +116,8 @@ class Supervisor:
 
     # ---------------------------------------------------------------- starting
     async def _start(self, slot: _Slot) -> ReplicaRef:
-        spec = replica_spec(slot.mv, self.rpc_address, slot.instance_id, slot.index)
+        spec = replica_spec(slot.mv, self.rpc_address, slot.instance_id, slot.index,
+                            self.rpc_credentials)
         assert spec is not None
         ref = await self.backend.start(spec)
         self._adopt(slot, ref)
