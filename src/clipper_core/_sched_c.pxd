@@ -58,8 +58,8 @@ cdef class BatchSizer:
     cdef double _w, _sn, _sl, _snn, _snl
 
     cpdef reconfigure(self, long fixed_max, long step, double backoff, long cap)
-    @cython.locals(sample=double, cap=double)
-    cpdef observe(self, long batch_size, double latency, double budget=*)
+    @cython.locals(sample=double, cap=double, cost=double)
+    cpdef observe(self, long batch_size, double latency, double budget=*, double compute=*)
     @cython.locals(mn=double, ml=double, var=double, slope=double, est=double, floor=double)
     cpdef double expected(self, long batch_size)
     cpdef overrun(self)

@@ -195,7 +195,11 @@ class BatchSizer:
 
     AIMD (the Clipper paper's rule): while full batches come back under the budget, add
     ``step``; when a batch overruns its budget, multiply by ``backoff``.  A batch that was not
-    full says nothing about a larger size, so it never grows the size.  ``expected()`` (the
+    full says nothing about a larger size, so it never grows the size.  AIMD judges a batch
+    by what the model cost: the compute time the container reported with the result when it
+    did, else the round trip.  The round trip also holds the frontend's own delays (CPU
+    contention, a busy event loop), and shrinking batches for those lowers throughput just
+    when the frontend needs it most; admission control still reckons with the round trip.  ``expected()`` (the
     measured latency as a function of batch size), ``busy_until`` and ``available`` are what
     admission control reads; ``latency`` is the exponentially weighted mean latency.
     """
@@ -236,9 +240,11 @@ class BatchSizer:
         if self.fixed or self.current > self.cap:
             self.current = self.cap
 
-    def observe(self, batch_size, latency, budget=-1.0):
+    def observe(self, batch_size, latency, budget=-1.0, compute=-1.0):
         """Feed back one completed batch of ``batch_size`` queries that took ``latency`` s
-        against ``budget`` s (the sizer's last budget when not given)."""
+        (the round trip) against ``budget`` s (the sizer's last budget when not given);
+        ``compute`` is the model's own time for it as the container reported it (negative:
+        not reported), and what AIMD goes by when given."""
         if budget > 0.0:
             self.budget = budget
         self.batches += 1
@@ -260,7 +266,8 @@ class BatchSizer:
         self._snl = 0.9 * self._snl + batch_size * sample
         if self.fixed:
             return
-        if latency > self.budget:
+        cost = compute if compute >= 0.0 else latency
+        if cost > self.budget:
             self._decrease()
         elif batch_size >= self.current and self.current < self.cap:
             self.current = min(self.cap, self.current + self.step)

@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator
 
 from aiohttp import web
 
-from . import log
+from . import edge, log
 from .cache import PredictionCache
 from .config import AppConfig, ModelVersion, ServerConfig, check_name, check_version
 from .containers.local import LocalProcessManager
@@ -142,7 +142,7 @@ class ClipperServer:
                         self.endpoints["query"], self.endpoints["management"], rpc_endpoint)
 
     async def _serve(self, app: web.Application, host: str, port: int) -> int:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = edge.EdgeRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
         try:
