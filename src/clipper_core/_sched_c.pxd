@@ -88,8 +88,10 @@ cdef class Batcher:
     @cython.locals(stale=double)
     cdef bint _fresh(self, BatchSizer s, double now)
     @cython.locals(s=BatchSizer, total=Py_ssize_t, known=bint, start=double, rounds=double,
-                   whole=Py_ssize_t)
+                   whole=Py_ssize_t, full=double)
     cpdef Py_ssize_t capacity_by(self, double deadline, double now, list sizers)
+    @cython.locals(lo=long, hi=long, mid=long)
+    cdef long _partial(self, BatchSizer s, double left)
     @cython.locals(s=BatchSizer, n=Py_ssize_t)
     cdef bint _fits_one_batch(self, double deadline, double now, list sizers)
     @cython.locals(queue=DeadlineQueue, cap=Py_ssize_t, ahead=Py_ssize_t, gap=double)

@@ -371,13 +371,31 @@ class Batcher:
                 return -1
             start = s.busy_until if s.busy_until > now else now
             if deadline > start:
-                rounds = (deadline - start) / s.expected(s.current)
+                full = s.expected(s.current)
+                rounds = (deadline - start) / full
                 if rounds > 1e9:
                     rounds = 1e9
                 whole = int(rounds)
                 total += s.current * whole
+                # the time left after the full batches still fits a smaller one: the queue
+                # ahead need not be a multiple of the batch size (at 1x load it rarely is)
+                if whole < 1e9:
+                    total += self._partial(s, deadline - start - whole * full)
             known = True
         return total if known else -1
+
+    def _partial(self, s, left):
+        """The largest batch (< ``s.current``) the replica of ``s`` answers within ``left``
+        seconds, by its measured latency line; 0 when not even one query fits."""
+        lo = 0
+        hi = s.current - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if s.expected(mid) <= left:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
     def _fits_one_batch(self, deadline, now, sizers):
         """Whether an idle replica can take the whole queue and one more in its next batch,
