@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for row in rows:
         log(f"row {row['name']}")
-        if hog:
+        if hog or row.get("cpu_hog", False):
             with Hog():
                 results.append(run_row(doc, row, saturation))
         else:
