@@ -41,14 +41,17 @@ _JSON = "application/json"
 
 class _Stamped(asyncio.Protocol):
     """Wraps aiohttp's protocol for one connection and notes when a request's first bytes
-    were read (``arrived``; None once the handler took it)."""
+    were read (``arrived``): bytes read while no request is being handled on the connection
+    (``busy``, kept by :func:`arrival_middleware`) start a request; later chunks of its body
+    do not, and neither do pipelined requests (they count from their handler)."""
 
-    __slots__ = ("inner", "loop", "arrived")
+    __slots__ = ("inner", "loop", "arrived", "busy")
 
     def __init__(self, factory: Callable[[], Any], loop: asyncio.AbstractEventLoop) -> None:
         self.inner = factory()
         self.loop = loop
         self.arrived: float | None = None
+        self.busy = False
 
     def connection_made(self, transport: Any) -> None:
         self.inner.connection_made(transport)
@@ -59,7 +62,7 @@ class _Stamped(asyncio.Protocol):
         self.inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self.arrived is None:
+        if self.arrived is None and not self.busy:
             self.arrived = self.loop.time()
         self.inner.data_received(data)
 
@@ -108,16 +111,35 @@ def parse_request_start(value: str) -> float | None:
     return t
 
 
-def arrival(request: web.Request, now: float) -> float:
-    """When ``request`` arrived, on the loop's clock (``now`` is ``loop.time()``): the
-    earliest of its first bytes' read time, its ``X-Request-Start`` header and ``now``."""
-    t = now
+#: where :func:`arrival_middleware` leaves a request's arrival time (the loop's clock)
+ARRIVED = "clipper_arrived"
+
+
+@web.middleware
+async def arrival_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Notes every request's arrival (:func:`arrival`) in ``request[ARRIVED]`` before its
+    handler runs, and keeps its connection marked busy until the handler is done."""
     w = _BY_HANDLER.get(request.protocol)
+    stamp = None
     if w is not None:
-        a = w.arrived
+        stamp = w.arrived
         w.arrived = None  # the next request on this connection stamps afresh
-        if a is not None and a < t:
-            t = a
+        w.busy = True
+    request[ARRIVED] = arrival(request, asyncio.get_running_loop().time(), stamp)
+    try:
+        return await handler(request)
+    finally:
+        if w is not None:
+            w.busy = False
+
+
+def arrival(request: web.Request, now: float, stamp: float | None = None) -> float:
+    """When ``request`` arrived, on the loop's clock (``now`` is ``loop.time()``): the
+    earliest of ``stamp`` (its first bytes' read time), its ``X-Request-Start`` header and
+    ``now``."""
+    t = now
+    if stamp is not None and stamp < t:
+        t = stamp
     h = request.headers.get("X-Request-Start")
     if h is not None:
         epoch = parse_request_start(h)

@@ -23,11 +23,10 @@ async def predict(request: web.Request) -> web.Response:
     proc = request.app[PROCESSOR]
     app_name = request.match_info["app"]
     app = proc.registry.get_app(app_name)  # 404 before parsing the body
-    loop = asyncio.get_running_loop()
-    arrived = edge.arrival(request, loop.time())
+    arrived = request[edge.ARRIVED]
     raw = await read_body(request)
     gate = request.app[GATE]
-    why = gate.verdict(app.slo_micros / 1e6, arrived, loop.time())
+    why = gate.verdict(app.slo_micros / 1e6, arrived, asyncio.get_running_loop().time())
     if why is not None:  # refused before parsing: it never reaches the scheduler
         request.app[METRICS].refused(app_name)
         return gate.refusal(app, raw, why, proc.new_query_id())
@@ -90,7 +89,8 @@ async def stats(request: web.Request) -> web.Response:
 
 def make_app(proc: QueryProcessor, max_body_bytes: int,
              metrics: Metrics | None = None, gate: edge.Gate | None = None) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=max_body_bytes)
+    app = web.Application(middlewares=[error_middleware, edge.arrival_middleware],
+                          client_max_size=max_body_bytes)
     metrics = metrics if metrics is not None else Metrics(proc)
     app[PROCESSOR] = proc
     app[METRICS] = metrics

@@ -134,3 +134,28 @@ def test_the_gate_bounds_the_requests_held():
     assert g.verdict(0.02, 0.0, 0.011).startswith("refused: the query waited")
     g.in_flight = 2
     assert g.verdict(0.02, 0.0, 0.0).startswith("refused: the frontend holds 2")
+
+
+def test_an_idle_keep_alive_connection_does_not_age_its_next_request(clipper, served):
+    """The stamp belongs to a request's first bytes: body bytes that come after its
+    handler started, or a pause between requests on one connection, never age the next."""
+    import http.client
+
+    app, _, _ = served
+    u = urlsplit(clipper.query_url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        for _ in range(3):
+            # headers and body leave in separate writes
+            conn.putrequest("POST", f"/{app}/predict")
+            conn.putheader("Content-Type", "application/json")
+            conn.putheader("Content-Length", "21")
+            conn.endheaders()
+            time.sleep(0.05)
+            conn.send(b'{"input": [1.0, 2.0]}')
+            resp = conn.getresponse()
+            out = json.loads(resp.read())
+            assert resp.status == 200 and out["default"] is False, out
+            time.sleep(0.5)  # idle for more than the 200 ms the gate allows
+    finally:
+        conn.close()
