@@ -41,9 +41,10 @@ _JSON = "application/json"
 
 class _Stamped(asyncio.Protocol):
     """Wraps aiohttp's protocol for one connection and notes when a request's first bytes
-    were read (``arrived``): bytes read while no request is being handled on the connection
-    (``busy``, kept by :func:`arrival_middleware`) start a request; later chunks of its body
-    do not, and neither do pipelined requests (they count from their handler)."""
+    were read (``arrived``): bytes that open a request line, read while no request is being
+    handled on the connection (``busy``, kept by :func:`arrival_middleware`), start a request;
+    chunks of a body do not, and neither do pipelined requests (they count from their
+    handler)."""
 
     __slots__ = ("inner", "loop", "arrived", "busy")
 
@@ -62,7 +63,9 @@ class _Stamped(asyncio.Protocol):
         self.inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self.arrived is None and not self.busy:
+        # the rest of a body its handler did not wait for can still come after it returned:
+        # only bytes that open a request line (a method, then a space) start a request
+        if self.arrived is None and not self.busy and data[:8].split(b" ", 1)[0] in _METHODS:
             self.arrived = self.loop.time()
         self.inner.data_received(data)
 
@@ -75,6 +78,8 @@ class _Stamped(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.inner.resume_writing()
 
+
+_METHODS = frozenset((b"GET", b"POST", b"PUT", b"HEAD", b"DELETE", b"OPTIONS", b"PATCH"))
 
 #: aiohttp's protocol of a connection -> its wrapper (entries leave with the connection)
 _BY_HANDLER: dict = {}

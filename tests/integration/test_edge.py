@@ -159,3 +159,35 @@ def test_an_idle_keep_alive_connection_does_not_age_its_next_request(clipper, se
             time.sleep(0.5)  # idle for more than the 200 ms the gate allows
     finally:
         conn.close()
+
+
+def test_the_rest_of_an_unread_body_does_not_age_the_next_request(clipper, served):
+    """A 404 answers before the body is read; the body's last bytes arriving afterwards
+    must not stamp the next request on the connection."""
+    app, _, _ = served
+    u = urlsplit(clipper.query_url)
+    body = b'{"input": [' + b"1.0, " * 2000 + b'2.0]}'
+    with socket.create_connection((u.hostname, u.port), timeout=30) as s:
+        head = (f"POST /no-such-app/predict HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                f"application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        s.sendall(head + body[:100])
+        time.sleep(0.2)  # the 404 is decided; then the rest of the body
+        s.sendall(body[100:])
+        f = s.makefile("rb")
+        status = int(f.readline().split()[1])
+        length = 0
+        while (line := f.readline()) not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        f.read(length)
+        assert status == 404
+        time.sleep(0.5)  # longer than the gate allows
+        ok = b'{"input": [1.0, 2.0]}'
+        s.sendall((f"POST /{app}/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                   f"\r\nContent-Length: {len(ok)}\r\n\r\n").encode() + ok)
+        status = int(f.readline().split()[1])
+        while (line := f.readline()) not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        out = json.loads(f.read(length))
+        assert status == 200 and out["default"] is False, out
