@@ -13,8 +13,9 @@ Two sources of the arrival time, the earliest wins:
 
 :class:`Gate` then refuses, before the body is parsed, what the frontend cannot answer in
 time: a query that already spent more than ``wait_fraction`` of its SLO before its handler
-got to it (the rest belongs to the batch; the scheduler's batch budget is the same share),
-and any query beyond ``max_in_flight`` requests held.  A refusal answers with the app's
+got to it (the rest belongs to the batch; the scheduler's batch budget is the same share; for
+long SLOs the rest kept is at most ``headroom_cap_s``), and any query beyond
+``max_in_flight`` requests held.  A refusal answers with the app's
 default output (a pre-serialised body) for a single input, or ``503`` with ``Retry-After``
 when the app has no default or the request is a batch; it never reaches the scheduler and
 is counted as ``refused`` in ``/metrics``.
@@ -30,8 +31,11 @@ from typing import Any, Callable
 import orjson
 from aiohttp import web
 
-#: share of a query's SLO it may spend before its handler runs; later it is refused
+#: share of a query's SLO it may spend before its handler runs; later it is refused ...
 DEFAULT_WAIT_FRACTION = 0.5
+#: ... except that what it keeps for the rest (the batch) need not exceed this: a 2 s SLO
+#: may wait 1.9 s (the scheduler's admission control still sheds what cannot make it)
+DEFAULT_HEADROOM_CAP_S = 0.1
 #: requests the query port holds at most (parsed, queued or waiting for their answer)
 DEFAULT_MAX_IN_FLIGHT = 4096
 #: an X-Request-Start older than this is taken as a broken clock and ignored
@@ -160,12 +164,16 @@ class Gate:
     queries whose wait before their handler ate ``wait_fraction`` of their SLO."""
 
     def __init__(self, wait_fraction: float = DEFAULT_WAIT_FRACTION,
-                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+                 headroom_cap_s: float = DEFAULT_HEADROOM_CAP_S) -> None:
         if not 0.0 < wait_fraction <= 1.0:
             raise ValueError("wait_fraction must be in (0, 1]")
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
+        if not headroom_cap_s >= 0.0:
+            raise ValueError("headroom_cap_s must be >= 0")
         self.wait_fraction = wait_fraction
+        self.headroom_cap_s = headroom_cap_s
         self.max_in_flight = max_in_flight
         self.in_flight = 0
         #: (app name, default output JSON) -> the pre-serialised parts of a refusal body
@@ -175,9 +183,12 @@ class Gate:
         """Why a query of SLO ``slo_s`` that arrived at ``arrived`` is refused at ``now``;
         None when it may go on."""
         waited = now - arrived
-        if waited > self.wait_fraction * slo_s:
-            return (f"refused: the query waited {waited * 1e3:.1f} ms for the frontend, more "
-                    f"than {self.wait_fraction:g} of its {slo_s * 1e3:g} ms SLO")
+        headroom = (1.0 - self.wait_fraction) * slo_s
+        if headroom > self.headroom_cap_s:
+            headroom = self.headroom_cap_s
+        if waited > slo_s - headroom:
+            return (f"refused: the query waited {waited * 1e3:.1f} ms for the frontend; its "
+                    f"{slo_s * 1e3:g} ms SLO leaves too little for the model")
         if self.in_flight >= self.max_in_flight:
             return (f"refused: the frontend holds {self.in_flight} requests, its limit")
         return None
