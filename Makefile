@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test test-compiled test-pure build venv bench bench-deps clean system-deps
+.PHONY: run test test-compiled test-pure build venv bench bench-deps bench-overload clean system-deps
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,10 +45,16 @@ test-pure: build system-deps
 bench: build
 	$(PY) benchmarks/demo_throughput.py
 
-# scikit-learn for the benchmark scenarios' sklearn model (not a dependency of Clipper)
+# scikit-learn for the benchmark scenarios' sklearn model (not a dependency of Clipper), and
+# the open-loop generator oha for benchmarks/overload.py (Rust; compiles for a few minutes)
 bench-deps: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
 	bash .ci/system-deps .ci/bench-packages.txt
+	command -v oha >/dev/null || test -x $(HOME)/.cargo/bin/oha || cargo install oha --locked
+
+# issue 14's overload table (model-bound 1x/2x, frontend-bound 2x, 2x beside a CPU hog)
+bench-overload: build bench-deps
+	$(PY) benchmarks/overload.py
 
 clean:
 	rm -rf build $(VENV) src/*.egg-info src/clipper_core/*.so src/clipper_core/*.c \

@@ -2,10 +2,10 @@
 
 A real Clipper (``clipper_core.testing.ClipperProcess``) serves three copies of one model
 whose batch costs 1 ms + 0.05 ms per item (a sleep: the cost of an accelerator, not of this
-machine's CPUs), one replica each, configured ``batch_size`` 1, 32 and -1 (AIMD).  An aiohttp
-client drives each in a closed loop at one concurrency for a few seconds; the three run
-interleaved, in a rotating order, for several rounds (the client runs on uvloop: on a 2-core
-machine its CPU time per query is about the server's, so it is part of what is measured).  Reported per configuration: prediction
+machine's CPUs), one replica each, configured ``batch_size`` 1, 32 and -1 (AIMD).  clipper-bench's
+load generator drives each in a closed loop at one concurrency for a few seconds; the three run
+interleaved, in a rotating order, for several rounds (the generator runs in its own process
+on the same 2-core machine, so it is part of what is measured).  Reported per configuration: prediction
 throughput (answers that are not the default), all answers per second (a shed query is
 answered at once, and a closed-loop client sends its next one at once), client-side p50/p99
 latency of all answers,
@@ -29,10 +29,10 @@ import statistics
 import sys
 import time
 
-import aiohttp
-import orjson
-import uvloop
+import numpy as np
 
+from clipper_core.bench import BenchConfig, build_target
+from clipper_core.bench.runner import make_pool, run_level
 from clipper_core.testing import ClipperProcess
 
 CONFIGS = {"batch-1": 1, "fixed-32": 32, "aimd": -1}
@@ -55,64 +55,33 @@ def cpu_seconds(pid: int) -> float:
 
 async def drive(url: str, concurrency: int, warmup_s: float, duration_s: float,
                 server_pid: int) -> dict:
-    """Closed loop: ``concurrency`` workers each send the next query when one is answered.
-    Only answers that complete inside the measured window (after the warm-up) count."""
-    lat: list[float] = []
-    preds = defaults = errors = 0
-    t_begin = time.perf_counter()
-    t_start = t_begin + warmup_s
-    t_end = t_start + duration_s
-    cpu = {}
-    headers = {"Content-Type": "application/json"}
-
-    async def mark() -> None:
-        await asyncio.sleep(warmup_s)
-        cpu["server0"] = cpu_seconds(server_pid)
-        cpu["client0"] = time.process_time()
-
-    async def worker(session: aiohttp.ClientSession, w: int) -> None:
-        nonlocal preds, defaults, errors
-        i = 0
-        while True:
-            t0 = time.perf_counter()
-            if t0 >= t_end:
-                return
-            i += 1
-            x = float(w * 1_000_000 + i)
-            body = orjson.dumps({"input": [x]})
-            async with session.post(url, data=body, headers=headers) as r:
-                raw = await r.read()
-                status = r.status
-            t1 = time.perf_counter()
-            if t1 < t_start or t1 > t_end:
-                continue
-            lat.append(t1 - t0)
-            if status != 200:
-                errors += 1
-                continue
-            ans = orjson.loads(raw)
-            if ans["default"]:
-                defaults += 1
-            elif ans["output"] == x + 1:
-                preds += 1
-            else:
-                errors += 1
-
-    conn = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=conn) as session:
-        await asyncio.gather(mark(), *(worker(session, w) for w in range(concurrency)))
-    server_cpu = cpu_seconds(server_pid) - cpu["server0"]
-    client_cpu = time.process_time() - cpu["client0"]
-    lat.sort()
-    n = len(lat)
+    """Closed loop: ``concurrency`` users of clipper-bench's generator (one worker process,
+    its percentiles: numpy's linear interpolation), each input distinct.  The server's CPU
+    time is measured over warm-up and measurement together and divided by the answers of
+    both, counted at the measured rate."""
+    target = build_target(url, body_template='{"input": [{{i}}.0]}', stats_url="none")
+    cfg = BenchConfig(target=target, mode="closed", levels=(float(concurrency),),
+                      warmup=warmup_s, duration=duration_s, window=duration_s, workers=1)
+    pool = make_pool(cfg)
+    await pool.start()
+    try:
+        cpu0 = cpu_seconds(server_pid)
+        lvl = await run_level(pool, cfg, 0)
+        server_cpu = cpu_seconds(server_pid) - cpu0
+    finally:
+        await pool.close()
+    n = lvl.ok
+    defaults = round((lvl.default_share or 0.0) * n)
+    preds = n - defaults
+    answered = lvl.achieved_rps * (warmup_s + duration_s)
     return {
-        "answers": n, "predictions": preds, "defaults": defaults, "errors": errors,
-        "throughput": preds / duration_s, "answers_per_s": n / duration_s,
-        "p50_ms": lat[n // 2] * 1e3 if n else None,
-        "p99_ms": lat[min(n - 1, int(0.99 * n))] * 1e3 if n else None,
-        "default_share": defaults / n if n else None,
-        "server_cpu_us_per_answer": server_cpu / n * 1e6 if n else None,
-        "client_cpu_us_per_answer": client_cpu / n * 1e6 if n else None,
+        "answers": n, "predictions": preds, "defaults": defaults, "errors": lvl.error_count,
+        "throughput": preds / duration_s, "answers_per_s": lvl.achieved_rps,
+        "p50_ms": None if lvl.latency.p50 is None else lvl.latency.p50 * 1e3,
+        "p99_ms": None if lvl.latency.p99 is None else lvl.latency.p99 * 1e3,
+        "default_share": lvl.default_share if n else None,
+        "server_cpu_us_per_answer": server_cpu / answered * 1e6 if answered else None,
+        "client_cpu_us_per_answer": lvl.generator_cpu * duration_s / n * 1e6 if n else None,
     }
 
 
@@ -122,12 +91,12 @@ def batch_stats(conn, model: str, before: dict) -> dict:
     count = b1["count"] - b0["count"]
     rpc = after["stats"]["rpc_s"]["sum"] - before["stats"]["rpc_s"]["sum"]
     recent = after["recent_batches"][-count:] if count else []
-    lats = sorted(lat for _, lat in recent)
+    lats = [lat for _, lat in recent]
     return {
         "batches": count,
         "mean_batch": (b1["sum"] - b0["sum"]) / count if count else 0.0,
         "mean_batch_ms": rpc / count * 1e3 if count else None,
-        "p99_batch_ms": lats[min(len(lats) - 1, int(0.99 * len(lats)))] * 1e3 if lats else None,
+        "p99_batch_ms": float(np.percentile(lats, 99)) * 1e3 if lats else None,
         "budget_ms": after["budget_s"] * 1e3,
         "aimd_size": [r["batch_size"] for r in after["replicas"].values()],
         "shed": after["shed"] - before["shed"],
@@ -170,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in order:
                 model = f"bench-{name}"
                 before = conn.get_batching(model)
-                res = uvloop.run(drive(f"{clipper.query_url}/{model}/predict",
+                res = asyncio.run(drive(f"{clipper.query_url}/{model}/predict",
                                        args.concurrency, args.warmup, args.duration,
                                        clipper.proc.pid))
                 res.update(batch_stats(conn, model, before))

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/demo_throughput.py [--concurrency 32] [--duration 10]
 
 Starts a real Clipper with the demo app (a closure summing the input) on free ports, drives it
-with an aiohttp client from this process (every input distinct, so no answer comes from the
+with clipper-bench's load generator (every input distinct, so no answer comes from the
 cache), prints queries/s, p50 and p99, and saves JSON under
 benchmarks/results/.
 """
@@ -12,58 +12,34 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import json
 import os
-import time
 
-import aiohttp
-import numpy as np
-
+from clipper_core.bench import BenchConfig, build_target
+from clipper_core.bench.runner import make_pool, run_level
 from clipper_core.testing import ClipperProcess
 
 
 async def drive(url: str, concurrency: int, duration: float, warmup: float) -> dict:
-    counter = itertools.count()
-    lat: list[float] = []
-    defaults = errors = hits = 0
-    conn = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=conn) as s:
-        t_start = time.perf_counter()
-        t_measure = t_start + warmup
-        t_end = t_measure + duration
-
-        async def worker() -> None:
-            nonlocal defaults, errors, hits
-            while True:
-                t0 = time.perf_counter()
-                if t0 >= t_end:
-                    return
-                # every input distinct: this measures the model path, not the cache
-                body = b'{"input": [1.0, 2.0, %d.0]}' % next(counter)
-                async with s.post(url, data=body,
-                                  headers={"Content-Type": "application/json"}) as r:
-                    data = await r.read()
-                t1 = time.perf_counter()
-                if t0 < t_measure:
-                    continue
-                if r.status != 200:
-                    errors += 1
-                    if errors <= 3:
-                        print(f"HTTP {r.status}: {data[:300]!r}")
-                    continue
-                if b'"default":true' in data:
-                    defaults += 1
-                if b'"cache_hit":true' in data:
-                    hits += 1
-                lat.append(t1 - t0)
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    a = np.array(lat)
-    return {"concurrency": concurrency, "duration_s": duration, "queries": len(a),
-            "qps": len(a) / duration, "p50_ms": float(np.percentile(a, 50) * 1e3),
-            "p99_ms": float(np.percentile(a, 99) * 1e3), "defaults": defaults,
-            "errors": errors, "cache_hits": hits}
+    """One closed-loop level of clipper-bench's generator (its percentiles: numpy's linear
+    interpolation); every input distinct, so this measures the model path, not the cache."""
+    target = build_target(url, body_template='{"input": [1.0, 2.0, {{i}}.0]}')
+    cfg = BenchConfig(target=target, mode="closed", levels=(float(concurrency),),
+                      warmup=warmup, duration=duration, window=min(duration, 2.0), workers=1)
+    pool = make_pool(cfg)
+    await pool.start()
+    try:
+        lvl = await run_level(pool, cfg, 0)
+    finally:
+        await pool.close()
+    n = lvl.ok
+    defaults = round((lvl.default_share or 0.0) * n)
+    return {"concurrency": concurrency, "duration_s": duration, "queries": n,
+            "qps": lvl.achieved_rps,
+            "p50_ms": None if lvl.latency.p50 is None else lvl.latency.p50 * 1e3,
+            "p99_ms": None if lvl.latency.p99 is None else lvl.latency.p99 * 1e3,
+            "defaults": defaults, "errors": lvl.error_count,
+            "cache_hits": round((lvl.cache_hit_share or 0.0) * n)}
 
 
 def main() -> None:

@@ -58,8 +58,8 @@ cdef class BatchSizer:
     cdef double _w, _sn, _sl, _snn, _snl
 
     cpdef reconfigure(self, long fixed_max, long step, double backoff, long cap)
-    @cython.locals(sample=double, cap=double)
-    cpdef observe(self, long batch_size, double latency, double budget=*)
+    @cython.locals(sample=double, cap=double, cost=double)
+    cpdef observe(self, long batch_size, double latency, double budget=*, double compute=*)
     @cython.locals(mn=double, ml=double, var=double, slope=double, est=double, floor=double)
     cpdef double expected(self, long batch_size)
     cpdef overrun(self)
@@ -94,8 +94,10 @@ cdef class Batcher:
     @cython.locals(stale=double)
     cdef bint _fresh(self, BatchSizer s, double now)
     @cython.locals(s=BatchSizer, total=Py_ssize_t, known=bint, start=double, rounds=double,
-                   whole=Py_ssize_t)
+                   whole=Py_ssize_t, full=double)
     cpdef Py_ssize_t capacity_by(self, double deadline, double now, list sizers)
+    @cython.locals(lo=long, hi=long, mid=long)
+    cdef long _partial(self, BatchSizer s, double left)
     @cython.locals(s=BatchSizer, n=Py_ssize_t)
     cdef bint _fits_one_batch(self, double deadline, double now, list sizers)
     @cython.locals(queue=DeadlineQueue, cap=Py_ssize_t, ahead=Py_ssize_t, n=Py_ssize_t)

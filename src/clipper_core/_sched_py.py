@@ -195,7 +195,11 @@ class BatchSizer:
 
     AIMD (the Clipper paper's rule): while full batches come back under the budget, add
     ``step``; when a batch overruns its budget, multiply by ``backoff``.  A batch that was not
-    full says nothing about a larger size, so it never grows the size.  ``expected()`` (the
+    full says nothing about a larger size, so it never grows the size.  AIMD judges a batch
+    by what the model cost: the compute time the container reported with the result when it
+    did, else the round trip.  The round trip also holds the frontend's own delays (CPU
+    contention, a busy event loop), and shrinking batches for those lowers throughput just
+    when the frontend needs it most; admission control still reckons with the round trip.  ``expected()`` (the
     measured latency as a function of batch size), ``busy_until`` and ``available`` are what
     admission control reads; ``latency`` is the exponentially weighted mean latency.
     """
@@ -236,9 +240,11 @@ class BatchSizer:
         if self.fixed or self.current > self.cap:
             self.current = self.cap
 
-    def observe(self, batch_size, latency, budget=-1.0):
+    def observe(self, batch_size, latency, budget=-1.0, compute=-1.0):
         """Feed back one completed batch of ``batch_size`` queries that took ``latency`` s
-        against ``budget`` s (the sizer's last budget when not given)."""
+        (the round trip) against ``budget`` s (the sizer's last budget when not given);
+        ``compute`` is the model's own time for it as the container reported it (negative:
+        not reported), and what AIMD goes by when given."""
         if budget > 0.0:
             self.budget = budget
         self.batches += 1
@@ -260,7 +266,8 @@ class BatchSizer:
         self._snl = 0.9 * self._snl + batch_size * sample
         if self.fixed:
             return
-        if latency > self.budget:
+        cost = compute if compute >= 0.0 else latency
+        if cost > self.budget:
             self._decrease()
         elif batch_size >= self.current and self.current < self.cap:
             self.current = min(self.cap, self.current + self.step)
@@ -386,13 +393,31 @@ class Batcher:
                 return -1
             start = s.busy_until if s.busy_until > now else now
             if deadline > start:
-                rounds = (deadline - start) / s.expected(s.current)
+                full = s.expected(s.current)
+                rounds = (deadline - start) / full
                 if rounds > 1e9:
                     rounds = 1e9
                 whole = int(rounds)
                 total += s.current * whole
+                # the time left after the full batches still fits a smaller one: the queue
+                # ahead need not be a multiple of the batch size (at 1x load it rarely is)
+                if whole < 1e9:
+                    total += self._partial(s, deadline - start - whole * full)
             known = True
         return total if known else -1
+
+    def _partial(self, s, left):
+        """The largest batch (< ``s.current``) the replica of ``s`` answers within ``left``
+        seconds, by its measured latency line; 0 when not even one query fits."""
+        lo = 0
+        hi = s.current - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if s.expected(mid) <= left:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
     def _fits_one_batch(self, deadline, now, sizers):
         """Whether an idle replica can take the whole queue and one more in its next batch,

@@ -52,7 +52,11 @@ async def read_body(request: web.Request) -> bytes:
 
 async def read_json(request: web.Request) -> Any:
     """The request body parsed as JSON; typed errors for an oversize or malformed body."""
-    body = await read_body(request)
+    return parse_json(await read_body(request))
+
+
+def parse_json(body: bytes) -> Any:
+    """``body`` parsed as JSON; ``MalformedJSON`` when it is empty or not JSON."""
     if not body:
         raise MalformedJSON("request body is empty; expected a JSON object")
     try:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 SECONDS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-OUTCOMES = ("prediction", "default", "shed", "error")
+OUTCOMES = ("prediction", "default", "shed", "error", "refused")
 _METRIC_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 #: the scheduler's StatPairs, by the name they have in ``ModelQueue.stats`` and ``/stats``
 MODEL_STATS = ("queue_delay_s", "batch_wait_s", "rpc_s", "model_compute_s", "batch_size")
@@ -70,21 +70,23 @@ class Histogram:
 class AppFigures:
     """What the query handlers count for one application."""
 
-    __slots__ = ("prediction", "default", "shed", "error", "cache_hits", "cache_misses",
-                 "latency")
+    __slots__ = ("prediction", "default", "shed", "error", "refused", "cache_hits",
+                 "cache_misses", "latency")
 
     def __init__(self) -> None:
         self.prediction = 0
         self.default = 0
         self.shed = 0
         self.error = 0
+        #: refused at the edge before parsing (see edge.Gate)
+        self.refused = 0
         self.cache_hits = 0
         self.cache_misses = 0
         self.latency = Histogram(SECONDS_BUCKETS)
 
     def to_json(self) -> dict:
         return {"prediction": self.prediction, "default": self.default, "shed": self.shed,
-                "error": self.error, "cache_hits": self.cache_hits,
+                "error": self.error, "refused": self.refused, "cache_hits": self.cache_hits,
                 "cache_misses": self.cache_misses,
                 "latency_s": {"count": self.latency.count, "sum": self.latency.sum}}
 
@@ -146,6 +148,10 @@ class Metrics:
             raise
         self.record(app, outcomes, time.perf_counter() - t0)
         return outcomes
+
+    def refused(self, app: str) -> None:
+        """One query refused at the edge, before its body was parsed."""
+        self._app(app).refused += 1
 
     def record(self, app: str, outcomes: "list[Outcome]", latency_s: float) -> None:
         f = self._app(app)
@@ -261,7 +267,7 @@ class _Collector:
         m._prune()
         apps = [(name, m._app(name)) for name in m.proc.registry.apps]
         queries = CounterMetricFamily("clipper_queries", "Queries answered, by application "
-                                      "and outcome (prediction, default, shed, error)",
+                                      "and outcome (prediction, default, shed, error, refused)",
                                       labels=["app", "outcome"])
         hits = CounterMetricFamily("clipper_cache_hits", "Queries answered from the "
                                    "prediction cache", labels=["app"])

@@ -45,6 +45,7 @@ import orjson
 from aiohttp import web
 
 from . import __version__, log
+from .edge import ARRIVED
 from .config import AppConfig
 from .errors import (BadRequest, ClipperError, InvalidInput, MalformedJSON, MissingField, brief,
                      UnknownVersion)
@@ -631,7 +632,7 @@ class OipApi:
         outcomes = await self.metrics.track(
             name, len(req.inputs),
             self.proc.predict(name, req.inputs, version=version, timeout_ms=req.timeout_ms,
-                              parsed=True))
+                              parsed=True, arrival=request.get(ARRIVED)))
         body, header_len = infer_response(name, version, req, outcomes,
                                           self._learn(name, outcomes))
         if header_len is None:

@@ -187,11 +187,16 @@ class QueryProcessor:
                                f"got {brief(timeout_ms)}")
         return min(slo_s, timeout_ms / 1e3)  # a request may only shorten the SLO
 
+    def new_query_id(self) -> int:
+        """A fresh query id (for answers made without this processor, such as refusals)."""
+        return next(self._ids)
+
     async def predict(self, app_name: str, raw_inputs: list, *, version: Any = None,
                       timeout_ms: Any = None, uid: Any = None,
-                      parsed: bool = False) -> list[Outcome]:
-        """Answer every input by the deadline.  ``parsed=True``: the inputs are already what
-        the model receives (the OIP v2 decoder builds them from tensors)."""
+                      parsed: bool = False, arrival: float | None = None) -> list[Outcome]:
+        """Answer every input by the deadline, counted from ``arrival`` (the loop's clock;
+        default now).  ``parsed=True``: the inputs are already what the model receives (the
+        OIP v2 decoder builds them from tensors)."""
         app = self.registry.get_app(app_name)
         slo_s = app.slo_micros / 1e6
         if timeout_ms is not None:
@@ -213,7 +218,7 @@ class QueryProcessor:
             parse = PARSERS[app.input_type]
             inputs = [parse(x, app.name) for x in raw_inputs]  # all valid before any is queued
         if app.policy != "single":
-            return await self._predict_policy(app, inputs, slo_s, uid)
+            return await self._predict_policy(app, inputs, slo_s, uid, arrival)
         # one model: the fast path, inline (every call and coroutine here costs per query)
         ids = [next(self._ids) for _ in inputs]
         if key is None:
@@ -221,7 +226,9 @@ class QueryProcessor:
             return [self._default(app, qid, why) for qid in ids]
         loop = asyncio.get_running_loop()
         now = loop.time()
-        deadline = now + slo_s
+        if arrival is None or arrival > now:
+            arrival = now
+        deadline = arrival + slo_s
         label = (f"{key[0]}:{key[1]}",)
         out: list = [None] * len(inputs)
         # (position, query id, the scheduled query answering it): the query is this request's
@@ -256,7 +263,7 @@ class QueryProcessor:
                     q.future.flight = None
                     cache.end_flight(fl)
             fut = SharedAnswer(loop, self)
-            q = Query(qid, x, now, deadline, fut)
+            q = Query(qid, x, arrival, deadline, fut)
             if cache is not None:
                 fut.flight = cache.start_flight(kb, q)
             waits.append((i, qid, q))
@@ -375,7 +382,7 @@ class QueryProcessor:
 
     # ---------------------------------------------------------------- selection policies
     async def _predict_policy(self, app: AppConfig, inputs: list, slo_s: float,
-                              uid: str | None) -> list[Outcome]:
+                              uid: str | None, arrival: float | None = None) -> list[Outcome]:
         sel = self.selection.get(app)
         ids = [next(self._ids) for _ in inputs]
         if sel.error is not None:
@@ -387,7 +394,7 @@ class QueryProcessor:
         policy = sel.for_uid(uid)
         loop = asyncio.get_running_loop()
         now = loop.time()
-        deadline = now + slo_s
+        deadline = (now if arrival is None or arrival > now else arrival) + slo_s
         current = self.registry.current
         cache = self.cache if app.cache_enabled else None
         if cache is not None:

@@ -633,16 +633,17 @@ class Scheduler:
                 if not fut.done():
                     fut.set_result((True, out))
         latency = self._stopwatch() - fl.started
+        compute = msg.compute_us / 1e6
         r.batches += 1
         if not fl.timed_out:  # a timeout already backed off; one overrun, one decrease
-            r.sizer.observe(n, latency, fl.budget)
+            # AIMD by the model's cost when the container reported it (compute_us > 0)
+            r.sizer.observe(n, latency, fl.budget, compute if msg.compute_us > 0 else -1.0)
         mq = self.models.get(r.key)
         if mq is not None:
             mq.batches += 1
             st = mq.stats
             st["rpc_s"].add(latency)
             st["batch_size"].add(n)
-            compute = msg.compute_us / 1e6
             st["model_compute_s"].add(compute)
             mq.recent.append((n, latency))
             if self.on_batch_done is not None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import log
+from . import edge, log
 from .cache import PredictionCache
 from .config import AppConfig, ModelVersion, ServerConfig, check_version
 from .containers import make_backend
@@ -178,8 +178,9 @@ class ClipperServer:
                               name=f"{host}:{port}")
         app.middlewares.insert(1, gate.middleware)  # inside the error mapping
         app[BODY_TIMEOUT] = cfg.body_timeout_s
-        runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                               keepalive_timeout=cfg.keepalive_timeout_s)
+        # EdgeRunner: web.AppRunner whose connections stamp each request's arrival (edge.py)
+        runner = edge.EdgeRunner(app, access_log=None, handle_signals=False,
+                                 keepalive_timeout=cfg.keepalive_timeout_s)
         await runner.setup()
         gate.factory = runner.server
         try:

@@ -70,3 +70,13 @@ def test_missing_scikit_learn_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn", None)  # import sklearn now raises ImportError
     with pytest.raises(_models.ScenarioError, match=r"pip install scikit-learn"):
         _models.build({"kind": "sklearn"})
+
+
+def test_overload_benchmark_without_oha_says_how_to_get_it(tmp_path):
+    """benchmarks/overload.py needs the open-loop generator oha; without it the run stops
+    at once and names the install command."""
+    env = dict(os.environ, PATH=str(tmp_path), HOME=str(tmp_path))
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "overload.py"),
+                          "--quick"], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode != 0
+    assert "cargo install oha --locked" in out.stderr + out.stdout

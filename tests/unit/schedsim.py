@@ -107,8 +107,11 @@ class Sim:
     """One model version on a Scheduler driven by virtual time, with fake replicas.
 
     A replica with ``latency`` (a function of the batch size) answers each batch that long
-    after it arrives, one batch at a time like a real container; with ``latency=None`` the
-    test answers by hand (``pending`` holds its batches).
+    after it arrives, one batch at a time like a real container, and reports that time as
+    its compute time (``report_compute=False``: reports none, as an old container); its
+    answer reaches the scheduler ``delay`` (a function of the batch size) later: the
+    frontend's own lag, such as CPU contention.  With ``latency=None`` the test answers by
+    hand (``pending`` holds its batches; they report 100 us of compute).
     """
 
     def __init__(self, impl, cfg=None, slo=0.1, capacity=20_000):
@@ -124,10 +127,12 @@ class Sim:
         self._identities = itertools.count(1)
 
     # ------------------------------------------------------------ replicas
-    def add_replica(self, name, latency=None, instance_id=None):
+    def add_replica(self, name, latency=None, instance_id=None, delay=None,
+                    report_compute=True):
         identity = b"id-%d" % next(self._identities)
         rep = {"name": name, "identity": identity, "instance_id": instance_id or name,
-               "latency": latency, "pending": [], "busy_until": self.loop.now, "alive": True}
+               "latency": latency, "pending": [], "busy_until": self.loop.now, "alive": True,
+               "delay": delay, "report": report_compute, "compute_us": {}}
         self.replicas[name] = rep
         self._by_identity = {r["identity"]: r for r in self.replicas.values()}
         r = self.sched.add_replica(identity, P.Register(KEY[0], KEY[1], "doubles",
@@ -148,8 +153,11 @@ class Sim:
         rep["pending"].append(msg)
         if rep["latency"] is not None and rep["alive"]:
             start = max(self.loop.now, rep["busy_until"])
-            rep["busy_until"] = start + rep["latency"](len(ids))
-            self.loop.call_at(rep["busy_until"], self.reply, rep["name"])
+            cost = rep["latency"](len(ids))
+            rep["busy_until"] = start + cost
+            rep["compute_us"][msg.batch_id] = int(cost * 1e6) if rep["report"] else 0
+            lag = rep["delay"](len(ids)) if rep["delay"] is not None else 0.0
+            self.loop.call_at(rep["busy_until"] + lag, self.reply, rep["name"])
         return True
 
     def reply(self, name, error=False):
@@ -162,7 +170,8 @@ class Sim:
             return self.sched.on_error(rep["identity"], P.Error(msg.batch_id, "ValueError",
                                                                 "boom", ""))
         outs = [2 * float(x[0]) for x in msg.inputs]
-        return self.sched.on_result(rep["identity"], P.Result(msg.batch_id, outs, 100))
+        compute_us = rep["compute_us"].pop(msg.batch_id, 100)
+        return self.sched.on_result(rep["identity"], P.Result(msg.batch_id, outs, compute_us))
 
     def kill(self, name, reason="process exited"):
         rep = self.replicas[name]

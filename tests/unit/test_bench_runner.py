@@ -135,6 +135,15 @@ async def test_measured_requests_and_arrivals_are_told_apart():
     assert res.slo_attainment == pytest.approx(20 / 24)  # errors and the slow one miss the SLO
     assert res.default_share == pytest.approx(1 / 21)
     assert res.cache_hit_share == 0.0
+    # goodput: the 20 predictions within the SLO (not the default, not the errors), per s
+    assert res.goodput_rps == pytest.approx(20 / 2.0)
+
+
+async def test_a_latency_is_never_negative():
+    # an answer stamped a hair before its scheduled send (clock skew between reads)
+    pool = ScriptedPool([(5, 0.001)], final_rows=[(0.5, -0.0002, 0.0, 200, 0)])
+    res = await run_level(pool, cfg(duration=1.0, window=1.0, slo_ms=100.0), 0)
+    assert res.latency.min == 0.0 and (res.raw["lat"] >= 0).all()
 
 
 async def test_progress_sees_every_window_and_the_end():

@@ -392,8 +392,9 @@ def test_a_tight_deadline_at_light_load_fits_the_next_small_batch(impl):
     assert s.current >= 100
     now = 1.0
     s.busy_until = now
-    # a 20 ms timeout: no full batch fits, but the replica is idle and a batch of 1 does
-    assert b.capacity_by(now + 0.02, now, [s]) == 0
+    # a 20 ms timeout: no full batch fits, but a smaller one does (about 1 + 0.5 * 38 ms)
+    cap = b.capacity_by(now + 0.02, now, [s])
+    assert 30 <= cap < 100 and s.expected(cap) <= 0.02 < s.expected(cap + 1)
     assert b.admit(query(impl, 1, now, now + 0.02), now, [s], []) == impl.ADMIT
     # with the replica busy for the next 30 ms it cannot make it
     s.busy_until = now + 0.03
@@ -410,3 +411,18 @@ def test_one_stall_does_not_throw_the_latency_line_off(impl):
     for _ in range(30):  # a real, lasting slowdown is followed within a few batches
         s.observe(10, 0.02, 1.0)
     assert s.expected(10) == pytest.approx(0.02, rel=0.05)
+
+
+def test_admission_counts_the_smaller_batch_that_fits_after_the_full_ones(impl):
+    # measured 5 ms + 0.5 ms per query, batches of 10: by a deadline 18 ms away one full
+    # batch (10 ms) and then one of 6 (8 ms) finish, so 16 queries can be answered in time
+    s = sizer(impl, fixed=10, budget=1.0)
+    for n in (10, 2, 10, 2):
+        s.observe(n, 0.005 + 0.0005 * n, 1.0)
+    assert s.expected(6) == pytest.approx(0.008)
+    b = impl.Batcher(10_000, 0.0, 0.5)
+    assert b.capacity_by(0.0181, 0.0, [s]) == 16
+    for i in range(15):
+        b.queue.push(query(impl, i, 0.0, 0.001 * i))
+    assert b.admit(query(impl, 100, 0.0, 0.0181), 0.0, [s], []) == impl.ADMIT  # 16th
+    assert b.admit(query(impl, 101, 0.0, 0.0181), 0.0, [s], []) == impl.LATE  # 17th

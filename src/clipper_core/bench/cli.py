@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
+import time
 from collections.abc import Sequence
 
 from .loadgen import WorkerError
 from .output import Progress, format_table, plot_unavailable, write_csv, write_json, write_plot
-from .runner import BenchConfig, random_seed, run_sweep
+from .capacity import find_capacity
+from .runner import BenchConfig, SweepResult, random_seed, run_sweep
 from .schedule import ARRIVALS
 from .target import PROTOCOLS, BenchConfigError, build_target
 
@@ -75,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     mx = ld.add_mutually_exclusive_group()
     mx.add_argument("--concurrency", type=_list(int, "--concurrency"), help="closed loop: users per level, e.g. 1,8,64")
     mx.add_argument("--rate", type=_list(float, "--rate"), help="open loop: requests/s per level, e.g. 100,1000")
+    mx.add_argument(
+        "--find-capacity",
+        type=_list(float, "--find-capacity"),
+        metavar="LO,HI",
+        help="open loop: search LO..HI req/s for the highest rate with --capacity-share of the requests "
+        "answered by a prediction within --slo-ms",
+    )
+    ld.add_argument("--capacity-share", type=float, default=0.99, help="for --find-capacity (default 0.99)")
     ld.add_argument("--arrivals", choices=ARRIVALS, default="poisson", help="open-loop schedule (default poisson)")
     ld.add_argument("--seed", type=int, help="seed of the Poisson schedule (default: random, and reported)")
     ld.add_argument("--workers", type=int, default=1, help="generator processes (default 1; 0 runs in this process)")
@@ -114,7 +125,15 @@ def config_from_args(ns: argparse.Namespace) -> BenchConfig:
         method=ns.method,
         stats_url=ns.stats_url,
     )
-    if ns.rate is not None:
+    if ns.find_capacity is not None:
+        if len(ns.find_capacity) != 2 or not 0 < ns.find_capacity[0] < ns.find_capacity[1]:
+            raise BenchConfigError(f"--find-capacity takes LO,HI with 0 < LO < HI, got {ns.find_capacity!r}")
+        if ns.slo_ms is None:
+            raise BenchConfigError("--find-capacity needs --slo-ms")
+        if not 0 < ns.capacity_share <= 1:
+            raise BenchConfigError(f"--capacity-share must be in (0, 1], got {ns.capacity_share!r}")
+        mode, levels = "open", tuple(ns.find_capacity)
+    elif ns.rate is not None:
         mode, levels = "open", tuple(ns.rate)
     else:
         mode, levels = "closed", tuple(float(c) for c in (ns.concurrency or (1,)))
@@ -156,8 +175,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     progress = Progress(sys.stderr, enabled=not ns.quiet)
+    capacity_line = None
     try:
-        result = asyncio.run(run_sweep(cfg, progress))
+        if ns.find_capacity is not None:
+            started = time.time()
+            cap, bounded, levels = asyncio.run(
+                find_capacity(cfg, cfg.levels[0], cfg.levels[1], share=ns.capacity_share, progress=progress)
+            )
+            result = SweepResult(
+                config=dataclasses.replace(cfg, levels=tuple(lvl.level for lvl in levels)),
+                levels=levels,
+                started_at=started,
+                finished_at=time.time(),
+            )
+            what = f"{100 * ns.capacity_share:g}% of requests answered by a prediction within {cfg.slo_ms:g} ms"
+            if cap is None:
+                capacity_line = f"capacity: below {cfg.levels[0]:g} req/s ({what} fails there)\n"
+            else:
+                capacity_line = f"capacity: {cap:g} req/s{'' if bounded else ' or more (HI held)'} ({what})\n"
+        else:
+            result = asyncio.run(run_sweep(cfg, progress))
     except WorkerError as exc:
         _error(str(exc))
         return 1
@@ -166,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
     sys.stdout.write(format_table(result))
+    if capacity_line:
+        sys.stdout.write(capacity_line)
     sys.stdout.flush()
     try:
         if ns.json:

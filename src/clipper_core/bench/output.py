@@ -97,7 +97,7 @@ def format_table(result: SweepResult) -> str:
         headers.append("lag p99 ms")
     headers += ["errors"]
     if cfg.slo_ms is not None:
-        headers.append(f"<={cfg.slo_ms:g}ms %")
+        headers += [f"<={cfg.slo_ms:g}ms %", "goodput/s"]
     headers += ["default %", "cache %", "gen CPU", "stable"]
     rows = []
     for lvl in result.levels:
@@ -118,7 +118,7 @@ def format_table(result: SweepResult) -> str:
             row.append(_ms(lvl.send_lag.p99 if lvl.send_lag else None))
         row.append(str(lvl.error_count))
         if cfg.slo_ms is not None:
-            row.append(_pct(lvl.slo_attainment))
+            row += [_pct(lvl.slo_attainment), _num(lvl.goodput_rps, ".1f")]
         row += [
             _pct(lvl.default_share),
             _pct(lvl.cache_hit_share),
@@ -283,11 +283,24 @@ def write_plot(result: SweepResult, path: str) -> None:
         ax.annotate(
             lvl.label, (lvl.achieved_rps, lvl.latency.p99 * 1e3), textcoords="offset points", xytext=(4, 4), fontsize=8
         )
+    slo = result.config.slo_ms
+    if slo is not None:
+        ax.axhline(slo, color="red", linestyle="--", linewidth=1, label=f"SLO {slo:g} ms")
     ax.set_xlabel("achieved throughput (requests/s)")
     ax.set_ylabel("latency (ms)")
     ax.set_title(f"clipper-bench {result.config.target.url}", fontsize=9)
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    shares = [(lvl.achieved_rps, 100 * lvl.default_share) for lvl in levels if lvl.default_share is not None]
+    if shares:  # the share answered with the app's default output, on its own axis
+        ax2 = ax.twinx()
+        (line,) = ax2.plot([p[0] for p in shares], [p[1] for p in shares], color="gray", linestyle=":",
+                           marker="s", label="default %")
+        ax2.set_ylabel("answered with the default (%)")
+        ax2.set_ylim(0, 100)
+        handles.append(line)
+        labels.append("default %")
+    ax.legend(handles, labels)
     fig.savefig(path, dpi=120)
 
 

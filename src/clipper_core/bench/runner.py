@@ -197,6 +197,8 @@ class LevelResult:
     generator_cpu_max_worker: float
     workers: int
     server: dict[str, Any] | None
+    #: predictions (not defaults, not refusals) answered within the SLO, per second
+    goodput_rps: float | None = None
     raw: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
@@ -237,6 +239,7 @@ class LevelResult:
             "slo_ms": self.slo_ms,
             "slo_attainment": self.slo_attainment,
             "default_share": self.default_share,
+            "goodput_rps": self.goodput_rps,
             "cache_hit_share": self.cache_hit_share,
             "send_lag_ms": None if self.send_lag is None else self.send_lag.as_ms(),
             "generator": {
@@ -398,6 +401,9 @@ async def run_level(
     payloads += [f[1] for f in finals.values()]
     a = _arrays(payloads)
     send, lat, lag, status, flags = (a[c] for c in _COLUMNS)
+    # a latency is never negative: an answer cannot come before its request was due (a
+    # clock read a hair early, or a closed-loop send stamped after the fact, would say so)
+    lat = np.maximum(lat, 0.0)
     ok = _ok(status)
     end = send + lat
 
@@ -422,6 +428,12 @@ async def run_level(
     if cfg.slo_ms is not None and sent:
         slo = int((lat_ok <= cfg.slo_ms / 1e3).sum()) / sent
     default_share = int((flags[m_ok] & FLAG_DEFAULT).astype(bool).sum()) / n_ok if n_ok else None
+    # goodput: predictions (successful answers that are not the default output) within the
+    # SLO, per second; a refusal is a default (200) or an error (503), never goodput
+    good = None
+    if cfg.slo_ms is not None:
+        is_pred = m_ok & ~(flags & FLAG_DEFAULT).astype(bool)
+        good = int((is_pred & (lat <= cfg.slo_ms / 1e3)).sum()) / duration
     cache_share = int((flags[m_ok] & FLAG_CACHE_HIT).astype(bool).sum()) / n_ok if n_ok else None
     send_lag = summarize(lag[measured]) if plan.mode == "open" and sent else None
 
@@ -457,6 +469,7 @@ async def run_level(
         slo_ms=cfg.slo_ms,
         slo_attainment=slo,
         default_share=default_share,
+        goodput_rps=good,
         cache_hit_share=cache_share,
         send_lag=send_lag,
         generator_cpu=cpu_total,

@@ -1,0 +1,284 @@
+#!/usr/bin/env python
+"""Overload from outside: Clipper under an open-loop load generator, one table per run.
+
+    make bench-deps                                   # oha (cargo) + scikit-learn
+    .venv/bin/python benchmarks/overload.py           # benchmarks/scenarios/overload.toml
+    .venv/bin/python benchmarks/overload.py --quick   # a smoke run (seconds per row)
+
+Each ``[[rows]]`` table of the scenario deploys its model in a fresh Clipper (SLO ``slo_ms``,
+default output -1, cache off) and drives it with ``oha`` in open loop (``-q RATE
+--latency-correction``: latency counts from when a request was due, so queueing in the
+client, the kernel or the server is all in it) at ``rate_x`` times the row's capacity: a
+number (analytic), or ``"saturation"``, the rate the frontend answers with
+``saturation_connections`` closed-loop connections, measured first in the same process.
+
+Per row: the share of all answers (predictions, defaults, refusals) within SLO + slack, p50
+and p99 of all answers, **goodput** (predictions answered within SLO + slack per second; oha
+keeps each answer's size, and a default is tens of bytes longer than a prediction), the default
+and refusal shares (from the server's counters), and the p50 of ``after_queries`` single
+queries sent one at a time right after the overload (does Clipper recover at once?).
+Percentiles are numpy's (linear interpolation) over oha's per-request records.
+
+The machine's load average is printed with the table: on a shared machine loopback figures
+swing 1.5-2x; rerun on a quiet one to quote them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+import urllib.request
+from typing import Any
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import _models  # noqa: E402
+
+from clipper_core.testing import ClipperProcess, post_json  # noqa: E402
+
+SCENARIO = os.path.join(HERE, "scenarios", "overload.toml")
+RESULTS = os.path.join(HERE, "results", "scenarios")
+OHA_HINT = "oha is not installed: run `make bench-deps` (or `cargo install oha --locked`)"
+DEFAULT_OUTPUT = -1.0
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def find_oha() -> str:
+    path = shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha")
+    if not os.access(path, os.X_OK):
+        raise SystemExit(OHA_HINT)
+    return path
+
+
+def oha(url: str, body: bytes, *, duration_s: float, connections: int,
+        rate: float | None) -> dict[str, Any]:
+    """Run oha; returns its JSON summary plus ``latencies`` (s, every answered request,
+    corrected for coordinated omission in open loop) and ``statuses``."""
+    with tempfile.TemporaryDirectory(prefix="oha-") as tmp:
+        db = os.path.join(tmp, "oha.db")
+        bodyf = os.path.join(tmp, "body.json")
+        with open(bodyf, "wb") as f:
+            f.write(body)
+        cmd = [find_oha(), "--no-tui", "--output-format", "json", "-z", f"{duration_s}s",
+               "-c", str(connections), "-m", "POST", "-T", "application/json", "-D", bodyf,
+               "--db-url", db]
+        if rate is not None:
+            cmd += ["-q", f"{rate:g}", "--latency-correction"]
+        out = subprocess.run(cmd + [url], capture_output=True, text=True,
+                             timeout=duration_s + 120)
+        if out.returncode != 0:
+            raise RuntimeError(f"oha failed ({out.returncode}): {out.stderr[-2000:]}")
+        summary = json.loads(out.stdout)
+        con = sqlite3.connect(db)
+        try:
+            rows = con.execute("SELECT start, start_latency_correction, end, status, "
+                               "len_bytes FROM oha").fetchall()
+        finally:
+            con.close()
+    lat = []
+    sizes = []
+    statuses: dict[int, int] = {}
+    for start, corrected, end, status, size in rows:
+        t0 = corrected if (rate is not None and corrected is not None) else start
+        lat.append(max(0.0, end - t0))  # a latency is never negative
+        sizes.append(size if status == 200 else -1)
+        statuses[status] = statuses.get(status, 0) + 1
+    summary["latencies"] = np.asarray(lat, dtype=np.float64)
+    summary["sizes"] = np.asarray(sizes, dtype=np.int64)
+    summary["statuses"] = statuses
+    return summary
+
+
+def counters(clipper: ClipperProcess, app: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"{clipper.query_url}/stats", timeout=30) as r:
+        stats = json.loads(r.read())
+    a = stats["apps"].get(app, {})
+    out = {k: float(a.get(k, 0)) for k in ("prediction", "default", "shed", "error")}
+    out["refused"] = float(a.get("refused", 0))  # the edge's refusals (before parsing)
+    bs = [m.get("batch_size") or {} for m in stats["models"].values()]
+    out["batches"] = float(sum(b.get("count", 0) for b in bs))
+    out["batched"] = float(sum(b.get("sum", 0) for b in bs))
+    return out
+
+
+def after_latency(clipper: ClipperProcess, app: str, n: int) -> tuple[float, int]:
+    """p50 (ms) of ``n`` single queries one at a time, and how many were predictions."""
+    lat = []
+    preds = 0
+    for _ in range(n):
+        t0 = time.perf_counter()
+        status, body = post_json(f"{clipper.query_url}/{app}/predict", {"input": [1.0, 2.0]})
+        lat.append(time.perf_counter() - t0)
+        preds += status == 200 and isinstance(body, dict) and body.get("default") is False
+    return float(np.percentile(lat, 50)) * 1e3, preds
+
+
+class Hog:
+    """A busy loop on one core beside Clipper (``cpu_hog = true``)."""
+
+    def __enter__(self) -> "Hog":
+        self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def run_row(doc: dict, row: dict, saturation: dict) -> dict[str, Any]:
+    slo_ms = float(doc.get("slo_ms", 20))
+    slack_ms = float(doc.get("slack_ms", 5))
+    duration = float(doc.get("duration_s", 10))
+    warmup = float(doc.get("warmup_s", 2))
+    conns = int(doc.get("connections", 256))
+    fn, x = _models.build(dict(row["model"]))
+    body = json.dumps({"input": x}).encode()
+    app = "ovl"
+    with ClipperProcess() as clipper:
+        conn = clipper.conn
+        conn.register_application(app, "doubles", DEFAULT_OUTPUT, int(slo_ms * 1000),
+                                  cache_enabled=False)
+        conn.deploy_python_closure(app, 1, "doubles", fn, batch_size=int(row.get("batch_size", -1)))
+        conn.link_model_to_app(app, app)
+        status, answer = clipper.predict(app, {"input": x})
+        if status != 200 or answer.get("default") is not False:
+            raise RuntimeError(f"the model does not answer: HTTP {status} {answer!r}")
+        # oha keeps each answer's size, not its body: a prediction is the sample's size give
+        # or take the query id's digits; a default carries its explanation (tens of bytes more)
+        pred_max = len(json.dumps(answer, separators=(",", ":"))) + 10
+        url = f"{clipper.query_url}/{app}/predict"
+        cap = row.get("capacity_qps")
+        if cap == "saturation":
+            if "qps" not in saturation:
+                oha(url, body, duration_s=warmup, connections=int(doc.get(
+                    "saturation_connections", 64)), rate=None)
+                s = oha(url, body, duration_s=duration, connections=int(doc.get(
+                    "saturation_connections", 64)), rate=None)
+                saturation["qps"] = float(s["summary"]["requestsPerSec"])
+                log(f"saturation: {saturation['qps']:.0f} answers/s (closed loop)")
+            cap = saturation["qps"]
+        rate = float(cap) * float(row.get("rate_x", 1.0))
+        oha(url, body, duration_s=warmup, connections=conns, rate=rate)
+        c0 = counters(clipper, app)
+        t0 = time.monotonic()
+        res = oha(url, body, duration_s=duration, connections=conns, rate=rate)
+        elapsed = time.monotonic() - t0
+        c1 = counters(clipper, app)
+        after_ms, after_preds = after_latency(clipper, app, int(doc.get("after_queries", 50)))
+    lat = res["latencies"]
+    n = len(lat)
+    d = {k: c1[k] - c0[k] for k in ("prediction", "default", "shed", "error", "refused",
+                                    "batches", "batched")}
+    size = d["batched"] / d["batches"] if d["batches"] else None
+    total = max(1.0, d["prediction"] + d["default"] + d["shed"] + d["error"] + d["refused"])
+    bound = (slo_ms + slack_ms) / 1e3
+    is_pred = (res["sizes"] > 0) & (res["sizes"] <= pred_max)
+    goodput = int(np.sum(is_pred & (lat <= bound))) / duration if n else 0.0
+    return {
+        "case": row["name"], "rate": rate, "offered": rate, "answered": n,
+        "answered_per_s": n / duration, "elapsed_s": elapsed,
+        "within_share": float(np.mean(lat <= bound)) if n else None,
+        "p50_ms": float(np.percentile(lat, 50)) * 1e3 if n else None,
+        "p99_ms": float(np.percentile(lat, 99)) * 1e3 if n else None,
+        "p999_ms": float(np.percentile(lat, 99.9)) * 1e3 if n else None,
+        "max_ms": float(lat.max()) * 1e3 if n else None,
+        "goodput": goodput, "capacity": float(cap),
+        "default_share": (d["default"] + d["shed"]) / total, "refused_share": d["refused"] / total,
+        "predictions_per_s": float(np.sum(is_pred)) / duration if n else 0.0,
+        "server": d, "statuses": res["statuses"], "after_p50_ms": after_ms,
+        "after_predictions": after_preds, "mean_batch_size": size,
+        "oha_errors": res["summary"].get("errorDistribution", {}),
+    }
+
+
+def table(results: list[dict], slo_ms: float, slack_ms: float) -> str:
+    head = ["case", "load q/s", f"within {slo_ms:g}+{slack_ms:g} ms", "p50 ms", "p99 ms",
+            "goodput/s", "x capacity", "default %", "refused %", "after p50 ms", "batch size"]
+    rows = []
+    for r in results:
+        f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
+        rows.append([r["case"], f"{r['rate']:.0f}", f(None if r["within_share"] is None
+                                                       else 100 * r["within_share"], ".2f") + " %",
+                     f(r["p50_ms"], ".1f"), f(r["p99_ms"], ".1f"), f"{r['goodput']:.0f}",
+                     f"{r['goodput'] / r['capacity']:.2f}", f"{100 * r['default_share']:.1f}",
+                     f"{100 * r['refused_share']:.1f}", f(r["after_p50_ms"], ".2f"),
+                     f(r["mean_batch_size"], ".1f")])
+    w = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    line = lambda cs: "  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i])  # noqa: E731
+                                for i, c in enumerate(cs))
+    return "\n".join([line(head), *(line(r) for r in rows)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("scenario", nargs="?", default=SCENARIO)
+    ap.add_argument("--quick", action="store_true", help="the scenario's [quick] settings")
+    ap.add_argument("--rows", help="only these rows (comma-separated names)")
+    ap.add_argument("--cpu-hog", action="store_true", help="a busy loop on one core beside Clipper")
+    ap.add_argument("--out", help="results file (default benchmarks/results/scenarios/overload.json)")
+    ns = ap.parse_args(argv)
+    with open(ns.scenario, "rb") as f:
+        doc = tomllib.load(f)
+    quick = doc.pop("quick", {})
+    if ns.quick:
+        doc.update(quick)
+    hog = ns.cpu_hog or bool(doc.get("cpu_hog", False))
+    rows = doc["rows"]
+    if ns.rows:
+        wanted = {r.strip() for r in ns.rows.split(",")}
+        rows = [r for r in rows if r["name"] in wanted]
+    find_oha()
+    load_before = os.getloadavg()
+    saturation: dict = {}
+    results = []
+    for row in rows:
+        log(f"row {row['name']}")
+        if hog or row.get("cpu_hog", False):
+            with Hog():
+                results.append(run_row(doc, row, saturation))
+        else:
+            results.append(run_row(doc, row, saturation))
+        r = results[-1]
+        log(f"  {r['rate']:.0f} q/s: within {100 * (r['within_share'] or 0):.2f} %, p99 "
+            f"{r['p99_ms'] or 0:.1f} ms, goodput {r['goodput']:.0f}/s")
+    load_after = os.getloadavg()
+    slo, slack = float(doc.get("slo_ms", 20)), float(doc.get("slack_ms", 5))
+    text = table(results, slo, slack)
+    machine = (f"{os.cpu_count()} CPUs, load average {load_before[0]:.2f} before, "
+               f"{load_after[0]:.2f} after{'; CPU hog on one core' if hog else ''}")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE,
+                            capture_output=True, text=True).stdout.strip()
+    print(f"== overload ({doc.get('description', '')}) commit {commit} ==")
+    print(text)
+    print(f"goodput = predictions answered within SLO + slack per second (a prediction told "
+          f"from a default by the answer's size); x capacity = goodput / the row's capacity; default % "
+          f"includes sheds; refused % = refused at the edge before parsing")
+    print(f"machine: {machine}")
+    out = ns.out or os.path.join(RESULTS, f"overload{'.quick' if ns.quick else ''}"
+                                 f"{'.hog' if hog else ''}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump({"commit": commit, "settings": doc, "machine": machine, "table": text,
+                   "rows": results, "saturation_qps": saturation.get("qps"),
+                   "loadavg_before": load_before, "loadavg_after": load_after}, f, indent=1,
+                  default=float)
+    print(f"results: {os.path.relpath(out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
