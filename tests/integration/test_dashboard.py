@@ -155,7 +155,9 @@ def predict_value(c, app, i):
 
 
 def test_dashboard_under_load_with_token(browser, tmp_path):
-    c = ClipperProcess(extra_args=("--mgmt-token", TOKEN)).start()
+    token_file = tmp_path / "mgmt-token"
+    token_file.write_text(TOKEN)
+    c = ClipperProcess(extra_args=("--mgmt-token-file", str(token_file))).start()
     try:
         conn = ClipperConnection(c.management_url, token=TOKEN)
         conn.register_application("shop", "doubles", -1.0, 30_000)
