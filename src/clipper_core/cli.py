@@ -484,7 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "as 'Authorization: Bearer TOKEN' (default: $CLIPPER_MGMT_TOKEN_FILE, "
                         "else $CLIPPER_MGMT_TOKEN, else none; needed when --mgmt-host is not "
                         "a loopback address)")
-    s.add_argument("--mgmt-token", default=None, help=argparse.SUPPRESS)  # refused
+    s.add_argument("--mgmt-token", default=None,
+                   help="refused: a token on the command line shows in the process list; "
+                        "use --mgmt-token-file (default: none)")
     s.add_argument("--max-connections", type=int, default=10_000,
                    help="connections the query port holds at most (default 10000; also "
                         "bounded by the open-file limit)")

@@ -146,16 +146,22 @@ def test_killed_original_container_is_dropped_and_answers_default(legacy):
     assert body["output"] == -1, "the original's string default is answered as JSON"
 
 
-def test_original_container_on_the_native_port_gets_a_hint_in_the_log(legacy):
-    port = int(legacy.endpoints["rpc"].rsplit(":", 1)[1])
-    p = original_peer.start("noop", "noop-doubles", "1", "doubles", port,
-                            log_dir=legacy.state_dir)
+def test_original_container_on_the_native_port_gets_a_hint_in_the_log():
+    """With CURVE on (the default) an original container cannot even finish its handshake on
+    the native port; an operator who turned authentication off is told what to do instead."""
+    c = ClipperProcess(extra_args=("--insecure-rpc",)).start()
     try:
-        wait_for(lambda: "looks like an original Clipper container" in legacy.log(), 30,
-                 "the native port to log the hint")
+        port = int(c.endpoints["rpc"].rsplit(":", 1)[1])
+        p = original_peer.start("noop", "noop-doubles", "1", "doubles", port,
+                                log_dir=c.state_dir)
+        try:
+            wait_for(lambda: "looks like an original Clipper container" in c.log(), 30,
+                     "the native port to log the hint")
+        finally:
+            original_peer.stop(p)
+        assert "start Clipper with --legacy-rpc-port PORT" in c.log()
     finally:
-        original_peer.stop(p)
-    assert "start Clipper with --legacy-rpc-port PORT" in legacy.log()
+        c.close()
 
 
 def test_idle_original_containers_stay_registered(legacy):

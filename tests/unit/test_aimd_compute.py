@@ -47,11 +47,13 @@ def linear(a, b):
     return lambda n: a + b * n
 
 
-def steady_size(impl, delay=None, report_compute=True):
+def steady_size(impl, delay=None, report_compute=True, max_in_flight=1):
     """Mean AIMD size over the second half of 1.2 s of virtual time under open-loop load
     at twice what the best batch serves; model 1 ms + 0.05 ms per item, SLO 20 ms (batch
-    budget 10 ms: the largest batch in it is 180)."""
-    sim = Sim(impl, BatchingConfig(batch_wait_s=0.0, aimd_step=4), slo=0.02)
+    budget 10 ms: the largest batch in it is 180).  One batch in flight per replica unless
+    told otherwise, so that only the lag differs."""
+    sim = Sim(impl, BatchingConfig(batch_wait_s=0.0, aimd_step=4, max_in_flight=max_in_flight),
+              slo=0.02)
     sim.add_replica("r", latency=linear(1e-3, 5e-5), delay=delay, report_compute=report_compute)
     s = sim.replica("r").sizer
     sizes = []
@@ -83,3 +85,11 @@ def test_a_fixed_size_ignores_compute(impl, fixed):
     s = impl.BatchSizer(fixed, 1, 2, 0.9, 0.01, 1024)
     s.observe(fixed, 0.5, 0.01, 0.5)
     assert s.current == fixed
+
+
+def test_frontend_lag_keeps_the_pipelined_batch_size_within_a_factor_of_two(impl):
+    """With the default two batches in flight per replica, the same lag leaves the size
+    within a factor of two of its unloaded value (issue 14's bound under a CPU hog)."""
+    unloaded = steady_size(impl, max_in_flight=2)
+    lagged = steady_size(impl, delay=lambda n: 0.004, max_in_flight=2)
+    assert lagged >= 0.5 * unloaded
