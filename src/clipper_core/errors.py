@@ -109,3 +109,10 @@ class ModelError(ClipperError, RuntimeError):
 class StateStoreError(ClipperError, OSError):
     status = 500
     code = "state_store_error"
+
+
+class StateStoreUnavailable(StateStoreError):
+    """The shared state store (Redis) cannot be reached: the change was not made; retry."""
+
+    status = 503
+    code = "state_store_unavailable"

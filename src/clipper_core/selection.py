@@ -24,7 +24,7 @@ from . import log
 from .config import AppConfig
 from .errors import ClipperError
 from .policies import Policy, load_policy
-from .state import StateStore
+from .state import Store
 
 #: the state-store uid of an app's own (not per-user) policy state
 APP_UID = ""
@@ -34,7 +34,7 @@ MAX_UID_CHARS = 256
 class AppSelection:
     """An application's policy: instances, per-user states, counters."""
 
-    def __init__(self, app: AppConfig, store: StateStore | None, max_users: int,
+    def __init__(self, app: AppConfig, store: Store | None, max_users: int,
                  previous: "AppSelection | None" = None, keep_state: bool = False) -> None:
         """``previous``: the app's selection before its policy changed; its counters carry
         over, and with ``keep_state`` (same policy, new params) its learned states too."""
@@ -256,7 +256,7 @@ class AppSelection:
 class Selection:
     """All applications' :class:`AppSelection`, and the writer that persists their state."""
 
-    def __init__(self, store: StateStore | None, *, max_users: int = 50_000,
+    def __init__(self, store: Store | None, *, max_users: int = 50_000,
                  flush_interval_s: float = 1.0) -> None:
         self.store = store
         self.max_users = max_users
@@ -289,6 +289,24 @@ class Selection:
         """The app is gone: drop its policy state from memory and from the store."""
         self.apps.pop(name, None)
         self._drop_stored(name)
+
+    def reload(self, name: str) -> bool:
+        """Another frontend wrote the app's policy state (or changed its policy): drop this
+        frontend's copy, so that the next query reads the stored one.  A copy holding
+        feedback not yet written stays (its write, within ``flush_interval_s``, replaces the
+        stored state: the last writer wins).  True when dropped."""
+        s = self.apps.get(name)
+        if s is None:
+            return False
+        if s.dirty:
+            return False
+        del self.apps[name]
+        return True
+
+    def drop_local(self, name: str) -> None:
+        """Forget the app's selection in memory only (another frontend deleted the app and
+        its stored state, or changed its policy)."""
+        self.apps.pop(name, None)
 
     def _drop_stored(self, name: str) -> None:
         self._deleted.add(name)

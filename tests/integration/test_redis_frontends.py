@@ -1,0 +1,209 @@
+"""Several frontends sharing their state in a real Redis server (Debian's redis-server, started
+here on a random port with a temp dir and stopped by pid): a change made through one frontend
+reaches the others, feedback teaches every frontend's policy, and a Redis outage fails
+management calls clearly while queries go on."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+import redis
+
+from clipper_core.admin import ClipperAdminError
+from clipper_core.testing import ClipperProcess, wait_for
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server child process; its data survives a kill (append-only file, fsync
+    always), so that it can be killed and started again on the same port and dir."""
+
+    def __init__(self) -> None:
+        self.binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not os.access(self.binary, os.X_OK):
+            pytest.fail("redis-server is not installed: `apt-get install redis-server` (it is "
+                        "listed in .ci/system-packages.txt, which `make test` installs)")
+        self.dir = tempfile.TemporaryDirectory(prefix="clipper-redis-")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = None
+
+    def start(self) -> "RedisServer":
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
+             self.dir.name, "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+             "--daemonize", "no", "--protected-mode", "yes"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        r = redis.Redis.from_url(self.url)
+
+        def up():
+            try:
+                return r.ping()
+            except redis.ConnectionError:
+                assert self.proc.poll() is None, "redis-server exited at start"
+                return False
+        wait_for(up, 10, "redis-server to answer PING")
+        r.close()
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def close(self) -> None:
+        self.kill()
+        self.dir.cleanup()
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    srv = RedisServer().start()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def frontends(redis_server):
+    fs = [ClipperProcess(extra_args=("--state", redis_server.url)) for _ in range(2)]
+    try:
+        for f in fs:
+            f.start()
+        yield fs
+    finally:
+        for f in fs:
+            f.close()
+
+
+def plus_one(inputs):
+    return [float(x[0]) + 1 for x in inputs]
+
+
+def plus_two(inputs):
+    return [float(x[0]) + 2 for x in inputs]
+
+
+def half_sum(inputs):
+    return [float(x.sum()) / 2 for x in inputs]
+
+
+def double_sum(inputs):
+    return [float(x.sum()) * 2 for x in inputs]
+
+
+def answers(f, app, x, want):
+    status, body = f.predict(app, {"input": [x]})
+    return status == 200 and body.get("default") is False and body.get("output") == want
+
+
+def test_app_registered_through_one_answers_through_the_others(frontends, redis_server):
+    a, b = frontends
+    a.conn.register_application("shared", "doubles", -1.0, 1_000_000)
+    a.conn.deploy_python_closure("adder", 1, "doubles", plus_one, num_replicas=1)
+    a.conn.link_model_to_app("shared", "adder")
+    assert answers(a, "shared", 1.0, 2.0)
+    # b starts its own replica of the model it learnt of, then answers the same
+    wait_for(lambda: answers(b, "shared", 1.0, 2.0), 60, "frontend b to answer app 'shared'")
+    assert [r["model_name"] for r in b.conn.get_all_model_replicas(verbose=True)] == ["adder"]
+    # a frontend started later loads everything
+    with ClipperProcess(extra_args=("--state", redis_server.url)) as c:
+        assert [x["name"] for x in c.conn.get_all_apps(verbose=True)] == ["shared"]
+        wait_for(lambda: answers(c, "shared", 3.0, 4.0), 60, "late frontend c to answer")
+
+
+def test_rollback_on_one_is_seen_by_the_other_within_a_second(frontends):
+    a, b = frontends
+    a.conn.deploy_python_closure("adder", 2, "doubles", plus_two, num_replicas=1)
+    assert answers(a, "shared", 1.0, 3.0)
+    wait_for(lambda: answers(b, "shared", 1.0, 3.0), 60, "frontend b to serve version 2")
+    a.conn.set_model_version("adder", 1)
+    t0 = time.monotonic()
+    wait_for(lambda: answers(b, "shared", 1.0, 2.0), 5, "frontend b to serve version 1 again")
+    took = time.monotonic() - t0
+    assert took < 1.0, f"the rollback reached frontend b after {took:.2f} s"
+    assert answers(a, "shared", 1.0, 2.0)
+
+
+def test_feedback_through_one_changes_the_selection_on_the_other(frontends):
+    a, b = frontends
+    for name, fn in (("half", half_sum), ("double", double_sum)):
+        a.conn.deploy_python_closure(name, 1, "doubles", fn, num_replicas=1)
+    a.conn.register_application("mix", "doubles", -1.0, 1_000_000, policy="exp4",
+                                policy_params={"loss": "squared", "loss_scale": 10.0,
+                                               "eta": 1.0})
+    a.conn.link_model_to_app("mix", "half")
+    a.conn.link_model_to_app("mix", "double")
+    wait_for(lambda: answers(b, "mix", 2.0, 2.5), 60, "frontend b to answer app 'mix'")
+    # equal weights: (1 + 4) / 2
+    w0 = b.conn.get_app_policy("mix")["models"]
+    assert w0["half"]["weight"] == pytest.approx(0.5)
+    for _ in range(15):  # the truth is the sum: half is off by 1, double by 2
+        status, body = a.update("mix", {"input": [2.0], "label": 2.0})
+        assert status == 200, body
+    wa = a.conn.get_app_policy("mix")["models"]
+    assert wa["half"]["weight"] > wa["double"]["weight"]
+
+    def b_learnt():
+        wb = b.conn.get_app_policy("mix")["models"]
+        return wb["half"]["weight"] == pytest.approx(wa["half"]["weight"]) and wb
+    wb = wait_for(b_learnt, 5, "frontend b's weights to follow a's feedback")
+    assert wb["half"]["feedback"] == 15
+    status, body = b.predict("mix", {"input": [2.0]})
+    assert status == 200 and body["output"] < 2.5  # the weight moved towards half
+
+
+def test_redis_down_fails_management_calls_and_queries_go_on(frontends, redis_server):
+    a, b = frontends
+    redis_server.kill()
+    try:
+        with pytest.raises(ClipperAdminError) as e:
+            a.conn.register_application("during-outage", "doubles", -1.0, 1_000_000)
+        assert e.value.status == 503, e.value
+        assert "Redis state store" in str(e.value) and "unreachable" in str(e.value)
+        with pytest.raises(ClipperAdminError) as e:
+            b.conn.set_model_version("adder", 2)
+        assert e.value.status == 503, e.value
+        for f in (a, b):  # queries go on with what each frontend holds
+            for _ in range(20):
+                assert answers(f, "shared", 5.0, 6.0)
+        # the refused changes were not made anywhere
+        assert "during-outage" not in [x["name"] for x in a.conn.get_all_apps(verbose=True)]
+    finally:
+        redis_server.start()
+    # everything resumes: a change through one frontend reaches the other again
+    wait_for(lambda: _try(lambda: a.conn.set_model_version("adder", 2)), 10,
+             "management calls to succeed after Redis came back")
+    wait_for(lambda: answers(b, "shared", 1.0, 3.0), 5, "frontend b to follow after the outage")
+    a.conn.set_model_version("adder", 1)
+    wait_for(lambda: answers(b, "shared", 1.0, 2.0), 2, "frontend b to follow the rollback")
+
+
+def _try(fn):
+    try:
+        fn()
+        return True
+    except ClipperAdminError:
+        return False
+
+
+def test_bad_state_url_is_a_clear_error():
+    with tempfile.TemporaryDirectory() as d:
+        with pytest.raises(RuntimeError) as e:
+            ClipperProcess(d, extra_args=("--state", "mysql://x"), start_timeout_s=20).start()
+        assert "names no known state store" in str(e.value)
+        port = free_port()  # nothing listens there
+        with pytest.raises(RuntimeError) as e:
+            ClipperProcess(d, extra_args=("--state", f"redis://127.0.0.1:{port}/0"),
+                           start_timeout_s=20).start()
+        assert "unreachable" in str(e.value)
