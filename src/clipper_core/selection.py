@@ -172,7 +172,9 @@ class AppSelection:
     def export(self) -> dict[str, Any]:
         """The dirty states as state-store documents (the app's own carries the counters);
         they count as written from now on."""
-        if self.counts_changed():
+        if self.counts_changed() and not (self.store is not None and self.store.shared):
+            # (a shared store gets the app's state only with new feedback: counting
+            # selections alone must not write this frontend's copy over another's learning)
             self.dirty.setdefault(APP_UID, self.policy)
         out = {uid: self._wrap(p) for uid, p in self.dirty.items()}
         if APP_UID in out:

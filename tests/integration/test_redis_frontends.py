@@ -197,13 +197,19 @@ def _try(fn):
         return False
 
 
+def _start_fails(state_dir, *args):
+    c = ClipperProcess(state_dir, extra_args=args, start_timeout_s=20)
+    try:
+        with pytest.raises(RuntimeError) as e:
+            c.start()
+        return str(e.value)
+    finally:
+        c.close()
+
+
 def test_bad_state_url_is_a_clear_error():
     with tempfile.TemporaryDirectory() as d:
-        with pytest.raises(RuntimeError) as e:
-            ClipperProcess(d, extra_args=("--state", "mysql://x"), start_timeout_s=20).start()
-        assert "names no known state store" in str(e.value)
+        assert "names no known state store" in _start_fails(d, "--state", "mysql://x")
         port = free_port()  # nothing listens there
-        with pytest.raises(RuntimeError) as e:
-            ClipperProcess(d, extra_args=("--state", f"redis://127.0.0.1:{port}/0"),
-                           start_timeout_s=20).start()
-        assert "unreachable" in str(e.value)
+        out = _start_fails(d, "--state", f"redis://127.0.0.1:{port}/0")
+        assert "Redis state store" in out and "unreachable" in out
