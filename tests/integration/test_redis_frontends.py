@@ -189,6 +189,41 @@ def test_redis_down_fails_management_calls_and_queries_go_on(frontends, redis_se
     wait_for(lambda: answers(b, "shared", 1.0, 2.0), 2, "frontend b to follow the rollback")
 
 
+def test_killing_one_frontend_leaves_the_other_serving_and_managing(redis_server):
+    """Every frontend runs its own replicas of every model: when one dies (SIGKILL), the
+    others keep serving with theirs, and take deployments on their own."""
+    left = {}
+    a = ClipperProcess(extra_args=("--state", redis_server.url)).start()
+    b = ClipperProcess(extra_args=("--state", redis_server.url)).start()
+    try:
+        wait_for(lambda: answers(b, "shared", 1.0, 2.0), 60, "frontend b to answer")
+        wait_for(lambda: answers(a, "shared", 1.0, 2.0), 60, "frontend a to answer")
+        left = {r["instance_id"]: r["pid"] for r in a.conn.get_all_model_replicas(verbose=True)}
+        a.kill()
+        for _ in range(20):
+            assert answers(b, "shared", 1.0, 2.0)
+        b.conn.deploy_python_closure("adder", 3, "doubles", plus_one, num_replicas=1)
+        b.conn.set_model_version("adder", 2)
+        assert answers(b, "shared", 1.0, 3.0)
+    finally:
+        a.close()
+        b.close()
+        _kill_leftovers(left)
+
+
+def _kill_leftovers(replicas):
+    """Test hygiene: SIGKILL the replica processes the killed frontend left behind (only
+    those that still carry the instance id we saw)."""
+    for iid, pid in replicas.items():
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                ours = f"CLIPPER_INSTANCE_ID={iid}".encode() in f.read().split(b"\0")
+        except OSError:
+            ours = False
+        if ours:
+            os.kill(pid, signal.SIGKILL)
+
+
 def _try(fn):
     try:
         fn()
