@@ -1,0 +1,125 @@
+"""The two state stores keep the same contract: the SQLite default and Redis (a real
+redis-server, each test on a fresh database), and Redis tells other frontends what changed."""
+
+import asyncio
+import itertools
+
+import pytest
+import redis
+
+from clipper_core.errors import StateStoreError, StateStoreUnavailable
+from clipper_core.state import StateStore, open_store
+from clipper_core.state_redis import RedisStateStore
+from redis_helper import RedisServer, free_port
+
+_db = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    srv = RedisServer().start()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path, redis_server):
+    if request.param == "sqlite":
+        s = StateStore(str(tmp_path))
+    else:
+        url = redis_server.url.rsplit("/", 1)[0] + f"/{next(_db) % 16}"
+        redis.Redis.from_url(url).flushdb()
+        s = open_store(url, str(tmp_path))
+        assert isinstance(s, RedisStateStore) and s.shared
+    yield s
+    s.close()
+
+
+def test_apps_models_links_round_trip_in_order(store):
+    store.put_app("b", {"name": "b"})
+    store.put_app("a", {"name": "a"})
+    store.put_model("m", "1", {"v": 1})
+    store.put_model("m", "2", {"v": 2})
+    store.put_model("m", "1", {"v": 11})  # an update keeps the version's place
+    store.set_current_version("m", "2")
+    store.add_link("b", "m")
+    store.add_link("a", "m")
+    store.add_link("b", "m")  # twice is once
+    assert store.apps() == [{"name": "a"}, {"name": "b"}]
+    assert store.models() == [{"v": 11}, {"v": 2}]
+    assert store.current_versions() == {"m": "2"}
+    assert store.links() == [("b", "m"), ("a", "m")]
+    store.delete_link("b", "m")
+    assert store.links() == [("a", "m")]
+    store.set_current_version("m", None)
+    assert store.current_versions() == {}
+
+
+def test_deletes_cascade(store):
+    store.put_app("a", {"name": "a"})
+    store.put_model("m", "1", {"v": 1})
+    store.put_model("m", "2", {"v": 2})
+    store.set_current_version("m", "2")
+    store.add_link("a", "m")
+    store.put_policy_states("a", {"": {"w": 1}})
+    store.delete_model_version("m", "1")
+    assert store.models() == [{"v": 2}] and store.links() == [("a", "m")]
+    store.delete_model_version("m", "2", drop_current=True)
+    assert store.models() == [] and store.current_versions() == {} and store.links() == []
+    store.add_link("a", "m")
+    store.delete_app("a")
+    assert store.apps() == [] and store.links() == [] and store.policy_states("a") == {}
+
+
+def test_policy_states_only_for_existing_apps_and_limit_keeps_the_apps_own(store):
+    store.put_policy_states("ghost", {"": {"w": 1}})
+    assert store.policy_states("ghost") == {}
+    store.put_app("a", {"name": "a"})
+    store.put_policy_states("a", {f"u{i}": {"i": i} for i in range(10)})
+    store.put_policy_states("a", {"": {"w": 2}})
+    assert len(store.policy_states("a")) == 11
+    limited = store.policy_states("a", limit=3)
+    assert len(limited) == 3 and limited[""] == {"w": 2}
+    assert store.policy_state("a", "u4") == {"i": 4} and store.policy_state("a", "x") is None
+    store.delete_policy_states("a")
+    assert store.policy_states("a") == {}
+
+
+async def test_redis_notices_reach_other_stores_only(redis_server):
+    a, b = RedisStateStore(redis_server.url), RedisStateStore(redis_server.url)
+    seen_a, seen_b = [], []
+    tasks = [asyncio.ensure_future(a.watch(seen_a.append)),
+             asyncio.ensure_future(b.watch(seen_b.append))]
+    try:
+        await asyncio.sleep(0.3)  # subscribed
+        a.put_app("n1", {"name": "n1"})
+        a.put_policy_states("n1", {"": {}})
+        for _ in range(100):
+            if len(seen_b) >= 2:
+                break
+            await asyncio.sleep(0.02)
+        assert [(n["kind"], n["app"]) for n in seen_b] == [("registry", "n1"), ("policy", "n1")]
+        assert seen_a == []  # its own notices are not passed back
+        a.delete_app("n1")
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        a.close()
+        b.close()
+
+
+def test_unreachable_redis_is_a_503_naming_it():
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    with pytest.raises(StateStoreUnavailable) as e:
+        RedisStateStore(url, timeout_s=0.5)
+    assert e.value.status == 503 and url in e.value.cause and "unreachable" in e.value.cause
+
+
+def test_unknown_state_url_names_what_is_accepted(tmp_path):
+    with pytest.raises(StateStoreError) as e:
+        open_store("mysql://x", str(tmp_path))
+    assert "redis://HOST:PORT/DB" in e.value.cause
+    default = open_store(None, str(tmp_path))
+    assert not default.shared
+    default.close()
