@@ -226,6 +226,40 @@ class RedisStateStore:
         self._call(self._put_policy, keys=[_k("apps"), _k("policy:" + app), CHANNEL],
                    args=args)
 
+    def merge_policy_states(self, app: str, docs: dict[str, tuple[Any, Any]],
+                            merge: Callable[[Any, Any, Any], Any]) -> dict[str, Any]:
+        """Write ``merge(stored, base, mine)`` for each ``uid: (base, mine)`` of ``docs``,
+        atomically against other frontends' writes (WATCH, retried on a conflict); nothing
+        when the app no longer exists.  Returns the documents written."""
+        key = _k("policy:" + app)
+        uids = list(docs)
+
+        def run() -> dict[str, Any]:
+            with self._r.pipeline(transaction=True) as p:
+                while True:
+                    try:
+                        p.watch(key, _k("apps"))
+                        if not p.hexists(_k("apps"), app):
+                            p.unwatch()
+                            return {}
+                        stored = p.hmget(key, uids)
+                        merged = {}
+                        for uid, raw in zip(uids, stored):
+                            try:
+                                old = json.loads(raw) if raw is not None else None
+                            except ValueError:
+                                old = None  # unreadable: this frontend's copy replaces it
+                            merged[uid] = merge(old, *docs[uid]) if old is not None \
+                                else docs[uid][1]
+                        p.multi()
+                        p.hset(key, mapping={u: json.dumps(d) for u, d in merged.items()})
+                        p.publish(CHANNEL, self._notice("policy", app))
+                        p.execute()
+                        return merged
+                    except redis.WatchError:
+                        continue
+        return self._call(run)
+
     def policy_state(self, app: str, uid: str) -> Any:
         v = self._call(self._r.hget, _k("policy:" + app), uid)
         return json.loads(v) if v is not None else None

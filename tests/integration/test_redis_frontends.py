@@ -7,6 +7,7 @@ import os
 import signal
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -109,6 +110,28 @@ def test_feedback_through_one_changes_the_selection_on_the_other(frontends):
     assert wb["half"]["feedback"] == 15
     status, body = b.predict("mix", {"input": [2.0]})
     assert status == 200 and body["output"] < 2.5  # the weight moved towards half
+
+
+def test_concurrent_feedback_through_two_frontends_adds_up(frontends):
+    """Feedback sent to both frontends at once: each adds its change to the stored state
+    (see selection.merge_state), so both end with all of it counted."""
+    a, b = frontends
+    before = a.conn.get_app_policy("mix")["feedback"]
+
+    def send(f):
+        for _ in range(10):
+            status, body = f.update("mix", {"input": [2.0], "label": 2.0})
+            assert status == 200, body
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(send, (a, b)))
+
+    def settled():
+        ia, ib = (f.conn.get_app_policy("mix") for f in (a, b))
+        return (ia["feedback"] == ib["feedback"] == before + 20
+                and ia["models"]["half"]["weight"] == pytest.approx(
+                    ib["models"]["half"]["weight"]) and ia)
+    info = wait_for(settled, 10, "both frontends to count all 20 feedbacks")
+    assert info["models"]["half"]["feedback"] == before + 20
 
 
 def test_redis_down_fails_management_calls_and_queries_go_on(frontends, redis_server):

@@ -123,3 +123,65 @@ def test_unknown_state_url_names_what_is_accepted(tmp_path):
     default = open_store(None, str(tmp_path))
     assert not default.shared
     default.close()
+
+
+# ------------------------------------------------------------------ merging learned states
+from hypothesis import given, strategies as st  # noqa: E402
+
+from clipper_core.policies import make_policy  # noqa: E402
+from clipper_core.selection import merge_state  # noqa: E402
+
+counts = st.dictionaries(st.sampled_from("abc"), st.integers(0, 1000), max_size=3)
+
+
+@given(base=counts, da=counts, db=counts)
+def test_counters_of_two_frontends_add_up(base, da, db):
+    """Two frontends start from ``base`` and count ``da`` and ``db`` more; whichever writes
+    first, the stored result holds base + da + db."""
+    def plus(d, e):
+        return {k: d.get(k, 0) + e.get(k, 0) for k in {*d, *e}}
+    a, b = plus(base, da), plus(base, db)
+    full_base = {k: base.get(k, 0) for k in {*a, *b}}
+    first = merge_state({k: 0 for k in a} | full_base, full_base, a)
+    both = merge_state(first, full_base, b)
+    want = plus(plus(base, da), db)
+    assert {k: v for k, v in both.items() if v or k in want} == {
+        k: v for k, v in want.items() if v or k in both}
+
+
+@given(losses_a=st.lists(st.floats(0, 1), max_size=8),
+       losses_b=st.lists(st.floats(0, 1), max_size=8))
+def test_exp4_weights_of_two_frontends_match_one_that_saw_all_feedback(losses_a, losses_b):
+    def learn(p, losses):
+        for lo in losses:  # model "x" predicted with this error, "y" was exact
+            p.observe(["x", "y"], {"x": lo, "y": 0.0}, 0.0)
+        return p
+
+    params = {"loss": "squared", "eta": 0.5, "min_weight": 1e-12}  # (no floor to blur it)
+    base = make_policy("exp4", params)
+    base.weights(["x", "y"])
+    doc0 = {"policy": "exp4", "state": base.to_state()}
+    docs = []
+    for losses in (losses_a, losses_b):
+        p = make_policy("exp4", params)
+        p.from_state(doc0["state"])
+        docs.append({"policy": "exp4", "state": learn(p, losses).to_state()})
+    merged = merge_state(merge_state(doc0, doc0, docs[0]), doc0, docs[1])
+    one = make_policy("exp4", params)
+    one.from_state(doc0["state"])
+    learn(one, losses_a + losses_b)
+    got = make_policy("exp4", params)
+    got.from_state(merged["state"])
+    assert got.weights(["x", "y"])["x"] == pytest.approx(one.weights(["x", "y"])["x"],
+                                                          rel=1e-6, abs=1e-9)
+
+
+def test_merge_keeps_what_only_the_store_has_and_takes_mine_for_the_rest():
+    stored = {"policy": "exp4", "state": {"logw": {"x": -1.0, "z": -3.0}}, "tag": "old"}
+    base = {"policy": "exp4", "state": {"logw": {"x": -0.5}}}
+    mine = {"policy": "exp4", "state": {"logw": {"x": -0.7, "y": -2.0}}, "tag": "new"}
+    assert merge_state(stored, base, mine) == {
+        "policy": "exp4", "state": {"logw": {"x": pytest.approx(-1.2), "y": -2.0, "z": -3.0}},
+        "tag": "new"}
+    other = {"policy": "exp3", "state": {"logw": {"x": 5.0}}}
+    assert merge_state(stored, base, other) == other  # another policy: no merging
