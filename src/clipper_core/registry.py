@@ -95,7 +95,7 @@ class Registry:
         with self._lock:
             if app.name in self.apps:
                 raise Conflict(f"application {app.name!r} already exists")
-            self.store.put_app(app.name, app.to_json())
+            self.store.put_app(app.name, app.to_json(), create=True)
             self.apps[app.name] = app
             self.links.setdefault(app.name, [])
         self._emit("app", app.name)
@@ -142,7 +142,7 @@ class Registry:
             if others and others[0].input_type != mv.input_type:
                 raise ConfigError(f"model {mv.name!r} has input_type {others[0].input_type}; "
                                   f"version {mv.version!r} declares {mv.input_type}")
-            self.store.put_model(mv.name, mv.version, mv.to_json())
+            self.store.put_model(mv.name, mv.version, mv.to_json(), create=True)
             self.models[mv.key] = mv
             if make_current or mv.name not in self.current:
                 self.store.set_current_version(mv.name, mv.version)

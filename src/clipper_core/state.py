@@ -45,10 +45,11 @@ class Store(Protocol):
 
     def invalid(self, what: str) -> StateStoreError: ...
     def close(self) -> None: ...
-    def put_app(self, name: str, data: dict) -> None: ...
+    def put_app(self, name: str, data: dict, *, create: bool = False) -> None: ...
     def delete_app(self, name: str) -> None: ...
     def apps(self) -> list[dict]: ...
-    def put_model(self, name: str, version: str, data: dict) -> None: ...
+    def put_model(self, name: str, version: str, data: dict, *,
+                  create: bool = False) -> None: ...
     def delete_model_version(self, name: str, version: str, *,
                              drop_current: bool = False) -> None: ...
     def models(self) -> list[dict]: ...
@@ -161,7 +162,8 @@ class StateStore:
                                f"{self._recovery()}")
 
     # -------------------------------------------------------------- apps
-    def put_app(self, name: str, data: dict) -> None:
+    def put_app(self, name: str, data: dict, *, create: bool = False) -> None:
+        # (``create``: one frontend owns this file; the registry has checked already)
         self._exec("INSERT OR REPLACE INTO apps VALUES (?, ?)", (name, json.dumps(data)))
 
     def delete_app(self, name: str) -> None:
@@ -187,7 +189,8 @@ class StateStore:
         return list(self._docs("SELECT data FROM apps ORDER BY name"))
 
     # -------------------------------------------------------------- models
-    def put_model(self, name: str, version: str, data: dict) -> None:
+    def put_model(self, name: str, version: str, data: dict, *,
+                  create: bool = False) -> None:
         # an upsert, not INSERT OR REPLACE: the row keeps its creation time (version order)
         self._exec("INSERT INTO models (name, version, data) VALUES (?, ?, ?) "
                    "ON CONFLICT (name, version) DO UPDATE SET data = excluded.data",

@@ -31,7 +31,7 @@ import redis
 import redis.asyncio as aioredis
 
 from . import log
-from .errors import StateStoreError, StateStoreUnavailable
+from .errors import Conflict, StateStoreError, StateStoreUnavailable
 
 SCHEMA_VERSION = 1
 PREFIX = "clipper:"
@@ -153,8 +153,23 @@ class RedisStateStore:
         self._r.close()
 
     # -------------------------------------------------------------- apps
-    def put_app(self, name: str, data: dict) -> None:
-        self._tx("registry", name, ("hset", _k("apps"), name, json.dumps(data)))
+    def put_app(self, name: str, data: dict, *, create: bool = False) -> None:
+        """``create``: only if no frontend has created it meanwhile (else Conflict)."""
+        if create:
+            self._create("apps", name, data, f"application {name!r} already exists (made "
+                         "through another frontend)", name)
+        else:
+            self._tx("registry", name, ("hset", _k("apps"), name, json.dumps(data)))
+
+    def _create(self, key: str, field: str, data: dict, conflict: str,
+                app: str | None = None) -> None:
+        def run() -> int:
+            p = self._r.pipeline(transaction=True)
+            p.hsetnx(_k(key), field, json.dumps(data))
+            p.publish(CHANNEL, self._notice("registry", app))
+            return p.execute()[0]
+        if not self._call(run):
+            raise Conflict(conflict)
 
     def delete_app(self, name: str) -> None:
         self._call(self._delete_app,
@@ -166,17 +181,23 @@ class RedisStateStore:
         return list(self._docs(d[n] for n in sorted(d)))
 
     # -------------------------------------------------------------- models
-    def put_model(self, name: str, version: str, data: dict) -> None:
+    def put_model(self, name: str, version: str, data: dict, *, create: bool = False) -> None:
+        """``create``: only if no frontend has created it meanwhile (else Conflict)."""
         member = name + SEP + version
 
-        def run() -> None:
+        def run() -> int:
             seq = self._r.incr(_k("seq"))
             p = self._r.pipeline(transaction=True)
-            p.hset(_k("models"), member, json.dumps(data))
+            if create:
+                p.hsetnx(_k("models"), member, json.dumps(data))
+            else:
+                p.hset(_k("models"), member, json.dumps(data))
             p.zadd(_k("model_order"), {member: seq}, nx=True)  # keeps its creation order
             p.publish(CHANNEL, self._notice("registry"))
-            p.execute()
-        self._call(run)
+            return p.execute()[0]
+        if not self._call(run) and create:
+            raise Conflict(f"model {name!r} version {version!r} already exists (made through "
+                           "another frontend)")
 
     def delete_model_version(self, name: str, version: str, *,
                              drop_current: bool = False) -> None:

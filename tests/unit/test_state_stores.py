@@ -185,3 +185,27 @@ def test_merge_keeps_what_only_the_store_has_and_takes_mine_for_the_rest():
         "tag": "new"}
     other = {"policy": "exp3", "state": {"logw": {"x": 5.0}}}
     assert merge_state(stored, base, other) == other  # another policy: no merging
+
+
+def test_creating_what_another_frontend_created_is_a_conflict(redis_server):
+    """Two frontends whose registries have not heard of each other's new app yet: the
+    second create is refused by the shared store, not silently written over the first."""
+    from clipper_core.errors import Conflict
+
+    url = redis_server.url.rsplit("/", 1)[0] + "/15"
+    redis.Redis.from_url(url).flushdb()
+    a, b = RedisStateStore(url), RedisStateStore(url)
+    try:
+        a.put_app("x", {"name": "x", "by": "a"}, create=True)
+        with pytest.raises(Conflict) as e:
+            b.put_app("x", {"name": "x", "by": "b"}, create=True)
+        assert "another frontend" in e.value.cause
+        a.put_model("m", "1", {"by": "a"}, create=True)
+        with pytest.raises(Conflict):
+            b.put_model("m", "1", {"by": "b"}, create=True)
+        assert b.apps() == [{"name": "x", "by": "a"}] and b.models() == [{"by": "a"}]
+        b.put_app("x", {"name": "x", "by": "b"})  # an update is not a create
+        assert a.apps() == [{"name": "x", "by": "b"}]
+    finally:
+        a.close()
+        b.close()
