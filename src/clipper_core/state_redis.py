@@ -3,7 +3,8 @@ policies and learned policy states in Redis (``clipper start --state redis://HOS
 
 It has the same synchronous interface as the SQLite store (:class:`clipper_core.state.Store`),
 through ``redis``'s synchronous client: the registry writes through the store under its own
-lock, from management calls (rare, each one a round trip of about 0.1 ms on loopback), and
+lock, from management calls (rare; one write measured 0.8 ms, one read of all apps 0.2 ms,
+on loopback on a loaded 2-core machine), and
 the selection writer already writes policy states from a thread.  Making the interface async
 would change every caller for no gain on the query path, which never reads the store.
 
