@@ -100,6 +100,9 @@ class ServerConfig:
     """Everything ``clipper start`` can be told.  Port 0 picks a free port."""
 
     state_dir: str = DEFAULT_STATE_DIR
+    #: the state store: None (state.db in state_dir) or redis://HOST:PORT/DB, shared by
+    #: several frontends
+    state: str | None = None
     query_host: str = "127.0.0.1"
     query_port: int = DEFAULT_QUERY_PORT
     mgmt_host: str = "127.0.0.1"

@@ -15,6 +15,7 @@ import base64
 import contextlib
 import os
 import shutil
+from dataclasses import replace
 from typing import Any, AsyncIterator
 
 from . import log
@@ -280,6 +281,25 @@ class DeploymentController:
             await self.supervisor.set_replicas(mv, n, self.drain)
         log.server.info("model %s:%s scaled to %d replica(s)", name, mv.version, n)
         return mv
+
+    async def reconcile(self, names: set | list) -> None:
+        """Another frontend sharing the state store changed these models: start or stop
+        this frontend's replicas until each version runs its recorded ``replicas`` (every
+        frontend runs its own replicas of every model; see the README's several frontends)."""
+        for name in sorted(names):
+            async with self._model_lock(name):
+                wanted = [mv for (n, _), mv in self.registry.models.items() if n == name]
+                gone = {s.mv.key: s.mv for s in self.supervisor.find(name)
+                        if s.mv.key not in self.registry.models}
+                for mv in [*wanted, *(replace(m, replicas=0) for m in gone.values())]:
+                    if len(self.supervisor.slots(mv.key)) == mv.replicas:
+                        continue
+                    try:
+                        await self.supervisor.set_replicas(mv, mv.replicas, self.drain)
+                    except ClipperError as e:
+                        log.server.error("model %s:%s: replicas not started here after "
+                                         "another frontend's change: %s", mv.name, mv.version,
+                                         e.cause)
 
     def set_model_version(self, name: str, version: Any) -> ModelVersion:
         """Make ``version`` current (rollback or roll-forward): takes effect for the next query;

@@ -139,3 +139,10 @@ def brief(value: object, limit: int = 60) -> str:
         kind = {dict: "an object", list: "a list"}.get(type(value), type(value).__name__)
         return kind
     return s if len(s) <= limit + 5 else s[:limit] + "..."
+
+
+class StateStoreUnavailable(StateStoreError):
+    """The shared state store (Redis) cannot be reached: the change was not made; retry."""
+
+    status = 503
+    code = "state_store_unavailable"

@@ -13,13 +13,13 @@ from typing import Any, Callable
 from .config import AppConfig, ModelVersion, check_name, check_version
 from .errors import (ClipperError, Conflict, ConfigError, StateStoreError, UnknownApp,
                      UnknownModel, UnknownVersion)
-from .state import StateStore
+from .state import Store
 
 ModelKey = tuple
 
 
 class Registry:
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
         self._lock = threading.RLock()
         self.apps: dict[str, AppConfig] = {}
@@ -58,6 +58,34 @@ class Registry:
         for app, model in self.store.links():
             self.links.setdefault(app, []).append(model)
 
+    def reload(self) -> dict[str, set]:
+        """Read everything again from the store (another frontend changed it); emits
+        ``reloaded`` with, and returns, what changed: ``apps`` (added or changed, links
+        included), ``apps_deleted``, ``models`` (names whose versions, settings or current
+        version changed)."""
+        with self._lock:
+            before = (dict(self.apps), dict(self.models), dict(self.current),
+                      {a: list(ms) for a, ms in self.links.items()})
+            fresh = Registry.__new__(Registry)
+            fresh.store = self.store
+            fresh.apps, fresh.models, fresh.current, fresh.links = {}, {}, {}, {}
+            fresh._load()
+            for name in fresh.apps:
+                fresh.links.setdefault(name, [])
+            self.apps, self.models = fresh.apps, fresh.models
+            self.current, self.links = fresh.current, fresh.links
+        apps0, models0, current0, links0 = before
+        changed = {
+            "apps": {n for n, a in self.apps.items()
+                     if apps0.get(n) != a or links0.get(n) != self.links.get(n)},
+            "apps_deleted": set(apps0) - set(self.apps),
+            "models": ({n for (n, _), m in self.models.items() if models0.get(m.key) != m}
+                       | {n for (n, _) in set(models0) - set(self.models)}
+                       | {n for n in set(current0) | set(self.current)
+                          if current0.get(n) != self.current.get(n)})}
+        self._emit("reloaded", changed)
+        return changed
+
     def _emit(self, event: str, arg: Any) -> None:
         for fn in self.listeners:
             fn(event, arg)
@@ -67,7 +95,7 @@ class Registry:
         with self._lock:
             if app.name in self.apps:
                 raise Conflict(f"application {app.name!r} already exists")
-            self.store.put_app(app.name, app.to_json())
+            self.store.put_app(app.name, app.to_json(), create=True)
             self.apps[app.name] = app
             self.links.setdefault(app.name, [])
         self._emit("app", app.name)
@@ -114,7 +142,7 @@ class Registry:
             if others and others[0].input_type != mv.input_type:
                 raise ConfigError(f"model {mv.name!r} has input_type {others[0].input_type}; "
                                   f"version {mv.version!r} declares {mv.input_type}")
-            self.store.put_model(mv.name, mv.version, mv.to_json())
+            self.store.put_model(mv.name, mv.version, mv.to_json(), create=True)
             self.models[mv.key] = mv
             if make_current or mv.name not in self.current:
                 self.store.set_current_version(mv.name, mv.version)

@@ -10,7 +10,8 @@ first out); the others live in the state store and come back on their next query
 
 Learning changes state in memory only; :class:`Selection` writes what changed to the state
 store in one transaction every ``flush_interval_s`` (and on shutdown), never on the query path.
-A crash loses at most that much learning.
+A crash loses at most that much learning.  With a store shared by several frontends each write
+adds this frontend's change to what the others wrote (:func:`merge_state`).
 """
 
 from __future__ import annotations
@@ -24,17 +25,44 @@ from . import log
 from .config import AppConfig
 from .errors import ClipperError
 from .policies import Policy, load_policy
-from .state import StateStore
+from .state import Store
 
 #: the state-store uid of an app's own (not per-user) policy state
 APP_UID = ""
+
+
+def _num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def merge_state(stored: Any, base: Any, mine: Any) -> Any:
+    """How several frontends' learning combines in a shared store: every number in ``mine``
+    adds its change since ``base`` (what this frontend last read or wrote) to the ``stored``
+    one; a number this frontend never read, and anything else (strings, lists, a different
+    policy), takes ``mine``; keys only the stored document has stay.
+
+    Exact for what is a sum of per-feedback terms: the counters, and exp3/exp4 log-weights
+    (their weights do not change when every log-weight shifts by one constant) up to the
+    ``min_weight`` floor those policies mix in; for other numbers the sum of changes
+    approximates the result of seeing all the feedback in one place."""
+    if isinstance(mine, dict) and isinstance(stored, dict):
+        if "policy" in mine and stored.get("policy") != mine.get("policy"):
+            return mine
+        b = base if isinstance(base, dict) else {}
+        out = dict(stored)
+        for k, v in mine.items():
+            out[k] = merge_state(stored.get(k), b.get(k), v)
+        return out
+    if _num(mine) and _num(stored) and _num(base):
+        return stored + (mine - base)
+    return mine
 MAX_UID_CHARS = 256
 
 
 class AppSelection:
     """An application's policy: instances, per-user states, counters."""
 
-    def __init__(self, app: AppConfig, store: StateStore | None, max_users: int,
+    def __init__(self, app: AppConfig, store: Store | None, max_users: int,
                  previous: "AppSelection | None" = None, keep_state: bool = False) -> None:
         """``previous``: the app's selection before its policy changed; its counters carry
         over, and with ``keep_state`` (same policy, new params) its learned states too."""
@@ -45,6 +73,9 @@ class AppSelection:
         self.error: str | None = None
         self.users: OrderedDict[str, Policy] = OrderedDict()
         self.dirty: dict[str, Policy] = {}
+        #: (shared stores) each state as this frontend last read or wrote it: the base of
+        #: the change its next write adds (see :func:`merge_state`)
+        self.base: dict[str, Any] = {}
         #: True while every stored user state is in memory (a miss then needs no store read)
         self.complete = True
         # counters for the metrics layer
@@ -124,6 +155,8 @@ class AppSelection:
         if self.store is None:
             return
         docs = self.store.policy_states(self.name, limit=self.max_users + 2)
+        if self.store.shared:
+            self.base.update(docs)
         app_doc = docs.pop(APP_UID, None)
         if app_doc is not None:
             self._restore(self.policy, app_doc)
@@ -169,10 +202,28 @@ class AppSelection:
         self.loss_sum = {k: float(v) for k, v in
                          numbers(c.get("loss_sum"), (int, float)).items()}
 
+    def written(self, merged: dict[str, Any], exported: dict[str, Any]) -> None:
+        """(Shared stores) ``exported`` was merged into the store as ``merged``: adopt the
+        merged states that learned nothing since, and remember what each change is based on."""
+        for uid, doc in merged.items():
+            if uid in self.dirty:  # learned more meanwhile: its next change is from this
+                self.base[uid] = exported[uid]
+                continue
+            p = self.policy if uid == APP_UID else self.users.get(uid)
+            if p is None or not self._restore(p, doc):
+                self.base[uid] = exported[uid]
+                continue
+            self.base[uid] = doc
+            if uid == APP_UID:
+                self._restore_counts(doc)
+                self._counts_written = self._counts_mark()
+
     def export(self) -> dict[str, Any]:
         """The dirty states as state-store documents (the app's own carries the counters);
         they count as written from now on."""
-        if self.counts_changed():
+        if self.counts_changed() and not (self.store is not None and self.store.shared):
+            # (a shared store gets the app's state only with new feedback: counting
+            # selections alone must not write this frontend's copy over another's learning)
             self.dirty.setdefault(APP_UID, self.policy)
         out = {uid: self._wrap(p) for uid, p in self.dirty.items()}
         if APP_UID in out:
@@ -193,6 +244,8 @@ class AppSelection:
         p = self.dirty.get(uid)
         if p is None and not self.complete and self.store is not None:
             doc = self.store.policy_state(self.name, uid)
+            if doc is not None and self.store.shared:
+                self.base[uid] = doc
             if doc is not None:
                 p = self._new()
                 if not self._restore(p, doc):
@@ -256,7 +309,7 @@ class AppSelection:
 class Selection:
     """All applications' :class:`AppSelection`, and the writer that persists their state."""
 
-    def __init__(self, store: StateStore | None, *, max_users: int = 50_000,
+    def __init__(self, store: Store | None, *, max_users: int = 50_000,
                  flush_interval_s: float = 1.0) -> None:
         self.store = store
         self.max_users = max_users
@@ -290,6 +343,24 @@ class Selection:
         self.apps.pop(name, None)
         self._drop_stored(name)
 
+    def reload(self, name: str) -> bool:
+        """Another frontend wrote the app's policy state (or changed its policy): drop this
+        frontend's copy, so that the next query reads the stored one.  A copy holding
+        feedback not yet written stays (its write, within ``flush_interval_s``, adds its
+        change to the stored state and adopts the sum).  True when dropped."""
+        s = self.apps.get(name)
+        if s is None:
+            return False
+        if s.dirty:
+            return False
+        del self.apps[name]
+        return True
+
+    def drop_local(self, name: str) -> None:
+        """Forget the app's selection in memory only (another frontend deleted the app and
+        its stored state, or changed its policy)."""
+        self.apps.pop(name, None)
+
     def _drop_stored(self, name: str) -> None:
         self._deleted.add(name)
         if self.store is not None:
@@ -311,7 +382,9 @@ class Selection:
             if not batches:
                 return 0
             try:
-                await asyncio.to_thread(self._write, batches)
+                bases = [{uid: self.apps[n].base.get(uid) for uid in d}
+                         if self.store.shared and n in self.apps else {} for n, d in batches]
+                merged = await asyncio.to_thread(self._write, batches, bases)
             except ClipperError as e:
                 log.state.error("policy state not written (will retry): %s", e.cause)
                 for name, docs in batches:  # keep them dirty for the next try
@@ -322,14 +395,25 @@ class Selection:
                             if p is not None:
                                 s.dirty.setdefault(uid, p)
                 return 0
+            for (name, docs), m in zip(batches, merged):
+                s = self.apps.get(name)
+                if m is not None and s is not None:
+                    s.written(m, docs)
             for name in self._deleted.intersection(n for n, _ in batches):
                 # the app's state was reset while this write was on its way: undo it
                 self.store.delete_policy_states(name)
             return sum(len(d) for _, d in batches)
 
-    def _write(self, batches: list) -> None:
-        for name, docs in batches:
-            self.store.put_policy_states(name, docs)
+    def _write(self, batches: list, bases: list) -> list:
+        """Write the batches; for a shared store, merge them into what other frontends
+        wrote (see :func:`merge_state`) and return the merged documents."""
+        if not self.store.shared:
+            for name, docs in batches:
+                self.store.put_policy_states(name, docs)
+            return [None] * len(batches)
+        return [self.store.merge_policy_states(
+                    name, {uid: (base.get(uid), d) for uid, d in docs.items()}, merge_state)
+                for (name, docs), base in zip(batches, bases)]
 
     def start(self, exists: Callable[[str], bool] | None = None) -> None:
         async def run() -> None:

@@ -35,7 +35,7 @@ from .registry import Registry
 from .rpc import CREDENTIALS as RPC_CREDENTIALS, KEYS_DIR as RPC_KEYS_DIR, RpcServer, rpc_keys
 from .scheduler import BatchingConfig, Scheduler
 from .selection import Selection
-from .state import StateStore
+from .state import StateStore, open_store
 
 ENDPOINTS_FILE = "endpoints.json"
 
@@ -78,7 +78,10 @@ class ClipperServer:
     async def start(self) -> None:
         cfg = self.config
         self._lock_state_dir()
-        self.store = StateStore(cfg.state_dir)
+        self.store = open_store(cfg.state, cfg.state_dir)
+        # the replica processes this frontend started are its own, even when the apps and
+        # models are shared
+        self.local_store = StateStore(cfg.state_dir) if self.store.shared else self.store
         self.registry = Registry(self.store)
         loop = asyncio.get_running_loop()
         self.legacy_rpc = (LegacyRpcServer(cfg.legacy_rpc_address)
@@ -119,7 +122,7 @@ class ClipperServer:
         self.backend = await make_backend(cfg.backend, self.frontend_id,
                                           os.path.join(cfg.state_dir, "logs"))
         self.supervisor = Supervisor(
-            self.backend, rpc_endpoint, store=self.store,
+            self.backend, rpc_endpoint, store=self.local_store,
             on_exit=lambda iid, why: self.scheduler.remove_replica(iid, why),
             rpc_credentials=rpc_creds)
         self.supervisor.start()
@@ -153,6 +156,8 @@ class ClipperServer:
                             "%d started, %d stale ones stopped", len(self.registry.apps),
                             len(self.registry.models), counts["adopted"], counts["started"],
                             counts["stopped"])
+        if self.store.shared:  # other frontends' changes
+            self._watch = asyncio.ensure_future(self.store.watch(self._on_remote_change))
         if cfg.demo:
             from .demo import ensure_demo
 
@@ -198,6 +203,9 @@ class ClipperServer:
         for srv, gate in self._listeners:
             srv.close()
             gate.close()
+        if getattr(self, "_watch", None) is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
         for runner in self._runners:
             await runner.shutdown()
         if hasattr(self, "scheduler"):
@@ -220,6 +228,8 @@ class ClipperServer:
         self._runners.clear()
         if hasattr(self, "store"):
             self.store.close()
+            if self.local_store is not self.store:
+                self.local_store.close()
         if self._wrote_endpoints:  # never another Clipper's (we may not hold the lock)
             try:
                 os.unlink(os.path.join(self.config.state_dir, ENDPOINTS_FILE))
@@ -259,6 +269,32 @@ class ClipperServer:
     def _on_registry_event(self, event: str, name: Any) -> None:
         if event == "app_deleted":
             self.selection.forget(name)
+        elif event == "reloaded":  # another frontend's change (see _on_remote_change)
+            self._apply_remote(name)
+
+    # ---------------------------------------------------------------- several frontends
+    def _on_remote_change(self, notice: dict) -> None:
+        """A change notice from another frontend sharing the state store."""
+        kind = notice.get("kind")
+        if kind in ("registry", "resync"):
+            self.registry.reload()
+        if kind == "resync":
+            for name in list(self.selection.apps):
+                self.selection.reload(name)
+        elif kind == "policy" and isinstance(notice.get("app"), str):
+            self.selection.reload(notice["app"])
+
+    def _apply_remote(self, changed: dict) -> None:
+        for name in changed["apps_deleted"]:  # its stored state is gone with it
+            self.selection.drop_local(name)
+        for name in changed["apps"]:
+            app = self.registry.apps[name]
+            s = self.selection.apps.get(name)
+            if s is not None and (s.config.policy, s.config.policy_params) != (
+                    app.policy, app.policy_params):
+                self.selection.drop_local(name)  # the other frontend reset the stored state
+        if changed["models"]:
+            asyncio.ensure_future(self.deployments.reconcile(changed["models"]))
 
     def set_app_policy(self, name: str, policy: str, policy_params: dict | None = None,
                        reset: bool = False) -> AppConfig:

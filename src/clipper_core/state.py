@@ -11,7 +11,7 @@ import json
 import os
 import sqlite3
 import threading
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 from . import log
 from .errors import StateStoreError
@@ -34,10 +34,54 @@ CREATE TABLE IF NOT EXISTS replicas (instance_id TEXT PRIMARY KEY, data TEXT NOT
 """
 
 
+class Store(Protocol):
+    """What the registry and the selection writer need of a state store: :class:`StateStore`
+    (SQLite, one frontend) or :class:`~clipper_core.state_redis.RedisStateStore` (shared by
+    several frontends).  Every method is synchronous and raises :class:`StateStoreError`."""
+
+    #: True when other frontends share it (their changes arrive through ``watch``)
+    shared: bool
+    path: str
+
+    def invalid(self, what: str) -> StateStoreError: ...
+    def close(self) -> None: ...
+    def put_app(self, name: str, data: dict, *, create: bool = False) -> None: ...
+    def delete_app(self, name: str) -> None: ...
+    def apps(self) -> list[dict]: ...
+    def put_model(self, name: str, version: str, data: dict, *,
+                  create: bool = False) -> None: ...
+    def delete_model_version(self, name: str, version: str, *,
+                             drop_current: bool = False) -> None: ...
+    def models(self) -> list[dict]: ...
+    def set_current_version(self, name: str, version: str | None) -> None: ...
+    def current_versions(self) -> dict[str, str]: ...
+    def add_link(self, app: str, model: str) -> None: ...
+    def delete_link(self, app: str, model: str) -> None: ...
+    def links(self) -> list[tuple[str, str]]: ...
+    def put_policy_states(self, app: str, docs: dict[str, Any]) -> None: ...
+    def policy_state(self, app: str, uid: str) -> Any: ...
+    def policy_states(self, app: str, limit: int | None = None) -> dict[str, Any]: ...
+    def delete_policy_states(self, app: str) -> None: ...
+
+
+def open_store(state: str | None, state_dir: str) -> "Store":
+    """The store ``clipper start --state`` names: None or ``sqlite`` for ``state.db`` in
+    ``state_dir``, ``redis://HOST:PORT/DB`` for a store shared by several frontends."""
+    if state is None or state == "sqlite":
+        return StateStore(state_dir)
+    if state.startswith(("redis://", "rediss://", "unix://")):
+        from .state_redis import RedisStateStore
+
+        return RedisStateStore(state)
+    raise StateStoreError(f"--state {state!r} names no known state store; give 'sqlite' (the "
+                          "default: state.db in --state-dir) or redis://HOST:PORT/DB")
+
+
 class StateStore:
     """Thread-safe access to ``state.db``; values are JSON documents."""
 
     FILENAME = "state.db"
+    shared = False
 
     def __init__(self, state_dir: str) -> None:
         self.state_dir = state_dir
@@ -131,7 +175,8 @@ class StateStore:
                                f"{self._recovery()}")
 
     # -------------------------------------------------------------- apps
-    def put_app(self, name: str, data: dict) -> None:
+    def put_app(self, name: str, data: dict, *, create: bool = False) -> None:
+        # (``create``: one frontend owns this file; the registry has checked already)
         self._exec("INSERT OR REPLACE INTO apps VALUES (?, ?)", (name, json.dumps(data)))
 
     def delete_app(self, name: str) -> None:
@@ -157,7 +202,8 @@ class StateStore:
         return list(self._docs("SELECT data FROM apps ORDER BY name"))
 
     # -------------------------------------------------------------- models
-    def put_model(self, name: str, version: str, data: dict) -> None:
+    def put_model(self, name: str, version: str, data: dict, *,
+                  create: bool = False) -> None:
         # an upsert, not INSERT OR REPLACE: the row keeps its creation time (version order)
         self._exec("INSERT INTO models (name, version, data) VALUES (?, ?, ?) "
                    "ON CONFLICT (name, version) DO UPDATE SET data = excluded.data",

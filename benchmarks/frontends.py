@@ -1,0 +1,182 @@
+"""One frontend against two frontends behind a load balancer, same model and load, one run.
+
+    .venv/bin/python benchmarks/frontends.py [--duration 10] [--connections 32]
+
+Starts Debian's redis-server on a free port, two Clippers sharing their state in it
+(``--state redis://...``, prediction cache off so that every query reaches the model), deploys
+one closure model through the first (the second starts its own replica of it), and drives
+with wrk (a fresh input per request) in turn:
+
+- ``one``: the first frontend directly (the baseline);
+- ``one_lb``: nginx with the first frontend alone upstream (what the load balancer costs);
+- ``two_lb``: nginx with both frontends upstream.
+
+Prints queries/s and latency of each and the ratios to the baseline, with the core count and
+load average beside them, and saves JSON in benchmarks/results/frontends.json.  Needs
+redis-server, nginx and wrk (`make bench-deps`).  On a machine with fewer cores than
+frontends + nginx + wrk + replicas, two frontends cannot beat one: read the ratio with the
+core count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+
+from clipper_core.testing import ClipperProcess, post_json, wait_for  # noqa: E402
+
+LUA = """
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json"},
+                    '{"input": [1.0, 2.0, ' .. n .. '.0]}')
+end
+"""
+
+NGINX = """
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx.err;
+daemon off;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  upstream clipper {{ {servers} keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ proxy_pass http://clipper; proxy_http_version 1.1;
+                 proxy_set_header Connection ""; }}
+  }}
+}}
+"""
+
+
+def sum_model(inputs):
+    return [float(x.sum()) for x in inputs]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def need(binary: str) -> str:
+    path = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/bin")
+    if path is None:
+        sys.exit(f"{binary} is not installed: `make bench-deps` installs it")
+    return path
+
+
+def wrk(url: str, duration: float, connections: int, script: str) -> dict:
+    out = subprocess.run([need("wrk"), "-t1", f"-c{connections}", f"-d{duration:g}s",
+                          "--latency", "-s", script, url],
+                         capture_output=True, text=True, check=True).stdout
+    qps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def ms(label: str) -> float:
+        m = re.search(rf"{label}\s+([\d.]+)(us|ms|s)\b", out)
+        v = float(m.group(1))
+        return v / 1000 if m.group(2) == "us" else v * 1000 if m.group(2) == "s" else v
+
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errs = re.search(r"Socket errors:.*", out)
+    return {"qps": qps, "p50_ms": ms("50%"), "p99_ms": ms("99%"),
+            "non_2xx": int(bad.group(1)) if bad else 0,
+            "socket_errors": errs.group(0) if errs else None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--connections", type=int, default=32)
+    args = ap.parse_args()
+    tmp = tempfile.TemporaryDirectory(prefix="clipper-bench-frontends-")
+    d = tmp.name
+    rport = free_port()
+    redis_proc = subprocess.Popen([need("redis-server"), "--port", str(rport), "--bind",
+                                   "127.0.0.1", "--dir", d, "--save", "", "--daemonize", "no"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{rport}/0"
+    procs: list = []
+    nginx = None
+    try:
+        time.sleep(0.3)
+        fe = [ClipperProcess(extra_args=("--state", url, "--cache-bytes", "0"))
+              for _ in range(2)]
+        for f in fe:
+            procs.append(f.start())
+        conn = fe[0].conn
+        conn.register_application("bench", "doubles", -1.0, 100_000)
+        conn.deploy_python_closure("sum", 1, "doubles", sum_model, num_replicas=1)
+        conn.link_model_to_app("bench", "sum")
+        for f in fe:
+            wait_for(lambda f=f: post_json(f"{f.query_url}/bench/predict",
+                                           {"input": [1.0, 2.0]})[1].get("output") == 3.0,
+                     60, "both frontends to answer")
+        script = os.path.join(d, "post.lua")
+        with open(script, "w") as fh:
+            fh.write(LUA)
+
+        def balancer(frontends: list) -> tuple:
+            port = free_port()
+            servers = " ".join(f"server {f.query_url.split('//')[1]};" for f in frontends)
+            conf = os.path.join(d, f"nginx-{port}.conf")
+            with open(conf, "w") as fh:
+                fh.write(NGINX.format(dir=d, servers=servers, port=port))
+            p = subprocess.Popen([need("nginx"), "-c", conf, "-p", d],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_for(lambda: _listening(port), 10, "nginx to listen")
+            return p, f"http://127.0.0.1:{port}"
+
+        results = {}
+        results["one"] = wrk(f"{fe[0].query_url}/bench/predict", args.duration,
+                             args.connections, script)
+        for name, ups in (("one_lb", fe[:1]), ("two_lb", fe)):
+            nginx, lb = balancer(ups)
+            results[name] = wrk(f"{lb}/bench/predict", args.duration, args.connections, script)
+            nginx.send_signal(signal.SIGQUIT)
+            nginx.wait(10)
+            nginx = None
+    finally:
+        if nginx is not None:
+            nginx.kill()
+        for f in procs:
+            f.close()
+        redis_proc.terminate()
+        redis_proc.wait(10)
+        tmp.cleanup()
+    base = results["one"]["qps"]
+    out = {"cpu_count": os.cpu_count(), "loadavg_before_after": os.getloadavg(),
+           "duration_s": args.duration, "connections": args.connections, "results": results,
+           "ratio_to_one": {k: v["qps"] / base for k, v in results.items()}}
+    for k, v in results.items():
+        print(f"{k:7s} {v['qps']:8.0f} q/s  p50 {v['p50_ms']:.2f} ms  p99 {v['p99_ms']:.2f} ms  "
+              f"x{v['qps'] / base:.2f} of one  non-2xx {v['non_2xx']}")
+    print(f"{os.cpu_count()} cores, load average {os.getloadavg()}")
+    path = os.path.join(os.path.dirname(__file__), "results", "frontends.json")
+    with open(path, "w") as fh:
+        json.dump(out, fh, indent=2)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+if __name__ == "__main__":
+    main()
