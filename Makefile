@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 PYTEST_ARGS ?=
 
 .PHONY: run test test-compiled test-pure build venv bench bench-deps bench-overload clean system-deps
@@ -11,10 +12,16 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip "setuptools>=68" wheel "Cython>=3.0"
+	$(PY) -m pip install -q -e .
+	touch $(STAMP)
+
+# what the tests need on top: the test extra (it pulls every framework runtime's extra,
+# PyTorch's CUDA wheels included: several GB) and the original Clipper's client
+$(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[test]'
 	# the original Clipper's client, unchanged, for the compatibility tests: without its pins
 	$(PY) -m pip install -q --no-deps clipper_admin==0.4.1
-	touch $(STAMP)
+	touch $(TEST_STAMP)
 
 venv: $(STAMP)
 
@@ -29,18 +36,29 @@ run: build
 system-deps:
 	bash .ci/system-deps
 
-# the whole suite twice: against the compiled Cython modules, then against their pure-Python
-# twins (as msgpack runs its suite again with MSGPACK_PUREPYTHON=1)
-test: build system-deps
+# The suite against the compiled Cython modules, then again against their pure-Python twins
+# (as msgpack runs its suite again with MSGPACK_PUREPYTHON=1).  The second run takes every test
+# that drives the scheduler and the cache (unit, faults, fuzz and the serving core's
+# integration tests, lifecycle on the local backend); it leaves out the tests of outside peers
+# and environments (Docker engine, browser, framework training, original Clipper and Triton
+# clients, Redis), whose subject is not the twins, to keep CI well under 15 minutes.
+PURE_TESTS := tests/unit tests/faults tests/fuzz \
+	tests/integration/test_batching.py tests/integration/test_cache_e2e.py \
+	tests/integration/test_cli_commands.py tests/integration/test_edge.py \
+	tests/integration/test_health.py tests/integration/test_lifecycle.py \
+	tests/integration/test_metrics.py tests/integration/test_model_selection.py \
+	tests/integration/test_oip.py tests/integration/test_predict.py
+
+test: build $(TEST_STAMP) system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
-	CLIPPER_PUREPYTHON=1 $(PY) -m pytest $(PYTEST_ARGS)
+	CLIPPER_PUREPYTHON=1 $(PY) -m pytest $(PURE_TESTS) -k "not docker" $(PYTEST_ARGS)
 
 # one of the two runs
-test-compiled: build system-deps
+test-compiled: build $(TEST_STAMP) system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-pure: build system-deps
-	CLIPPER_PUREPYTHON=1 $(PY) -m pytest $(PYTEST_ARGS)
+test-pure: build $(TEST_STAMP) system-deps
+	CLIPPER_PUREPYTHON=1 $(PY) -m pytest $(PURE_TESTS) -k "not docker" $(PYTEST_ARGS)
 
 bench: build
 	$(PY) benchmarks/demo_throughput.py
