@@ -434,8 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "0 caches nothing")
     s.add_argument("--demo", action="store_true",
                    help="deploy the demo app 'demo' (default: off)")
-    s.add_argument("--backend", choices=("local", "docker"), default="local",
-                   help="run replicas as local processes or as Docker containers "
+    s.add_argument("--backend", choices=("local", "docker", "swarm"), default="local",
+                   help="run replicas as local processes, as Docker containers, or as "
+                        "Docker Swarm services (on a swarm manager; see docs/cluster.md) "
                         "(default local)")
     s.add_argument("--log-level", default="INFO",
                    help="DEBUG, INFO, WARNING or ERROR; the dashboard lists refusals only at "
