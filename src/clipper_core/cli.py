@@ -200,11 +200,13 @@ def _models_table(models: list[dict]) -> str:
 
 
 def _replicas_table(containers: list[dict]) -> str:
+    nodes = any("node" in c for c in containers)  # the swarm backend places them on nodes
     return _table(["MODEL:VERSION", "REPLICA", "PID", "STATE", "CONNECTED", "HEALTHY",
-                   "RESTARTS"],
+                   "RESTARTS"] + (["NODE"] if nodes else []),
                   [[f"{c['model_name']}:{c['model_version']}", c["instance_id"], c.get("pid"),
                     c["state"], "yes" if c.get("connected") else "no",
                     "yes" if c.get("healthy") else "no", c.get("restarts", 0)]
+                   + ([c.get("node") or "-"] if nodes else [])
                    for c in containers])
 
 

@@ -114,7 +114,19 @@ def test_unplaceable_gpu_replica_and_missing_image_are_clear_deploy_errors(sclip
     assert "cannot place" in msg and "gpu=true" in msg, msg
     assert swarm_services(c.state_dir) == []  # the unplaceable service was removed
     assert c.conn.get_all_models() == []
+    # placement constraints from the deploy call reach the service
+    with pytest.raises(ClipperAdminError, match="cannot place"):
+        c.conn.deploy_python_closure("sgm", 1, "doubles", plus_ten,
+                                     constraints=["node.labels.clipper-test==nowhere"])
+    with pytest.raises(ClipperAdminError, match="constraints must be"):
+        c.conn.deploy_python_closure("sgm", 1, "doubles", plus_ten, constraints="gpu")
+    c.conn.deploy_python_closure("sgm", 1, "doubles", plus_ten,
+                                 constraints=["node.role==manager"])
+    c.conn.link_model_to_app("sg", "sgm")
+    assert _serves(c, "sg")
+    [svc] = swarm_services(c.state_dir)
+    assert svc.attrs["Spec"]["TaskTemplate"]["Placement"]["Constraints"] == [
+        "node.role==manager"]
     with pytest.raises(ClipperAdminError, match="never pulled"):
         c.conn.deploy_image("sgi", 1, "doubles", "no-such-image:nowhere")
-    assert swarm_services(c.state_dir) == []
-
+    assert [x.id for x in swarm_services(c.state_dir)] == [svc.id]

@@ -65,8 +65,9 @@ class SwarmBackend(DockerBackend):
 
     name = "swarm"
 
-    def __init__(self, client: Any, frontend_id: str) -> None:
+    def __init__(self, client: Any, frontend_id: str, node_id: str = "") -> None:
         super().__init__(client, frontend_id)
+        self.node_id = node_id  # the manager's own node
         self._nodes: dict[str, dict] = {}  # node id -> {"host":, "state":}
         self._where: dict[str, str] = {}  # service id -> node id of its live task
         self._poller: asyncio.Task | None = None
@@ -76,11 +77,11 @@ class SwarmBackend(DockerBackend):
         loop = asyncio.get_running_loop()
         client = await loop.run_in_executor(None, connect)
         try:
-            await loop.run_in_executor(None, swarm_manager, client)
+            node_id = await loop.run_in_executor(None, swarm_manager, client)
         except ConfigError:
             client.close()
             raise
-        self = cls(client, frontend_id)
+        self = cls(client, frontend_id, node_id)
         self._image_task = loop.create_task(self.runtime_image())
         self._image_task.add_done_callback(self._image_done)
         self._poller = loop.create_task(self._poll())
@@ -185,13 +186,20 @@ class SwarmBackend(DockerBackend):
         ref = ReplicaRef(spec.instance_id, spec.model_name, spec.model_version, spec.index,
                          spec.rpc_address, handle=sid)
         try:
-            self._wait_running(sid, what, spec)
+            task = self._wait_running(sid, what, spec)
         except BaseException:
             self._remove(sid)
             raise
+        ref.pid = self._local_pid(task)
         return ref
 
-    def _wait_running(self, sid: str, what: str, spec: ReplicaSpec) -> None:
+    def _local_pid(self, task: dict) -> int | None:
+        """The replica's pid when its task runs on this (the manager's) node, else None."""
+        if task.get("NodeID") != self.node_id:
+            return None
+        return task.get("Status", {}).get("ContainerStatus", {}).get("PID") or None
+
+    def _wait_running(self, sid: str, what: str, spec: ReplicaSpec) -> dict:
         """Return once the service's task runs; ReplicaStartError when the swarm cannot place
         it (no node fits its constraints or resources) or its task fails at once."""
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -203,7 +211,7 @@ class SwarmBackend(DockerBackend):
                 state = st.get("State")
                 if state == "running":
                     self._where[sid] = t.get("NodeID", "")
-                    return
+                    return t
                 if state not in LIVE:
                     raise ReplicaStartError(
                         f"the swarm could not start {what}: its task is {state}: "
@@ -268,7 +276,7 @@ class SwarmBackend(DockerBackend):
                 index = -1
             ref = ReplicaRef(lab.get(L_INSTANCE, sid), lab.get(L_MODEL, ""),
                              lab.get(L_VERSION, ""), index, lab.get(L_RPC, ""), handle=sid,
-                             adopted=True)
+                             pid=self._local_pid(live[0]), adopted=True)
             self._where[sid] = live[0].get("NodeID", "")
             self._refs[sid] = ref
             refs.append(ref)
