@@ -23,6 +23,11 @@
   never pulled from outside; on a multi-node swarm they reach the nodes through a registry on
   the manager or ``docker save | docker load`` (docs/cluster.md).
 
+- A stop scales the service to 0 and waits until its task is over before it removes the
+  service.  The swarm reports a task's shutdown about 3 s after its container stopped
+  (measured here, with SIGTERM, SIGKILL or any grace period alike), so for a task on the
+  manager's own node the backend watches its container instead.
+
 Every SDK call blocks, so each runs in the loop's default executor.
 """
 
@@ -229,6 +234,23 @@ class SwarmBackend(DockerBackend):
                                         f"{START_TIMEOUT_S:.0f} s")
             time.sleep(0.1)
 
+    def _stopped_here(self, task: dict) -> bool:
+        """Whether ``task`` runs on this node and its container has stopped (the swarm says
+        so only seconds later)."""
+        if task.get("NodeID") != self.node_id:
+            return False
+        cid = task.get("Status", {}).get("ContainerStatus", {}).get("ContainerID")
+        if not cid:
+            return False
+        import docker.errors
+
+        try:
+            return not self.client.api.inspect_container(cid)["State"]["Running"]
+        except docker.errors.NotFound:
+            return True
+        except docker.errors.APIError:
+            return False
+
     def _remove(self, sid: str) -> None:
         import docker.errors
 
@@ -240,18 +262,29 @@ class SwarmBackend(DockerBackend):
             log.container.warning("cannot remove service %s: %s", sid[:12], e)
 
     def _stop(self, sid: str, grace_s: float) -> None:
+        """Scale the service to 0, wait until its task is over (its container stopped, on
+        whichever node: the agent reports that), then remove the service.  Removing it at
+        once would return before the container is stopped, and a replica still starting up
+        could register after its slot was gone."""
         import docker.errors
 
-        self._remove(sid)
-        # gone once the swarm has no task of it left (its container stopped, on any node)
-        deadline = time.monotonic() + grace_s + 10
-        while time.monotonic() < deadline:
-            try:
-                if not self.client.api.tasks(filters={"service": sid}):
+        try:
+            self.client.services.get(sid).scale(0)
+            deadline = time.monotonic() + grace_s + 10
+            while time.monotonic() < deadline:
+                tasks = self.client.api.tasks(filters={"service": sid})
+                if not any(t.get("Status", {}).get("State") in LIVE
+                           and not self._stopped_here(t) for t in tasks):
                     break
-            except docker.errors.APIError:
-                break
-            time.sleep(0.1)
+                time.sleep(0.1)
+            else:
+                log.container.warning("service %s still had a live task %.0f s after it was "
+                                      "scaled to 0; removing it", sid[:12], grace_s + 10)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as e:
+            log.container.warning("cannot scale service %s to 0: %s", sid[:12], e)
+        self._remove(sid)
         for iid, dead in list(self._dead.items()):
             if dead == sid:
                 del self._dead[iid]
