@@ -295,7 +295,8 @@ def _deploy(args: argparse.Namespace) -> int:
                                     num_replicas=args.replicas, batch_size=args.batch_size,
                                     labels=args.label, warmup_input=warm,
                                     ready_timeout_s=args.timeout, cpus=args.cpus,
-                                    memory=args.memory, gpus=_gpus_arg(args.gpus))
+                                    memory=args.memory, gpus=_gpus_arg(args.gpus),
+                                    constraints=args.constraint or None)
     if args.app:
         conn.link_model_to_app(args.app, args.name)
     text = (f"deployed {mv['model_name']}:{mv['model_version']} with {mv['num_replicas']} "
@@ -486,6 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--gpus", default=None,
                    help="GPU ids, comma-separated, one per replica in turn; 'cpu' for a CPU "
                         "replica (e.g. 0,cpu) (default: none, CPU only)")
+    d.add_argument("--constraint", action="append", default=[],
+                   help="a swarm placement constraint for the replicas, e.g. "
+                        "node.labels.zone==eu-1; repeat for several; ignored by the local and "
+                        "docker backends (default: none)")
     d.set_defaults(fn=_deploy)
     lg = sub.add_parser("logs", parents=[client], help="show the log of a model's replicas")
     lg.add_argument("model", help="MODEL or MODEL:VERSION")

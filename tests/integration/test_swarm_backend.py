@@ -130,3 +130,20 @@ def test_unplaceable_gpu_replica_and_missing_image_are_clear_deploy_errors(sclip
     with pytest.raises(ClipperAdminError, match="never pulled"):
         c.conn.deploy_image("sgi", 1, "doubles", "no-such-image:nowhere")
     assert [x.id for x in swarm_services(c.state_dir)] == [svc.id]
+
+
+def test_frontend_sigkill_then_restart_readopts_the_services(sclipper):
+    c = sclipper
+    c.conn.register_application("sr", "doubles", -1.0, 2_000_000)
+    c.conn.deploy_python_closure("srm", 1, "doubles", plus_ten, num_replicas=2)
+    c.conn.link_model_to_app("sr", "srm")
+    before = {s.id for s in swarm_services(c.state_dir)}
+    assert len(before) == 2
+    c.kill()
+    assert {s.id for s in swarm_services(c.state_dir)} == before  # they outlive the frontend
+    c.start()
+    wait_for(lambda: _serves(c, "sr"), timeout_s=30, what="the restarted frontend to serve")
+    reps = c.conn.get_all_model_replicas(verbose=True)
+    assert len(reps) == 2 and all(r["adopted"] and r["manager"] == "swarm" for r in reps)
+    assert {s.id for s in swarm_services(c.state_dir)} == before  # no duplicate, no orphan
+    assert "re-adopted replica" in c.log()
