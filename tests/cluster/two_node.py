@@ -83,7 +83,6 @@ def main() -> int:
     c = None
     try:
         node_img = node_image(client)
-        runtime = images.build_runtime(client)
         net = client.networks.create(f"clipper-two-node-{os.getpid()}", driver="bridge",
                                      labels={"clipper.test": "two-node"})
         made["network"] = net
@@ -97,7 +96,7 @@ def main() -> int:
             with open(f"{d}/predict.py", "w") as f:
                 f.write("def predict(inputs):\n"
                         "    return [float(x[0]) * 2 for x in inputs]\n")
-            model = images.build_model_image(client, "twonode", "1", d, runtime)
+            model = images.build_model_image(client, "twonode", "1", d)  # on the runtime image
         t = time.monotonic()
         save = subprocess.Popen(["docker", "save", model], stdout=subprocess.PIPE)
         sh("docker", "exec", "-i", made["node"], "docker", "load", "-q", stdin=save.stdout)
