@@ -6,6 +6,7 @@ the node of each replica in the listing, placement refused as a clear deploy err
 
 Every test removes only the services carrying its own frontend's label."""
 
+import socket
 import subprocess
 import sys
 
@@ -21,10 +22,18 @@ def plus_ten(inputs):
     return [float(x[0]) + 10 for x in inputs]
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture
 def sclipper(swarm, tmp_path):
     state = str(tmp_path / "state")
-    c = ClipperProcess(state, extra_args=("--backend", "swarm"))
+    # a fixed RPC port: a restarted frontend re-adopts only replicas that connect to it
+    c = ClipperProcess(state, extra_args=("--backend", "swarm", "--rpc-port",
+                                          str(free_port())))
     c.start()
     try:
         yield c
