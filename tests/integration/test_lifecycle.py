@@ -28,13 +28,13 @@ def clipper(request):
         yield c
     finally:
         c.stop()
+        left = []
         if request.param == "docker":
             left = remove_docker_containers(c.state_dir)
-            assert not left, f"a clean stop left containers: {left}"
         if request.param == "swarm":
             left = remove_swarm_services(c.state_dir)
-            assert not left, f"a clean stop left services: {left}"
         c.close()
+        assert not left, f"a clean stop left {request.param} replicas: {left}"
 
 
 def answers_one(inputs):

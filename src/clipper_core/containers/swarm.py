@@ -34,6 +34,7 @@ Every SDK call blocks, so each runs in the loop's default executor.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 import uuid
@@ -261,37 +262,57 @@ class SwarmBackend(DockerBackend):
         except docker.errors.APIError as e:
             log.container.warning("cannot remove service %s: %s", sid[:12], e)
 
-    def _stop(self, sid: str, grace_s: float) -> None:
+    async def stop(self, ref: ReplicaRef, grace_s: float) -> None:
         """Scale the service to 0, wait until its task is over (its container stopped, on
         whichever node: the agent reports that), then remove the service.  Removing it at
         once would return before the container is stopped, and a replica still starting up
-        could register after its slot was gone."""
+        could register after its slot was gone.  The wait polls with short calls, so that
+        stopping many replicas at once does not hold the executor's few threads."""
+        sid = ref.handle
+        if await self._call(self._scale_to_zero, sid, grace_s):
+            deadline = self._loop.time() + grace_s + 10
+            while not await self._call(self._task_over, sid):
+                if self._loop.time() > deadline:
+                    log.container.warning("service %s still had a live task %.0f s after it "
+                                          "was scaled to 0; removing it", sid[:12], grace_s + 10)
+                    break
+                await asyncio.sleep(0.1)
+        await self._call(self._remove, sid)
+        for iid, dead in list(self._dead.items()):
+            if dead == sid:
+                del self._dead[iid]
+        self._gone(sid, None, "stopped")
+
+    def _scale_to_zero(self, sid: str, grace_s: float) -> bool:
+        """Scale to 0; a task on this node is stopped here at once (the swarm's agent acts on
+        it only about 3 s later).  False when the service is gone already."""
         import docker.errors
 
         try:
             self.client.services.get(sid).scale(0)
-            deadline = time.monotonic() + grace_s + 10
-            while time.monotonic() < deadline:
-                tasks = self.client.api.tasks(filters={"service": sid})
-                if not any(t.get("Status", {}).get("State") in LIVE
-                           and not self._stopped_here(t) for t in tasks):
-                    break
-                time.sleep(0.1)
-            else:
-                log.container.warning("service %s still had a live task %.0f s after it was "
-                                      "scaled to 0; removing it", sid[:12], grace_s + 10)
+            for t in self.client.api.tasks(filters={"service": sid}):
+                cid = t.get("Status", {}).get("ContainerStatus", {}).get("ContainerID")
+                if t.get("NodeID") == self.node_id and cid:
+                    try:
+                        self.client.api.stop(cid, timeout=max(1, math.ceil(grace_s)))
+                    except docker.errors.NotFound:
+                        pass
+            return True
         except docker.errors.NotFound:
-            pass
+            return False
         except docker.errors.APIError as e:
             log.container.warning("cannot scale service %s to 0: %s", sid[:12], e)
-        self._remove(sid)
-        for iid, dead in list(self._dead.items()):
-            if dead == sid:
-                del self._dead[iid]
+            return False
 
-    async def stop(self, ref: ReplicaRef, grace_s: float) -> None:
-        await super().stop(ref, grace_s)
-        self._gone(ref.handle, None, "stopped")
+    def _task_over(self, sid: str) -> bool:
+        import docker.errors
+
+        try:
+            tasks = self.client.api.tasks(filters={"service": sid})
+        except docker.errors.APIError:
+            return True
+        return not any(t.get("Status", {}).get("State") in LIVE and not self._stopped_here(t)
+                       for t in tasks)
 
     def _recover(self) -> list[ReplicaRef]:
         refs = []
