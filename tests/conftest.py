@@ -50,3 +50,33 @@ def docker_image():
                     f"{e.cause}", pytrace=False)
     client.close()
     return tag
+
+
+@pytest.fixture(scope="session")
+def swarm(docker_image):
+    """A swarm this engine manages: a single-node one initialised here (and left again at the
+    end of the session) when the engine is in none; an existing swarm is used and left as is.
+    Yields the runtime image's tag."""
+    import subprocess
+
+    import docker
+
+    client = docker.from_env()
+    state = client.info().get("Swarm", {}).get("LocalNodeState")
+    client.close()
+    mine = state == "inactive"
+    if mine:
+        p = subprocess.run(["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"],
+                           capture_output=True, text=True, timeout=60)
+        if p.returncode != 0:
+            pytest.fail(f"the swarm backend tests need `docker swarm init` to work: "
+                        f"{p.stderr.strip()}", pytrace=False)
+    elif state != "active":
+        pytest.fail(f"the swarm backend tests need this engine in no swarm or as a swarm "
+                    f"manager; its swarm state is {state!r}", pytrace=False)
+    try:
+        yield docker_image
+    finally:
+        if mine:
+            subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True,
+                           timeout=60)

@@ -190,7 +190,8 @@ class ClipperConnection:
                               batch_size: int = -1, labels: list | None = None,
                               gpus: list | None = None, *, warmup_input: Any = None,
                               ready_timeout_s: float | None = None, cpus: float | None = None,
-                              memory: int | str | None = None) -> dict:
+                              memory: int | str | None = None,
+                              constraints: list | None = None) -> dict:
         """Serialise ``func`` (and what it captures) with cloudpickle and run it as
         ``num_replicas`` replicas.
 
@@ -203,14 +204,15 @@ class ClipperConnection:
             "model_name": name, "model_version": str(version), "input_type": input_type,
             "closure": blob, "num_replicas": num_replicas, "batch_size": batch_size,
             "labels": labels or [], "gpus": gpus or []}
-        _options(body, warmup_input, ready_timeout_s, cpus, memory)
+        _options(body, warmup_input, ready_timeout_s, cpus, memory, constraints)
         return self._call("deploy_python_closure", body)["model"]
 
     def deploy_image(self, name: str, version: Any, input_type: str, image: str,
                      num_replicas: int = 1, batch_size: int = -1, labels: list | None = None,
                      gpus: list | None = None, *, warmup_input: Any = None,
                      ready_timeout_s: float | None = None, cpus: float | None = None,
-                     memory: int | str | None = None) -> dict:
+                     memory: int | str | None = None,
+                     constraints: list | None = None) -> dict:
         """Run a container image as a model version (the docker backend).  The image is one
         of yours built on Clipper's base image (see :meth:`build_and_deploy_model`), whose
         entrypoint serves with ``clipper_rpc.serve``; it finds the frontend through the
@@ -219,7 +221,7 @@ class ClipperConnection:
             "model_name": name, "model_version": str(version), "input_type": input_type,
             "image": image, "num_replicas": num_replicas, "batch_size": batch_size,
             "labels": labels or [], "gpus": gpus or []}
-        _options(body, warmup_input, ready_timeout_s, cpus, memory)
+        _options(body, warmup_input, ready_timeout_s, cpus, memory, constraints)
         return self._call("deploy_image", body)["model"]
 
     def build_and_deploy_model(self, name: str, version: Any, input_type: str,
@@ -357,8 +359,8 @@ class ClipperConnection:
 
 
 def _options(body: dict, warmup_input: Any, ready_timeout_s: Any, cpus: Any,
-             memory: Any) -> None:
+             memory: Any, constraints: Any = None) -> None:
     for k, v in (("warmup_input", warmup_input), ("ready_timeout_s", ready_timeout_s),
-                 ("cpus", cpus), ("memory", memory)):
+                 ("cpus", cpus), ("memory", memory), ("constraints", constraints)):
         if v is not None:
             body[k] = v

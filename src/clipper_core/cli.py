@@ -228,11 +228,13 @@ def _models_table(models: list[dict]) -> str:
 
 
 def _replicas_table(containers: list[dict]) -> str:
+    nodes = any("node" in c for c in containers)  # the swarm backend places them on nodes
     return _table(["MODEL:VERSION", "REPLICA", "PID", "STATE", "CONNECTED", "HEALTHY",
-                   "RESTARTS"],
+                   "RESTARTS"] + (["NODE"] if nodes else []),
                   [[f"{c['model_name']}:{c['model_version']}", c["instance_id"], c.get("pid"),
                     c["state"], "yes" if c.get("connected") else "no",
                     "yes" if c.get("healthy") else "no", c.get("restarts", 0)]
+                   + ([c.get("node") or "-"] if nodes else [])
                    for c in containers])
 
 
@@ -321,7 +323,8 @@ def _deploy(args: argparse.Namespace) -> int:
                                     num_replicas=args.replicas, batch_size=args.batch_size,
                                     labels=args.label, warmup_input=warm,
                                     ready_timeout_s=args.timeout, cpus=args.cpus,
-                                    memory=args.memory, gpus=_gpus_arg(args.gpus))
+                                    memory=args.memory, gpus=_gpus_arg(args.gpus),
+                                    constraints=args.constraint or None)
     if args.app:
         conn.link_model_to_app(args.app, args.name)
     text = (f"deployed {mv['model_name']}:{mv['model_version']} with {mv['num_replicas']} "
@@ -522,8 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "0 caches nothing")
     s.add_argument("--demo", action="store_true",
                    help="deploy the demo app 'demo' (default: off)")
-    s.add_argument("--backend", choices=("local", "docker"), default="local",
-                   help="run replicas as local processes or as Docker containers "
+    s.add_argument("--backend", choices=("local", "docker", "swarm"), default="local",
+                   help="run replicas as local processes, as Docker containers, or as "
+                        "Docker Swarm services (on a swarm manager; see docs/cluster.md) "
                         "(default local)")
     s.add_argument("--log-level", default="INFO",
                    help="DEBUG, INFO, WARNING or ERROR; the dashboard lists refusals only at "
@@ -571,6 +575,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--gpus", default=None,
                    help="GPU ids, comma-separated, one per replica in turn; 'cpu' for a CPU "
                         "replica (e.g. 0,cpu) (default: none, CPU only)")
+    d.add_argument("--constraint", action="append", default=[],
+                   help="a swarm placement constraint for the replicas, e.g. "
+                        "node.labels.zone==eu-1; repeat for several; ignored by the local and "
+                        "docker backends (default: none)")
     d.set_defaults(fn=_deploy)
     lg = sub.add_parser("logs", parents=[client], help="show the log of a model's replicas")
     lg.add_argument("model", help="MODEL or MODEL:VERSION")

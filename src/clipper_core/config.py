@@ -147,8 +147,9 @@ class ServerConfig:
     backend: str = "local"
 
     def __post_init__(self) -> None:
-        if self.backend not in ("local", "docker"):
-            raise ConfigError(f"backend must be 'local' or 'docker', got {self.backend!r}")
+        if self.backend not in ("local", "docker", "swarm"):
+            raise ConfigError(f"backend must be 'local', 'docker' or 'swarm', got "
+                              f"{self.backend!r}")
         for name in ("query_port", "mgmt_port", "rpc_port", "legacy_rpc_port"):
             p = getattr(self, name)
             if p is None and name == "legacy_rpc_port":

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import re
 import shutil
 from dataclasses import replace
 from typing import Any, AsyncIterator
@@ -149,7 +150,7 @@ class DeploymentController:
     async def deploy(self, name: str, version: Any, input_type: str, runtime: dict, *,
                      num_replicas: int = 1, batch_size: int = -1, labels: tuple = (),
                      gpus: Any = (), cpus: Any = None, memory: Any = None,
-                     warmup_input: Any = None, ready_timeout_s: float = 60.0,
+                     constraints: Any = None, warmup_input: Any = None, ready_timeout_s: float = 60.0,
                      before: Any = None) -> ModelVersion:
         """Deploy a new model version whose replicas run ``runtime``.
 
@@ -173,6 +174,8 @@ class DeploymentController:
             runtime["cpus"] = check_cpus(cpus)
         if memory is not None:
             runtime["memory"] = check_memory(memory)
+        if constraints:
+            runtime["constraints"] = check_constraints(constraints)
         mv = ModelVersion(name, version, input_type, batch_size, tuple(labels), runtime,
                           num_replicas, check_gpus(gpus))
         warm: list = []
@@ -384,6 +387,22 @@ def check_replicas(n: Any, minimum: int = 0) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or not minimum <= n <= 256:
         raise ConfigError(f"num_replicas must be an integer {minimum}..256, got {n!r}")
     return n
+
+
+_CONSTRAINT = re.compile(r"^[A-Za-z0-9_.\-]+ ?(==|!=) ?[^\s=!]+$")
+
+
+def check_constraints(constraints: Any) -> list:
+    """Placement constraints of a model's replicas (swarm: ``node.labels.gpu==true``,
+    ``node.hostname!=edge-1``); the backends that run on one machine ignore them."""
+    if isinstance(constraints, (str, bytes)) or not isinstance(constraints, (list, tuple)) \
+            or len(constraints) > 32 or not all(
+                isinstance(c, str) and len(c) <= 256 and _CONSTRAINT.match(c)
+                for c in constraints):
+        raise ConfigError(f"constraints must be a list of placement constraints like "
+                          f"\"node.labels.gpu==true\" (ATTRIBUTE==VALUE or !=), got "
+                          f"{constraints!r}")
+    return list(constraints)
 
 
 def check_cpus(cpus: Any) -> float:

@@ -144,6 +144,7 @@ def _deploy_options(b: dict) -> dict:
         gpus=field(b, "gpus", list, required=False, default=[]),
         cpus=field(b, "cpus", (int, float), required=False, default=None),
         memory=memory,
+        constraints=b.get("constraints"),
         warmup_input=b.get("warmup_input"),
         ready_timeout_s=field(b, "ready_timeout_s", (int, float), required=False,
                               default=60.0))

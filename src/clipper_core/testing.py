@@ -196,3 +196,27 @@ def remove_docker_containers(state_dir: str) -> list:
     for c in left:
         c.remove(force=True)
     return left
+
+
+def swarm_services(state_dir: str) -> list:
+    """The swarm services of the Clipper on ``state_dir`` (swarm backend), found by its
+    frontend label."""
+    import docker
+
+    with open(os.path.join(state_dir, "frontend_id")) as f:
+        fid = f.read().strip()
+    client = docker.from_env()
+    try:
+        return client.services.list(filters={"label": f"clipper.frontend={fid}"})
+    finally:
+        client.close()
+
+
+def remove_swarm_services(state_dir: str) -> list:
+    """Remove the services the Clipper on ``state_dir`` left (only those with its label)."""
+    if not os.path.exists(os.path.join(state_dir, "frontend_id")):
+        return []
+    left = swarm_services(state_dir)
+    for s in left:
+        s.remove()
+    return left

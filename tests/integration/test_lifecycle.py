@@ -14,24 +14,27 @@ import pytest
 
 from clipper_core.admin import ClipperAdminError
 from clipper_core.testing import (ClipperProcess, post_json, remove_docker_containers,
-                                  wait_for as _wait)
+                                  remove_swarm_services, wait_for as _wait)
 
 
-@pytest.fixture(scope="module", params=["local", "docker"])
+@pytest.fixture(scope="module", params=["local", "docker", "swarm"])
 def clipper(request):
     """The lifecycle suite runs on each replica backend: a Clipper of this module's own."""
-    if request.param == "docker":
-        request.getfixturevalue("docker_image")
+    if request.param in ("docker", "swarm"):
+        request.getfixturevalue(request.param if request.param == "swarm" else "docker_image")
     c = ClipperProcess(extra_args=("--backend", request.param))
     c.start()
     try:
         yield c
     finally:
         c.stop()
+        left = []
         if request.param == "docker":
             left = remove_docker_containers(c.state_dir)
-            assert not left, f"a clean stop left containers: {left}"
+        if request.param == "swarm":
+            left = remove_swarm_services(c.state_dir)
         c.close()
+        assert not left, f"a clean stop left {request.param} replicas: {left}"
 
 
 def answers_one(inputs):

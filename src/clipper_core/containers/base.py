@@ -65,6 +65,7 @@ class ReplicaSpec:
     cpus: float | None = None
     memory: int | None = None
     gpu: str | None = None
+    constraints: tuple = ()  # placement constraints ("node.labels.gpu==true"); swarm only
 
     def environment(self) -> dict[str, str]:
         """The variables every replica gets, then the spec's own."""
@@ -178,7 +179,8 @@ def replica_spec(mv: ModelVersion, rpc_address: str, instance_id: str, index: in
     if mv.gpus:
         g = str(mv.gpus[index % len(mv.gpus)])
         gpu = None if g.lower() == "cpu" else g
-    res = {"cpus": rt.get("cpus"), "memory": rt.get("memory"), "gpu": gpu}
+    res = {"cpus": rt.get("cpus"), "memory": rt.get("memory"), "gpu": gpu,
+           "constraints": tuple(rt.get("constraints") or ())}
     ids = dict(instance_id=instance_id, model_name=mv.name, model_version=mv.version,
                index=index, rpc_address=rpc_address)
     env = tuple(credentials.to_env().items()) if credentials is not None else ()

@@ -38,6 +38,25 @@ L_INDEX = "clipper.index"
 L_RPC = "clipper.rpc"
 
 
+def replica_labels(spec: ReplicaSpec, frontend_id: str) -> dict[str, str]:
+    """The labels of a replica's container (and, on swarm, of its service)."""
+    return {L_FRONTEND: frontend_id, L_MODEL: spec.model_name, L_VERSION: spec.model_version,
+            L_INSTANCE: spec.instance_id, L_INDEX: str(spec.index), L_RPC: spec.rpc_address}
+
+
+def replica_env(spec: ReplicaSpec, frontend_id: str) -> dict[str, str]:
+    env = spec.environment()
+    env[ENV_FRONTEND] = frontend_id
+    return env
+
+
+def replica_command(spec: ReplicaSpec) -> tuple[list | None, list]:
+    """(entrypoint or None to keep the image's, arguments) of a replica's container."""
+    if spec.python:
+        return ["python3"], list(spec.argv)
+    return None, list(spec.argv)
+
+
 def connect() -> Any:
     """A docker client that has answered a ping; ConfigError naming the fix if none does."""
     try:
@@ -138,19 +157,15 @@ class DockerBackend(ReplicaBackend):
         import docker.errors
         from docker.types import DeviceRequest
 
-        env = spec.environment()
-        env[ENV_FRONTEND] = self.frontend_id
-        labels = {L_FRONTEND: self.frontend_id, L_MODEL: spec.model_name,
-                  L_VERSION: spec.model_version, L_INSTANCE: spec.instance_id,
-                  L_INDEX: str(spec.index), L_RPC: spec.rpc_address}
+        entrypoint, command = replica_command(spec)
         kw: dict[str, Any] = dict(
-            environment=env, labels=labels, init=True, network_mode="host", detach=True,
-            volumes={p: {"bind": p, "mode": "ro"} for p in spec.mounts})
-        if spec.python:
-            kw["entrypoint"] = ["python3"]
-            kw["command"] = list(spec.argv)
-        elif spec.argv:
-            kw["command"] = list(spec.argv)
+            environment=replica_env(spec, self.frontend_id),
+            labels=replica_labels(spec, self.frontend_id), init=True, network_mode="host",
+            detach=True, volumes={p: {"bind": p, "mode": "ro"} for p in spec.mounts})
+        if entrypoint is not None:
+            kw["entrypoint"] = entrypoint
+        if command:
+            kw["command"] = command
         if spec.cpus is not None:
             kw["nano_cpus"] = int(spec.cpus * 1e9)
         if spec.memory is not None:

@@ -1,0 +1,158 @@
+"""The swarm backend on a real single-node Docker Swarm (the `swarm` fixture initialises one
+when the engine is in none, and leaves it at the end): one labelled service per replica, a
+closure baked into an image of its own, a killed task replaced and its replica serving again,
+the node of each replica in the listing, placement refused as a clear deploy error, and
+`clipper stop` removing the services.
+
+Every test removes only the services carrying its own frontend's label."""
+
+import socket
+import subprocess
+import sys
+
+import docker
+import pytest
+
+from clipper_core.admin import ClipperAdminError
+from clipper_core.testing import (ClipperProcess, remove_swarm_services, swarm_services,
+                                  wait_for)
+
+
+def plus_ten(inputs):
+    return [float(x[0]) + 10 for x in inputs]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def sclipper(swarm, tmp_path):
+    state = str(tmp_path / "state")
+    # a fixed RPC port: a restarted frontend re-adopts only replicas that connect to it
+    c = ClipperProcess(state, extra_args=("--backend", "swarm", "--rpc-port",
+                                          str(free_port())))
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+        remove_swarm_services(state)
+
+
+def _serves(c, app, want=15.0):
+    status, body = c.predict(app, {"input": [5.0]}, timeout_s=10)
+    return status == 200 and body["default"] is False and body["output"] == want
+
+
+def _containers(fid):
+    client = docker.from_env()
+    try:
+        return client.containers.list(filters={"label": f"clipper.frontend={fid}"})
+    finally:
+        client.close()
+
+
+def test_closure_service_answers_a_killed_task_is_replaced_and_stop_removes_it(sclipper):
+    c = sclipper
+    assert c.endpoints["backend"] == "swarm"
+    fid = c.endpoints["frontend_id"]
+    conn = c.conn
+    conn.register_application("sw", "doubles", -1.0, 2_000_000)
+    conn.deploy_python_closure("swm", 1, "doubles", plus_ten, num_replicas=2, cpus=0.5,
+                               memory="256m")
+    conn.link_model_to_app("sw", "swm")
+    assert _serves(c, "sw")
+    services = swarm_services(c.state_dir)
+    assert len(services) == 2
+    node = docker.from_env().info()["Name"]
+    replicas = {r["instance_id"]: r for r in conn.get_all_model_replicas(verbose=True)}
+    assert len(replicas) == 2
+    for s in services:
+        spec = s.attrs["Spec"]
+        lab = spec["Labels"]
+        assert lab["clipper.frontend"] == fid and (lab["clipper.model"],
+                                                   lab["clipper.version"]) == ("swm", "1")
+        task = spec["TaskTemplate"]
+        assert spec["Mode"] == {"Replicated": {"Replicas": 1}}
+        assert task["RestartPolicy"]["Condition"] == "none"  # restarts are the supervisor's
+        assert task["Resources"]["Limits"] == {"NanoCPUs": 500_000_000,
+                                               "MemoryBytes": 256 * 1024**2}
+        assert task["ContainerSpec"]["Image"].startswith("clipper-files:")  # closure baked in
+        assert task["ContainerSpec"]["Labels"]["clipper.frontend"] == fid
+        r = replicas[lab["clipper.instance"]]
+        assert r["manager"] == "swarm" and r["service"] == s.id[:12] and r["node"] == node
+    # a killed task's container: the slot gets a new service, registers and serves again
+    victim = _containers(fid)[0]
+    iid = victim.labels["clipper.instance"]
+    old_service = replicas[iid]["service"]
+    victim.kill()
+    wait_for(lambda: any(r["instance_id"] == iid and r["connected"]
+                         and r.get("service") not in (None, old_service)
+                         for r in conn.get_all_model_replicas(verbose=True)),
+             timeout_s=30, what="the killed task's replacement to register")
+    assert _serves(c, "sw")
+    assert len(swarm_services(c.state_dir)) == 2  # the old service is gone, not leaked
+    restarted = [r for r in conn.get_all_model_replicas(verbose=True) if r["instance_id"] == iid]
+    assert restarted[0]["restarts"] >= 1
+    # `clipper logs` reads a service's log
+    p = subprocess.run([sys.executable, "-m", "clipper_core", "--state-dir", c.state_dir,
+                        "logs", "swm:1"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    assert "connecting to" in p.stdout, p.stdout[-2000:]
+    # `clipper status` shows the node of each replica
+    p = subprocess.run([sys.executable, "-m", "clipper_core", "--state-dir", c.state_dir,
+                        "status"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and node in p.stdout, p.stdout + p.stderr
+    # `clipper stop` removes the services and their containers
+    p = subprocess.run([sys.executable, "-m", "clipper_core", "--state-dir", c.state_dir,
+                        "stop"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert swarm_services(c.state_dir) == []
+    wait_for(lambda: not _containers(fid), timeout_s=15, what="the containers to go")
+
+
+def test_unplaceable_gpu_replica_and_missing_image_are_clear_deploy_errors(sclipper):
+    c = sclipper
+    c.conn.register_application("sg", "doubles", -1.0, 1_000_000)
+    with pytest.raises(ClipperAdminError) as e:
+        c.conn.deploy_python_closure("sgm", 1, "doubles", plus_ten, gpus=[0])
+    msg = str(e.value)
+    assert "cannot place" in msg and "gpu=true" in msg, msg
+    assert swarm_services(c.state_dir) == []  # the unplaceable service was removed
+    assert c.conn.get_all_models() == []
+    # placement constraints from the deploy call reach the service
+    with pytest.raises(ClipperAdminError, match="cannot place"):
+        c.conn.deploy_python_closure("sgm", 1, "doubles", plus_ten,
+                                     constraints=["node.labels.clipper-test==nowhere"])
+    with pytest.raises(ClipperAdminError, match="constraints must be"):
+        c.conn.deploy_python_closure("sgm", 1, "doubles", plus_ten, constraints="gpu")
+    c.conn.deploy_python_closure("sgm", 1, "doubles", plus_ten,
+                                 constraints=["node.role==manager"])
+    c.conn.link_model_to_app("sg", "sgm")
+    assert _serves(c, "sg")
+    [svc] = swarm_services(c.state_dir)
+    assert svc.attrs["Spec"]["TaskTemplate"]["Placement"]["Constraints"] == [
+        "node.role==manager"]
+    with pytest.raises(ClipperAdminError, match="never pulled"):
+        c.conn.deploy_image("sgi", 1, "doubles", "no-such-image:nowhere")
+    assert [x.id for x in swarm_services(c.state_dir)] == [svc.id]
+
+
+def test_frontend_sigkill_then_restart_readopts_the_services(sclipper):
+    c = sclipper
+    c.conn.register_application("sr", "doubles", -1.0, 2_000_000)
+    c.conn.deploy_python_closure("srm", 1, "doubles", plus_ten, num_replicas=2)
+    c.conn.link_model_to_app("sr", "srm")
+    before = {s.id for s in swarm_services(c.state_dir)}
+    assert len(before) == 2
+    c.kill()
+    assert {s.id for s in swarm_services(c.state_dir)} == before  # they outlive the frontend
+    c.start()
+    wait_for(lambda: _serves(c, "sr"), timeout_s=30, what="the restarted frontend to serve")
+    reps = c.conn.get_all_model_replicas(verbose=True)
+    assert len(reps) == 2 and all(r["adopted"] and r["manager"] == "swarm" for r in reps)
+    assert {s.id for s in swarm_services(c.state_dir)} == before  # no duplicate, no orphan
+    assert "re-adopted replica" in c.log()
