@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 PYTEST_ARGS ?=
 
-.PHONY: run test test-compiled test-pure build venv bench bench-deps bench-overload clean system-deps
+.PHONY: run test test-compiled test-pure test-swarm build venv bench bench-deps bench-overload clean system-deps
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ test: build $(TEST_STAMP) system-deps
 # one of the two runs
 test-compiled: build $(TEST_STAMP) system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# the lifecycle suite on a single-node Docker Swarm too (about 8 more minutes; not in CI)
+test-swarm: build $(TEST_STAMP) system-deps
+	CLIPPER_TEST_SWARM=1 $(PY) -m pytest tests/integration/test_lifecycle.py tests/integration/test_swarm_backend.py $(PYTEST_ARGS)
 
 test-pure: build $(TEST_STAMP) system-deps
 	CLIPPER_PUREPYTHON=1 $(PY) -m pytest $(PURE_TESTS) $(PYTEST_ARGS)
