@@ -1,59 +1,33 @@
 """The same closure on the local and the docker backend, side by side in one run.
 
-    .venv/bin/python benchmarks/backends.py [--requests 3000] [--reps 3] [--concurrency 8]
+    .venv/bin/python benchmarks/backends.py [--duration 5] [--reps 3] [--concurrency 8]
                                             [--cold]
 
 Two Clipper frontends, one per backend, each serving the same no-op closure with one replica
 (host networking for the container).  Reports, median with min and max over ``--reps``
-interleaved repetitions: throughput and p50/p99 latency of a closed loop, the docker/local
+interleaved repetitions: throughput and p50/p99 latency of a closed loop (clipper-bench's generator), the docker/local
 ratio of each, and the time from a deploy call to the first answer of the new version (the
 first deploy of a fresh frontend, and later ones).  ``--cold`` first removes the docker
 backend's base and runtime images of the current inputs (only when no container uses them)
 so that the first docker deploy includes building them; the build time and image size are
-printed.  Saves JSON under benchmarks/results/backends.json.
+printed.  Saves JSON under benchmarks/results/.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
-import sys
 import time
 
-import aiohttp
-import numpy as np
-
+from _load import closed_level, med, save
 from clipper_core.testing import ClipperProcess, remove_docker_containers
 
 
 def noop(inputs):
     return [0.0 for _ in inputs]
-
-
-async def closed_loop(url: str, n: int, concurrency: int) -> tuple[float, list]:
-    body = json.dumps({"input": [1.0, 2.0, 3.0]}).encode()
-    headers = {"Content-Type": "application/json"}
-    left = n
-    lat: list[float] = []
-
-    async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal left
-        while left > 0:
-            left -= 1
-            t = time.perf_counter()
-            async with session.post(url, data=body, headers=headers) as r:
-                out = await r.json()
-                assert r.status == 200 and not out["default"], out
-            lat.append(time.perf_counter() - t)
-
-    t0 = time.perf_counter()
-    async with aiohttp.ClientSession() as s:
-        await asyncio.gather(*(worker(s) for _ in range(concurrency)))
-    return n / (time.perf_counter() - t0), lat
 
 
 def deploy_to_answer(c: ClipperProcess, version: int) -> float:
@@ -83,13 +57,9 @@ def remove_images() -> None:
     client.close()
 
 
-def med(xs: list) -> str:
-    return f"{statistics.median(xs):.4g} [{min(xs):.4g}, {max(xs):.4g}]"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--requests", type=int, default=3000)
+    ap.add_argument("--duration", type=float, default=5.0, help="measured seconds per run")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--deploys", type=int, default=3, help="warm deploys per backend")
@@ -101,7 +71,8 @@ def main() -> None:
     backends = ("local", "docker")
     clippers = {b: ClipperProcess(extra_args=("--backend", b), start_timeout_s=60)
                 for b in backends}
-    res: dict = {b: {"rps": [], "p50_ms": [], "p99_ms": [], "deploy_s": []} for b in backends}
+    res: dict = {b: {"answers_per_s": [], "p50_ms": [], "p99_ms": [], "deploy_s": []}
+                 for b in backends}
     try:
         for b, c in clippers.items():
             c.start()
@@ -118,15 +89,14 @@ def main() -> None:
                 res[b]["image_mb"] = cl.images.get(
                     images.runtime_tag(images.base_tag())).attrs["Size"] / 1e6
                 cl.close()
-        for b, c in clippers.items():  # warm-up
-            asyncio.run(closed_loop(f"{c.query_url}/bench/predict", 300, args.concurrency))
+        body = '{"input": [1.0, 2.0, {{i}}.0]}'
         for _ in range(args.reps):
             for b, c in clippers.items():
-                rps, lat = asyncio.run(closed_loop(f"{c.query_url}/bench/predict",
-                                                   args.requests, args.concurrency))
-                res[b]["rps"].append(rps)
-                res[b]["p50_ms"].append(float(np.percentile(lat, 50)) * 1e3)
-                res[b]["p99_ms"].append(float(np.percentile(lat, 99)) * 1e3)
+                r = asyncio.run(closed_level(f"{c.query_url}/bench/predict", args.concurrency,
+                                             body_template=body, duration_s=args.duration))
+                assert r["errors"] == 0 and r["defaults"] == 0, r
+                for k in ("answers_per_s", "p50_ms", "p99_ms"):
+                    res[b][k].append(r[k])
         for v in range(2, 2 + args.deploys):
             for b, c in clippers.items():
                 res[b]["deploy_s"].append(deploy_to_answer(c, v))
@@ -138,9 +108,9 @@ def main() -> None:
             remove_docker_containers(c.state_dir)
             c.close()
     print(f"load: {os.getloadavg()[0]:.1f} (1 min average), concurrency {args.concurrency}, "
-          f"{args.requests} requests x {args.reps} reps, median [min, max]")
+          f"{args.duration:g} s x {args.reps} reps, median (min-max)")
     print(f"{'':<26}{'local':>28}{'docker':>28}{'docker/local':>14}")
-    for k, what in (("rps", "throughput (req/s)"), ("p50_ms", "p50 latency (ms)"),
+    for k, what in (("answers_per_s", "throughput (req/s)"), ("p50_ms", "p50 latency (ms)"),
                     ("p99_ms", "p99 latency (ms)"), ("deploy_s", "deploy to answer, warm (s)")):
         ratio = statistics.median(res["docker"][k]) / statistics.median(res["local"][k])
         print(f"{what:<26}{med(res['local'][k]):>28}{med(res['docker'][k]):>28}{ratio:>14.2f}")
@@ -151,11 +121,7 @@ def main() -> None:
         print(f"runtime image size: {res['docker']['image_mb']:.0f} MB")
         for line in res["docker"].get("builds", []):
             print(line)
-    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "backends.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump({"args": vars(args), "python": sys.version.split()[0],
-                   "load_1min": os.getloadavg()[0], "results": res}, f, indent=1)
+    out = save("backends", {"args": vars(args), "results": res})
     print(f"saved {out}")
 
 

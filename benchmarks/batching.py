@@ -22,17 +22,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import statistics
 import sys
-import time
 
 import numpy as np
 
-from clipper_core.bench import BenchConfig, build_target
-from clipper_core.bench.runner import make_pool, run_level
+from _load import closed_level, med, save
 from clipper_core.testing import ClipperProcess
 
 CONFIGS = {"batch-1": 1, "fixed-32": 32, "aimd": -1}
@@ -46,43 +42,16 @@ def linear_cost(inputs):
     return [float(x[0]) + 1 for x in inputs]
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc (Linux)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def drive(url: str, concurrency: int, warmup_s: float, duration_s: float,
                 server_pid: int) -> dict:
-    """Closed loop: ``concurrency`` users of clipper-bench's generator (one worker process,
-    its percentiles: numpy's linear interpolation), each input distinct.  The server's CPU
-    time is measured over warm-up and measurement together and divided by the answers of
-    both, counted at the measured rate."""
-    target = build_target(url, body_template='{"input": [{{i}}.0]}', stats_url="none")
-    cfg = BenchConfig(target=target, mode="closed", levels=(float(concurrency),),
-                      warmup=warmup_s, duration=duration_s, window=duration_s, workers=1)
-    pool = make_pool(cfg)
-    await pool.start()
-    try:
-        cpu0 = cpu_seconds(server_pid)
-        lvl = await run_level(pool, cfg, 0)
-        server_cpu = cpu_seconds(server_pid) - cpu0
-    finally:
-        await pool.close()
-    n = lvl.ok
-    defaults = round((lvl.default_share or 0.0) * n)
-    preds = n - defaults
-    answered = lvl.achieved_rps * (warmup_s + duration_s)
-    return {
-        "answers": n, "predictions": preds, "defaults": defaults, "errors": lvl.error_count,
-        "throughput": preds / duration_s, "answers_per_s": lvl.achieved_rps,
-        "p50_ms": None if lvl.latency.p50 is None else lvl.latency.p50 * 1e3,
-        "p99_ms": None if lvl.latency.p99 is None else lvl.latency.p99 * 1e3,
-        "default_share": lvl.default_share if n else None,
-        "server_cpu_us_per_answer": server_cpu / answered * 1e6 if answered else None,
-        "client_cpu_us_per_answer": lvl.generator_cpu * duration_s / n * 1e6 if n else None,
-    }
+    """Closed loop: ``concurrency`` users of clipper-bench's generator, each input distinct,
+    and the server's CPU time per answer (``_load.closed_level``)."""
+    res = await closed_level(url, concurrency, body_template='{"input": [{{i}}.0]}',
+                             warmup_s=warmup_s, duration_s=duration_s,
+                             pids={"server": server_pid})
+    res["server_cpu_us_per_answer"] = res.pop("server_cpu_us")
+    res["client_cpu_us_per_answer"] = res.pop("client_cpu_us")
+    return res
 
 
 def batch_stats(conn, model: str, before: dict) -> dict:
@@ -102,15 +71,6 @@ def batch_stats(conn, model: str, before: dict) -> dict:
         "shed": after["shed"] - before["shed"],
         "rpc_timeouts": after["timeouts"] - before["timeouts"],
     }
-
-
-def med(xs: list) -> str:
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return "-"
-    m = statistics.median(xs)
-    digits = 0 if m >= 100 else (1 if m >= 1 else 2)
-    return f"{m:.{digits}f} ({min(xs):.{digits}f}-{max(xs):.{digits}f})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,13 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     aimd_p99 = statistics.median(x["p99_ms"] for x in by["aimd"])
     print(f"AIMD p99 {aimd_p99:.1f} ms against the {args.slo_ms:g} ms SLO: "
           f"{'under' if aimd_p99 < args.slo_ms else 'OVER'}")
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"batching-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    with open(path, "w") as f:
-        json.dump({"benchmark": "batching", "args": vars(args), "runs": runs,
-                   "ratios_vs_batch_1": ratios, "server": info, "python": sys.version,
-                   "machine": platform.machine(), "cpus": os.cpu_count(),
-                   "loadavg": os.getloadavg()}, f, indent=1)
+    path = save("batching", {"args": vars(args), "runs": runs, "ratios_vs_batch_1": ratios,
+                             "server": info}, args.out)
     print(f"saved {path}")
     return 0
 

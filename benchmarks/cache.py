@@ -3,8 +3,8 @@ the cache holds after a million distinct inserts against its budget.
 
     .venv/bin/python benchmarks/cache.py            # ~2 minutes; JSON to benchmarks/results/
 
-1. HTTP: a real Clipper (``ClipperProcess``) with a no-op model.  A closed-loop aiohttp client
-   at a fixed concurrency sends, for the same app, either one input over and over (hits after
+1. HTTP: a real Clipper (``ClipperProcess``) with a no-op model.  clipper-bench's closed-loop
+   generator at a fixed concurrency sends, for the same app, either one input over and over (hits after
    the first) or a new input every time (misses); a third phase sends the same misses to an app
    with the cache switched off (the baseline: what the cache costs a miss).  The phases are
    interleaved and repeated; each reports client-side p50/p99 latency, throughput, and the CPU
@@ -18,7 +18,6 @@ the cache holds after a million distinct inserts against its budget.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics
@@ -28,7 +27,6 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
-CLK = os.sysconf("SC_CLK_TCK")
 
 
 def rss_bytes() -> int:
@@ -39,58 +37,15 @@ def rss_bytes() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK  # utime + stime
-
-
 def noop(inputs):
     return [float(x[0]) for x in inputs]
 
 
 # ---------------------------------------------------------------------------- HTTP phase
-async def load(url: str, bodies, concurrency: int, duration_s: float) -> dict:
-    import aiohttp
-
-    lat: list[float] = []
-    flags = {"hit": 0, "default": 0, "errors": 0}
-    stop = time.perf_counter() + duration_s
-    counter = iter(range(10**9))
-
-    async def worker(session):
-        while time.perf_counter() < stop:
-            body = bodies(next(counter))
-            t0 = time.perf_counter()
-            async with session.post(url, data=body,
-                                    headers={"Content-Type": "application/json"}) as r:
-                payload = await r.read()
-            lat.append(time.perf_counter() - t0)
-            if r.status != 200:
-                flags["errors"] += 1
-                continue
-            if b'"cache_hit":true' in payload:
-                flags["hit"] += 1
-            if b'"default":true' in payload:
-                flags["default"] += 1
-
-    conn = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=conn) as session:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    lat.sort()
-    n = len(lat)
-    return {"requests": n, "throughput_rps": n / wall,
-            "p50_ms": lat[n // 2] * 1e3, "p99_ms": lat[min(n - 1, int(n * 0.99))] * 1e3,
-            "hit_share": flags["hit"] / max(n, 1), "default_share": flags["default"] / max(n, 1),
-            "errors": flags["errors"]}
-
-
 def http_bench(args) -> dict:
-    import orjson
     import uvloop
 
+    from _load import closed_level
     from clipper_core.testing import ClipperProcess
 
     with ClipperProcess(extra_args=("--log-level", "WARNING")) as cp:
@@ -106,36 +61,39 @@ def http_bench(args) -> dict:
         server_pid = cp.proc.pid
         model_pid = next(r["pid"] for r in c.get_all_model_replicas(verbose=True)
                          if r["model_name"] == "noop")
-        same = orjson.dumps({"input": [0.5] * 10})
-        seq = [0]
+        same = '{"input": [' + ", ".join(["0.5"] * 10) + "]}"
+        salt = [0]
 
-        def distinct(_i):  # never seen before, across phases and rounds
-            seq[0] += 1
-            return orjson.dumps({"input": [float(seq[0])] + [0.5] * 9})
+        def distinct():  # never seen before, across phases and rounds: a salt per call
+            salt[0] += 1
+            return '{"input": [{{i}}.0, ' + f"{salt[0]}.0" + ", 0.5" * 8 + "]}"
 
-        phases = {"hit": lambda _i: same, "miss": distinct, "nocache": distinct}
+        phases = {"hit": lambda: same, "miss": distinct, "nocache": distinct}
+        pids = {"server": server_pid, "model": model_pid}
+
+        def load(name: str, cc: int, warmup_s: float, duration_s: float) -> dict:
+            return uvloop.run(closed_level(urls[name], cc, body_template=phases[name](),
+                                           warmup_s=warmup_s, duration_s=duration_s,
+                                           pids=pids))
+
         for name in PHASES:  # warm-up (the hit phase's first query fills the entry)
-            uvloop.run(load(urls[name], phases[name], max(args.concurrency), 1.0))
+            load(name, max(args.concurrency), 0.0, 1.0)
         runs: dict[str, dict] = {str(cc): {name: [] for name in PHASES}
                                  for cc in args.concurrency}
         for r in range(args.rounds):
             for cc in args.concurrency:
                 order = PHASES[r % 3:] + PHASES[:r % 3]
                 for name in order:
-                    s0, m0, c0 = cpu_s(server_pid), cpu_s(model_pid), cpu_s(os.getpid())
-                    res = uvloop.run(load(urls[name], phases[name], cc, args.duration))
-                    n = res["requests"]
-                    res["server_cpu_us_per_req"] = (cpu_s(server_pid) - s0) / n * 1e6
-                    res["model_cpu_us_per_req"] = (cpu_s(model_pid) - m0) / n * 1e6
-                    res["client_cpu_us_per_req"] = (cpu_s(os.getpid()) - c0) / n * 1e6
+                    res = load(name, cc, 0.3, args.duration)
                     res["round"] = r
                     runs[str(cc)][name].append(res)
-                    print(f"  round {r} c={cc:<3} {name:7}: {res['throughput_rps']:6.0f} req/s  "
+                    print(f"  round {r} c={cc:<3} {name:7}: {res['answers_per_s']:6.0f} req/s  "
                           f"p50 {res['p50_ms']:6.2f} ms  p99 {res['p99_ms']:6.2f} ms  "
-                          f"CPU us/req: server {res['server_cpu_us_per_req']:4.0f} "
-                          f"model {res['model_cpu_us_per_req']:4.0f} "
-                          f"client {res['client_cpu_us_per_req']:4.0f}  "
-                          f"hit share {res['hit_share']:.3f}  errors {res['errors']}", flush=True)
+                          f"CPU us/req: server {res['server_cpu_us']:4.0f} "
+                          f"model {res['model_cpu_us']:4.0f} "
+                          f"client {res['client_cpu_us']:4.0f}  "
+                          f"hit share {res['cache_hit_share']:.3f}  errors {res['errors']}",
+                          flush=True)
         stats = c.server_info()["cache"]
     return {"runs": runs, "server_cache_stats": stats}
 
@@ -236,15 +194,15 @@ def main() -> int:
               f"{'server CPU us/req':>20}")
         for name in PHASES:
             cells = []
-            for key, fmt in (("throughput_rps", "{:.0f}"), ("p50_ms", "{:.2f}"),
-                             ("p99_ms", "{:.2f}"), ("server_cpu_us_per_req", "{:.0f}")):
+            for key, fmt in (("answers_per_s", "{:.0f}"), ("p50_ms", "{:.2f}"),
+                             ("p99_ms", "{:.2f}"), ("server_cpu_us", "{:.0f}")):
                 st = summarize(runs[name], key)
                 cells.append(f"{fmt.format(st['median'])} ({fmt.format(st['min'])}-"
                              f"{fmt.format(st['max'])})")
             print(f"{name:7} " + " ".join(f"{c:>20}" for c in cells))
         for a, b in (("hit", "miss"), ("miss", "nocache")):
             ratios = {k: summarize(runs[a], k)["median"] / summarize(runs[b], k)["median"]
-                      for k in ("throughput_rps", "p50_ms", "p99_ms", "server_cpu_us_per_req")}
+                      for k in ("answers_per_s", "p50_ms", "p99_ms", "server_cpu_us")}
             result.setdefault("median_ratios", {}).setdefault(cc, {})[f"{a}/{b}"] = ratios
             print(f"{a}/{b} ratio of medians: "
                   + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))

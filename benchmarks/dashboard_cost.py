@@ -33,6 +33,7 @@ import time
 
 import aiohttp
 
+from _load import cpu_seconds
 from clipper_core.testing import ClipperProcess
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -43,12 +44,6 @@ def small_model(inputs):
 
     time.sleep(0.001)
     return [float(len(x)) for x in inputs]
-
-
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class OpenLoop(threading.Thread):
@@ -160,10 +155,10 @@ def main() -> None:
                     if with_page:
                         wait_live(d)
                     n = load.answered if loaded else 0
-                    a0, c0, t0 = n, cpu_s(pid), time.monotonic()
+                    a0, c0, t0 = n, cpu_seconds(pid), time.monotonic()
                     time.sleep(args.phase_s)
                     n = load.answered if loaded else 0
-                    a1, c1, t1 = n, cpu_s(pid), time.monotonic()
+                    a1, c1, t1 = n, cpu_seconds(pid), time.monotonic()
                     out.append({"page": with_page, "loaded": loaded, "seconds": t1 - t0,
                                 "cpu_pct": 100 * (c1 - c0) / (t1 - t0),
                                 "queries_per_s": (a1 - a0) / (t1 - t0),

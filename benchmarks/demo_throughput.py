@@ -12,34 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 
-from clipper_core.bench import BenchConfig, build_target
-from clipper_core.bench.runner import make_pool, run_level
+from _load import closed_level, save
 from clipper_core.testing import ClipperProcess
-
-
-async def drive(url: str, concurrency: int, duration: float, warmup: float) -> dict:
-    """One closed-loop level of clipper-bench's generator (its percentiles: numpy's linear
-    interpolation); every input distinct, so this measures the model path, not the cache."""
-    target = build_target(url, body_template='{"input": [1.0, 2.0, {{i}}.0]}')
-    cfg = BenchConfig(target=target, mode="closed", levels=(float(concurrency),),
-                      warmup=warmup, duration=duration, window=min(duration, 2.0), workers=1)
-    pool = make_pool(cfg)
-    await pool.start()
-    try:
-        lvl = await run_level(pool, cfg, 0)
-    finally:
-        await pool.close()
-    n = lvl.ok
-    defaults = round((lvl.default_share or 0.0) * n)
-    return {"concurrency": concurrency, "duration_s": duration, "queries": n,
-            "qps": lvl.achieved_rps,
-            "p50_ms": None if lvl.latency.p50 is None else lvl.latency.p50 * 1e3,
-            "p99_ms": None if lvl.latency.p99 is None else lvl.latency.p99 * 1e3,
-            "defaults": defaults, "errors": lvl.error_count,
-            "cache_hits": round((lvl.cache_hit_share or 0.0) * n)}
 
 
 def main() -> None:
@@ -49,15 +24,16 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=2.0)
     args = ap.parse_args()
     with ClipperProcess(extra_args=("--demo",)) as c:
-        res = asyncio.run(drive(f"{c.query_url}/demo/predict", args.concurrency,
-                                args.duration, args.warmup))
-    res["cpu_count"] = os.cpu_count()
-    print(f"demo app, closed loop, concurrency {res['concurrency']}, {res['duration_s']:g} s: "
-          f"{res['qps']:.0f} queries/s, p50 {res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms, "
-          f"{res['defaults']} defaults, {res['errors']} errors, {res['cache_hits']} cache hits")
-    out = os.path.join(os.path.dirname(__file__), "results", "demo_throughput.json")
-    with open(out, "w") as f:
-        json.dump(res, f, indent=2)
+        # every input distinct, so this measures the model path, not the cache
+        res = asyncio.run(closed_level(
+            f"{c.query_url}/demo/predict", args.concurrency,
+            body_template='{"input": [1.0, 2.0, {{i}}.0]}', warmup_s=args.warmup,
+            duration_s=args.duration))
+    print(f"demo app, closed loop, concurrency {args.concurrency}, {args.duration:g} s: "
+          f"{res['answers_per_s']:.0f} queries/s, p50 {res['p50_ms']:.2f} ms, "
+          f"p99 {res['p99_ms']:.2f} ms, {res['defaults']} defaults, {res['errors']} errors, "
+          f"cache hit share {res['cache_hit_share']:.3f}")
+    print(f"saved {save('demo_throughput', {'args': vars(args), 'result': res})}")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ A real Clipper (``clipper_core.testing.ClipperProcess``) serves, for each framew
 small model trained here (scikit-learn random forest, XGBoost and LightGBM boosted trees, an
 MLP in PyTorch through torch.export and the same MLP exported to ONNX), deployed twice through its
 deployer: once with ``batch_size=1`` and once adaptive (AIMD, ``batch_size=-1``), one replica
-each.  An aiohttp client drives every deployment in a closed loop (rows drawn from a pool,
-cache off); the deployments run interleaved, in a rotating order, for several rounds.
+each.  clipper-bench's load generator drives every deployment in a closed loop (one real row,
+its first feature varied; cache off); the deployments run interleaved, in a rotating order, for several rounds.
 Reported per runtime and configuration: prediction throughput, client-side p50/p99 latency,
 default share and mean batch size, as median (min-max) over the rounds, and the throughput
 ratio adaptive / batch-1 taken per round.
@@ -19,19 +19,13 @@ Saves JSON under ``benchmarks/results/``.  Loopback runs on a shared 2-core mach
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
-import platform
-import statistics
 import sys
 import time
 
-import aiohttp
-import numpy as np
-import orjson
 import uvloop
 
+from _load import closed_level, med, save
 from clipper_core.testing import ClipperProcess
 
 CONFIGS = {"batch-1": 1, "adaptive": -1}
@@ -110,57 +104,10 @@ def deployers(x, y, tmp: str) -> dict:
             "pytorch": pytorch, "onnx": onnx}
 
 
-async def drive(url: str, rows: list, concurrency: int, warmup_s: float,
-                duration_s: float) -> dict:
-    """Closed loop; only answers completed inside the measured window count."""
-    lat: list[float] = []
-    preds = defaults = errors = 0
-    t_start = time.perf_counter() + warmup_s
-    t_end = t_start + duration_s
-    bodies = [orjson.dumps({"input": r}) for r in rows]
-    headers = {"Content-Type": "application/json"}
-
-    async def worker(session: aiohttp.ClientSession, w: int) -> None:
-        nonlocal preds, defaults, errors
-        i = w
-        while True:
-            t0 = time.perf_counter()
-            if t0 >= t_end:
-                return
-            i += concurrency
-            async with session.post(url, data=bodies[i % len(bodies)],
-                                    headers=headers) as r:
-                raw = await r.read()
-                status = r.status
-            t1 = time.perf_counter()
-            if t1 < t_start or t1 > t_end:
-                continue
-            lat.append(t1 - t0)
-            if status != 200:
-                errors += 1
-            elif orjson.loads(raw)["default"]:
-                defaults += 1
-            else:
-                preds += 1
-
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as s:
-        await asyncio.gather(*(worker(s, w) for w in range(concurrency)))
-    lat.sort()
-    n = len(lat)
-    return {"answers": n, "predictions": preds, "defaults": defaults, "errors": errors,
-            "throughput": preds / duration_s,
-            "p50_ms": lat[n // 2] * 1e3 if n else None,
-            "p99_ms": lat[min(n - 1, int(0.99 * n))] * 1e3 if n else None,
-            "default_share": defaults / n if n else None}
-
-
-def med(xs: list) -> str:
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return "-"
-    m = statistics.median(xs)
-    digits = 0 if m >= 100 else (1 if m >= 1 else 2)
-    return f"{m:.{digits}f} ({min(xs):.{digits}f}-{max(xs):.{digits}f})"
+def body_template(row: list) -> str:
+    """A query body from a real row, its first feature varied by clipper-bench's counter."""
+    rest = "".join(f", {float(v)!r}" for v in row[1:])
+    return '{"input": [{{i}}e-6' + rest + ']}'
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     x, y = _data()
-    rows = x[:512].tolist()
+    template = body_template(x[0].tolist())
     names = [n for n in args.runtimes.split(",") if n]
     runs: list[dict] = []
     load_before = os.getloadavg()
@@ -206,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             shift = r % len(targets)
             for rt, cfg, name in targets[shift:] + targets[:shift]:
                 b0 = conn.get_batching(name)["stats"]["batch_size"]
-                res = uvloop.run(drive(f"{clipper.query_url}/{name}/predict", rows,
-                                       args.concurrency, args.warmup, args.duration))
+                res = uvloop.run(closed_level(
+                    f"{clipper.query_url}/{name}/predict", args.concurrency,
+                    body_template=template, warmup_s=args.warmup, duration_s=args.duration))
                 b1 = conn.get_batching(name)["stats"]["batch_size"]
                 count = b1["count"] - b0["count"]
                 res["mean_batch"] = (b1["sum"] - b0["sum"]) / count if count else 0.0
@@ -243,12 +191,9 @@ def main(argv: list[str] | None = None) -> int:
                      for _, key in cols]
             ratio = med(ratios) if cfg == "adaptive" else ""
             print(f"{rt:9} {cfg:9} " + " ".join(f"{c:>18}" for c in cells) + f" {ratio:>18}")
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"runtimes-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    with open(path, "w") as f:
-        json.dump({"args": vars(args), "machine": platform.platform(),
-                   "cpus": os.cpu_count(), "load_before": load_before,
-                   "load_after": load_after, "runs": runs, "summary": summary}, f, indent=1)
+    path = save("runtimes", {"args": vars(args), "load_before": load_before,
+                             "load_after": load_after, "runs": runs, "summary": summary},
+                args.out)
     print(f"saved {path}")
     return 0
 

@@ -18,6 +18,7 @@ import asyncio
 import collections
 import dataclasses
 import itertools
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -128,7 +129,7 @@ class Replica:
 
     __slots__ = ("identity", "instance_id", "key", "pid", "info", "in_flight", "last_seen",
                  "_suspect", "_draining", "sizer", "batches", "errors",
-                 "timeouts", "drained", "proven")
+                 "timeouts", "drained", "proven", "answered_at")
 
     def __init__(self, identity: bytes, instance_id: str, key: ModelKey, pid: int, info: dict,
                  sizer: Any, now: float) -> None:
@@ -151,6 +152,8 @@ class Replica:
         #: heartbeat or an answer); until then it is suspect and gets no batch, so a peer that
         #: registers and stays silent never takes queries
         self.proven = False
+        #: stopwatch time of the replica's last answer (see ``InFlight.service``)
+        self.answered_at = -math.inf
 
     @property
     def suspect(self) -> bool:
@@ -187,7 +190,7 @@ class Replica:
 
 class InFlight:
     __slots__ = ("batch_id", "replica", "queries", "sent_at", "started", "budget", "timer",
-                 "timed_out", "probe")
+                 "timed_out", "probe", "service")
 
     def __init__(self, batch_id: int, replica: Replica, queries: list, sent_at: float,
                  started: float, budget: float) -> None:
@@ -201,6 +204,11 @@ class InFlight:
         self.timed_out = False
         #: set for a warm-up call (:meth:`Scheduler.probe`): resolves with an Answer
         self.probe: asyncio.Future | None = None
+        #: set when answered: what the batch cost the replica, from when it could start on
+        #: it (its previous answer, when this batch was sent while that one was in flight)
+        #: to this answer.  The round trip would count the wait behind the other batch as
+        #: this batch's cost, and admission would reckon the replica twice as slow as it is
+        self.service = 0.0
 
 
 class ModelQueue:
@@ -591,6 +599,9 @@ class Scheduler:
             return None  # unknown, forgotten, or another peer's batch
         del self._batches[batch_id]
         r.in_flight.pop(batch_id, None)
+        answered = self._stopwatch()
+        fl.service = answered - (r.answered_at if r.answered_at > fl.started else fl.started)
+        r.answered_at = answered
         if fl.timer is not None:
             fl.timer.cancel()
         if fl.probe is None and not fl.timed_out:  # a timeout counted them back already
@@ -599,10 +610,16 @@ class Scheduler:
                 mq.core.returned(len(fl.queries), self._clock())
         now = self._clock()
         r.last_seen = now
+        s = r.sizer
         if not r.in_flight:
-            r.sizer.busy_until = now
+            s.busy_until = now
             if r.drained is not None:
                 _settle(r.drained)
+        else:
+            # the batches still out, from now: re-anchored at every answer, so that
+            # estimates that were too long do not pile up ahead of the clock while the
+            # replica never goes idle (two batches in flight under load)
+            s.busy_until = now + sum(s.expected(len(f.queries)) for f in r.in_flight.values())
         if r._suspect:
             if r.proven:
                 log.batching.info("replica %s answered again; no longer suspect",
@@ -637,7 +654,7 @@ class Scheduler:
         r.batches += 1
         if not fl.timed_out:  # a timeout already backed off; one overrun, one decrease
             # AIMD by the model's cost when the container reported it (compute_us > 0)
-            r.sizer.observe(n, latency, fl.budget, compute if msg.compute_us > 0 else -1.0)
+            r.sizer.observe(n, fl.service, fl.budget, compute if msg.compute_us > 0 else -1.0)
         mq = self.models.get(r.key)
         if mq is not None:
             mq.batches += 1

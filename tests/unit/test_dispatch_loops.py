@@ -155,3 +155,23 @@ def test_heavy_open_loop_fills_batches_within_the_bound(impl):
     assert np.mean([len(ids) for _, ids in batches]) >= 20
     waited = [h for (t, ids), h in zip(batches, held)]
     assert max(waited) <= WAIT + max(latency(len(ids)) for _, ids in batches) + 1e-9
+
+
+@pytest.mark.parametrize("size", [1, 4])
+def test_pipelined_replica_is_not_reckoned_busier_than_it_is(impl, size):
+    """Two batches in flight on one replica: the second waits behind the first, so each
+    batch's round trip (what the replica's latency line learns) is about two services.  The
+    time the replica is reckoned busy must follow its answers, not grow by a round trip
+    per dispatch: else it runs ahead of the clock and admission sheds queries that the
+    replica answers easily (here 32 users, 8 ms a batch, a 1 s SLO: 64 ms to 256 ms of work
+    queued at most, yet three in four queries were shed)."""
+    def eight_ms(n):
+        return 8e-3
+
+    run = Run(impl, eight_ms, BatchingConfig(batch_size=size, max_in_flight=2))
+    run.closed(32)
+    rate, batches, held = run.measure(0.5, 2.0)
+    snap = run.sim.mq.snapshot()
+    assert snap["shed_late"] == 0 and snap["expired"] == 0, snap
+    assert all(ok for ok, _ in (q.future.result() for _, q in run.done))
+    assert rate == pytest.approx(size / 8e-3, rel=0.05)
