@@ -55,11 +55,13 @@ cdef class BatchSizer:
     cdef public unsigned long long increases
     cdef public unsigned long long decreases
     cdef public unsigned long long batches
+    cdef public double lead
     cdef double _w, _sn, _sl, _snn, _snl
 
     cpdef reconfigure(self, long fixed_max, long step, double backoff, long cap)
-    @cython.locals(sample=double, cap=double, cost=double)
-    cpdef observe(self, long batch_size, double latency, double budget=*, double compute=*)
+    @cython.locals(sample=double, cap=double, cost=double, gap=double)
+    cpdef observe(self, long batch_size, double latency, double budget=*, double compute=*,
+                  double rtt=*)
     @cython.locals(mn=double, ml=double, var=double, slope=double, est=double, floor=double)
     cpdef double expected(self, long batch_size)
     cpdef overrun(self)
@@ -111,7 +113,7 @@ cdef class Batcher:
     @cython.locals(queue=DeadlineQueue, n=Py_ssize_t, target=Py_ssize_t, end=double,
                    more=double, back=double)
     cpdef double dispatch_at(self, double now, Py_ssize_t size, bint busy=*,
-                             double free_since=*)
+                             double free_since=*, double lead=*)
     @cython.locals(q=Query, slo=double, latest=double, arrivals=double, batch=list,
                    size=Py_ssize_t, n=Py_ssize_t, horizon=double)
     cpdef list take(self, double now, BatchSizer sizer, list expired)

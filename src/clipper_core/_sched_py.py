@@ -218,6 +218,9 @@ class BatchSizer:
         self._snl = 0.0
         self.busy_until = 0.0
         self.available = True
+        #: the part of a round trip that is not the model's compute (transfer both ways,
+        #: encoding, the event loops), s; -1.0 until measured (see observe's ``rtt``)
+        self.lead = -1.0
         if budget <= 0.0:
             raise ValueError("the latency budget must be positive")
         self.budget = budget
@@ -240,13 +243,23 @@ class BatchSizer:
         if self.fixed or self.current > self.cap:
             self.current = self.cap
 
-    def observe(self, batch_size, latency, budget=-1.0, compute=-1.0):
+    def observe(self, batch_size, latency, budget=-1.0, compute=-1.0, rtt=-1.0):
         """Feed back one completed batch of ``batch_size`` queries that took ``latency`` s
-        (the round trip) against ``budget`` s (the sizer's last budget when not given);
-        ``compute`` is the model's own time for it as the container reported it (negative:
-        not reported), and what AIMD goes by when given."""
+        (what it cost the replica) against ``budget`` s (the sizer's last budget when not
+        given); ``compute`` is the model's own time for it as the container reported it
+        (negative: not reported), and what AIMD goes by when given.  ``rtt``: the round trip
+        of a batch that found the replica idle (negative: not known); with ``compute`` it
+        measures ``lead``."""
         if budget > 0.0:
             self.budget = budget
+        if rtt >= 0.0 and compute >= 0.0:
+            gap = rtt - compute
+            if gap < 0.0:
+                gap = 0.0
+            if self.lead < 0.0:
+                self.lead = gap
+            else:
+                self.lead += 0.2 * (gap - self.lead)
         self.batches += 1
         if self.batches == 1:
             self.latency = latency
@@ -497,13 +510,23 @@ class Batcher:
         self._returned_at = now
         self._since_return = 0
 
-    def dispatch_at(self, now, size, busy=False, free_since=-INF):
+    def dispatch_at(self, now, size, busy=False, free_since=-INF, lead=-1.0):
         """When to send the next batch of at most ``size`` to a replica (``busy``: one that
-        still works on a batch; else free since ``free_since``): ``now``, or a later time to
-        wait until for the batch to fill, never later than ``batch_wait`` after the oldest
-        queued query's arrival or after the replica became free, whichever is later (a query
-        that waited for a busy replica has not waited for company); for a busy replica
-        ``inf`` (its answer comes first) unless the batch is full.
+        still works on a batch and is expected to answer at ``free_since``; else free since
+        ``free_since``): ``now``, or a later time to wait until for the batch to fill, never
+        later than ``batch_wait`` after the oldest queued query's arrival or after the
+        replica became free, whichever is later (a query that waited for a busy replica has
+        not waited for company).
+
+        A busy replica gets its next batch just in time: ``lead`` (its measured transfer
+        time, :attr:`BatchSizer.lead`) before it answers, so that the batch reaches it as it
+        frees up, and holds the queries that came until then.  Sent earlier, the batch would
+        wait there, its queries' deadlines running, while queries arriving meanwhile are
+        shed for want of room (with a model whose batch takes half the SLO, pipelining
+        early halves the batches and the goodput).  From that time on it is decided as for
+        a free replica.  Without a measured ``lead`` (a container that does not report its
+        compute time), a busy replica gets only a full batch, at once, and otherwise waits
+        for its answer (``inf``).
 
         A query is never held back when waiting cannot fill the batch.  What can still come
         is read from what was observed: at most ``population() - in_flight`` queries can be
@@ -515,12 +538,18 @@ class Batcher:
         """
         queue = self.queue
         n = len(queue)
-        if not n or n >= size:
+        if not n:
             return now
         if busy:
-            # a second batch in flight keeps the replica busy, but only a full one: a partial
-            # one would split the queries that could still go together once it is free
-            return INF
+            if lead < 0.0:
+                # a second batch in flight keeps the replica busy, but only a full one: a
+                # partial one would split the queries that could still go together
+                return now if n >= size else INF
+            free_since -= lead
+            if free_since > now:
+                return free_since
+        if n >= size:
+            return now
         if self.batch_wait <= 0.0:
             return now
         self._roll(now)

@@ -190,7 +190,7 @@ class Replica:
 
 class InFlight:
     __slots__ = ("batch_id", "replica", "queries", "sent_at", "started", "budget", "timer",
-                 "timed_out", "probe", "service")
+                 "timed_out", "probe", "service", "idle")
 
     def __init__(self, batch_id: int, replica: Replica, queries: list, sent_at: float,
                  started: float, budget: float) -> None:
@@ -209,6 +209,9 @@ class InFlight:
         #: to this answer.  The round trip would count the wait behind the other batch as
         #: this batch's cost, and admission would reckon the replica twice as slow as it is
         self.service = 0.0
+        #: whether the replica had nothing else in flight when this batch was sent: then
+        #: its round trip is the compute plus the transfer, nothing waited for
+        self.idle = not replica.in_flight
 
 
 class ModelQueue:
@@ -230,6 +233,9 @@ class ModelQueue:
         self.sizers: list = []
         self.wait_timer: asyncio.Handle | None = None
         self.wait_until = 0.0
+        #: when a busy replica is due its next batch (just before it answers), and the timer
+        self.pipe_timer: asyncio.Handle | None = None
+        self.pipe_at = 0.0
         self.waiting_since = -1.0
         self.rr = 0
         # counters for the metrics layer (the core holds admitted / shed / expired)
@@ -326,6 +332,14 @@ def _resolve(fut: asyncio.Future, value: Answer) -> None:
         fut.set_result(value)
 
 
+def _reanchor(r: Replica, now: float) -> None:
+    """When the busy replica ``r`` is expected to answer: its batches still out, from
+    ``now``.  Done at every answer, so that estimates that were too long do not pile up
+    ahead of the clock while the replica never goes idle (two batches in flight)."""
+    s = r.sizer
+    s.busy_until = now + sum(s.expected(len(f.queries)) for f in r.in_flight.values())
+
+
 def _settle(fut: asyncio.Future) -> None:
     if not fut.done():
         fut.set_result(True)
@@ -409,9 +423,10 @@ class Scheduler:
         # now=-inf: every queued query comes out as "live", none as expired
         for q in mq.queue.pop_batch(float("-inf"), len(mq.queue), []):
             answer(q, (False, explanation))
-        if mq.wait_timer:
-            mq.wait_timer.cancel()
-            mq.wait_timer = None
+        for timer in (mq.wait_timer, mq.pipe_timer):
+            if timer is not None:
+                timer.cancel()
+        mq.wait_timer = mq.pipe_timer = None
 
     # ---------------------------------------------------------------- queries
     def submit(self, key: ModelKey, q: Any) -> bool:
@@ -452,9 +467,10 @@ class Scheduler:
     # ---------------------------------------------------------------- dispatch
     def _dispatch(self, mq: ModelQueue, force: bool = False) -> None:
         """Give replicas batches: every idle replica first (round robin), then, up to
-        ``max_in_flight``, a full batch to a busy one, so that it has its next batch at hand
-        when it answers.  ``force``: the delayed-batching timer ran out, the first batch to an
-        idle replica goes without waiting for it to fill."""
+        ``max_in_flight``, to a busy one just before it answers (``Batcher.dispatch_at``), so
+        that it has its next batch at hand when it is free.  ``force``: the delayed-batching
+        timer ran out, the first batch to an idle replica goes without waiting for it to
+        fill."""
         queue = mq.queue
         order = mq.order
         if not len(queue) or not order:
@@ -473,11 +489,15 @@ class Scheduler:
                 if not len(queue):
                     return
                 if busy or not force:
-                    # (an idle replica's busy_until is when it answered its last batch)
-                    when = core.dispatch_at(now, r.sizer.current, busy, r.sizer.busy_until)
+                    # (an idle replica's busy_until is when it answered its last batch; a
+                    # busy one's, when it is expected to answer)
+                    s = r.sizer
+                    when = core.dispatch_at(now, s.current, busy, s.busy_until, s.lead)
                     if when > now:
                         if busy:
-                            continue  # its answer comes first (and dispatches again)
+                            if when < math.inf:
+                                self._arm_pipe(mq, when)
+                            continue  # else its answer comes first (and dispatches again)
                         if mq.waiting_since < 0:
                             mq.waiting_since = now
                         self._arm_wait(mq, when)
@@ -505,6 +525,19 @@ class Scheduler:
         mq.wait_until = when
         mq.wait_timer = self._loop.call_at(when, self._wait_done, mq)
         mq.wait_until = when
+
+    def _arm_pipe(self, mq: ModelQueue, when: float) -> None:
+        if mq.pipe_timer is not None:
+            if mq.pipe_at <= when:
+                return
+            mq.pipe_timer.cancel()
+        mq.pipe_at = when
+        mq.pipe_timer = self._loop.call_at(when, self._pipe_due, mq)
+
+    def _pipe_due(self, mq: ModelQueue) -> None:
+        mq.pipe_timer = None
+        if self.models.get(mq.key) is mq:
+            self._dispatch(mq)
 
     def _wait_done(self, mq: ModelQueue) -> None:
         mq.wait_timer = None
@@ -610,16 +643,12 @@ class Scheduler:
                 mq.core.returned(len(fl.queries), self._clock())
         now = self._clock()
         r.last_seen = now
-        s = r.sizer
         if not r.in_flight:
-            s.busy_until = now
+            r.sizer.busy_until = now
             if r.drained is not None:
                 _settle(r.drained)
         else:
-            # the batches still out, from now: re-anchored at every answer, so that
-            # estimates that were too long do not pile up ahead of the clock while the
-            # replica never goes idle (two batches in flight under load)
-            s.busy_until = now + sum(s.expected(len(f.queries)) for f in r.in_flight.values())
+            _reanchor(r, now)
         if r._suspect:
             if r.proven:
                 log.batching.info("replica %s answered again; no longer suspect",
@@ -654,7 +683,10 @@ class Scheduler:
         r.batches += 1
         if not fl.timed_out:  # a timeout already backed off; one overrun, one decrease
             # AIMD by the model's cost when the container reported it (compute_us > 0)
-            r.sizer.observe(n, fl.service, fl.budget, compute if msg.compute_us > 0 else -1.0)
+            r.sizer.observe(n, fl.service, fl.budget, compute if msg.compute_us > 0 else -1.0,
+                            latency if fl.idle else -1.0)
+            if r.in_flight:  # again, with what this batch taught the sizer
+                _reanchor(r, self._clock())
         mq = self.models.get(r.key)
         if mq is not None:
             mq.batches += 1
