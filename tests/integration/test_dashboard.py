@@ -19,8 +19,9 @@ from clipper_core.testing import ClipperProcess, post_json, wait_for
 
 CHROMIUM = os.environ.get("CLIPPER_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CLIPPER_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
-SCREENSHOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs",
-                          "dashboard.png")
+# CLIPPER_DASHBOARD_SCREENSHOT=docs/dashboard.png renews the README's picture (the charts
+# fill for CLIPPER_DASHBOARD_SHOT_WAIT_S first); the suite itself leaves the tree as it was
+SCREENSHOT = os.environ.get("CLIPPER_DASHBOARD_SCREENSHOT")
 TOKEN = "s3cret-dashboard-token"
 
 
@@ -234,14 +235,13 @@ def test_dashboard_under_load_with_token(browser, tmp_path):
             x1, x2, y1, y2 = slo
             assert x2 - x1 > 100 and y1 == y2 and 0 < y1 < 150, slo
 
-            # let the charts fill for a picture
-            time.sleep(float(os.environ.get("CLIPPER_DASHBOARD_SHOT_WAIT_S", "12")))
-            height = js(d, "return document.documentElement.scrollHeight")
-            d.set_window_size(1400, min(int(height) + 140, 4000))
-            time.sleep(1.2)  # one more frame at the new size
-            os.makedirs(os.path.dirname(SCREENSHOT), exist_ok=True)
-            assert d.save_screenshot(SCREENSHOT)
-            d.set_window_size(1400, 1000)
+            if SCREENSHOT:  # let the charts fill for a picture
+                time.sleep(float(os.environ.get("CLIPPER_DASHBOARD_SHOT_WAIT_S", "12")))
+                height = js(d, "return document.documentElement.scrollHeight")
+                d.set_window_size(1400, min(int(height) + 140, 4000))
+                time.sleep(1.2)  # one more frame at the new size
+                assert d.save_screenshot(os.path.abspath(SCREENSHOT))
+                d.set_window_size(1400, 1000)
 
             # a rollback clicked in the page changes what /predict answers
             d.find_element("css selector",
