@@ -17,8 +17,11 @@ other frontends' notices to a callback, and a ``{"kind": "resync"}`` after Redis
 Keys (prefix ``clipper:``): ``meta`` (hash), ``apps`` (hash name -> JSON), ``models`` (hash
 "name\\0version" -> JSON), ``model_order`` (zset, creation order), ``current`` (hash),
 ``links`` (zset "app\\0model", link order), ``seq`` (counter for the orders),
-``policy:<app>`` (hash uid -> JSON).  Replica processes are not here: they belong to the
-frontend that started them (its local SQLite store).
+``policy:<app>`` (hash uid -> JSON), ``replicas`` (hash instance id -> JSON: the replica
+processes the deploying frontend runs), ``shared:cluster_id`` and ``shared:rpc_keys`` (the
+cluster's id, which labels its replicas, and its RPC CURVE keys).  The deployer lease and the
+frontends' announcements are ``clipper:deployer`` and ``clipper:frontend:<id>``
+(:mod:`clipper_core.cluster`).
 """
 
 from __future__ import annotations
@@ -307,6 +310,30 @@ class RedisStateStore:
 
     def delete_policy_states(self, app: str) -> None:
         self._tx("policy", app, ("delete", _k("policy:" + app)))
+
+    # -------------------------------------------------------------- shared settings
+    def shared_value(self, name: str, make: Callable[[], str]) -> str:
+        """The cluster-wide value ``name`` (``clipper:shared:NAME``): the first frontend to
+        ask creates it with ``make()``, every other reads that one."""
+        key = _k("shared:" + name)
+
+        def run() -> str:
+            self._r.set(key, make(), nx=True)
+            return self._r.get(key)
+        return self._call(run)
+
+    # -------------------------------------------------------------- replica processes
+    # the deploying frontend records the replicas it runs; any frontend shows them, and the
+    # next deployer forgets the records of those that are gone
+    def put_replica(self, instance_id: str, data: dict) -> None:
+        self._call(self._r.hset, _k("replicas"), instance_id, json.dumps(data))
+
+    def delete_replica(self, instance_id: str) -> None:
+        self._call(self._r.hdel, _k("replicas"), instance_id)
+
+    def replicas(self) -> list[dict]:
+        d = self._call(self._r.hgetall, _k("replicas"))
+        return list(self._docs(d[n] for n in sorted(d)))
 
     # -------------------------------------------------------------- change notices
     async def watch(self, callback: Callable[[dict], Awaitable[None] | None], *,
