@@ -67,6 +67,47 @@ class DeploymentController:
                     f"{self.cluster.describe_deployer()}")
             await asyncio.sleep(0.05)
 
+    def _runnable(self, mv: ModelVersion) -> ModelVersion:
+        """``mv`` as this frontend runs it: with several frontends, a closure or model file
+        deployed through another frontend is read from the shared store into this one's
+        state directory (the recorded path is the other frontend's)."""
+        rt = mv.runtime
+        if self.cluster is None or rt.get("kind") not in ("closure", "framework"):
+            return mv
+        filename = os.path.basename(rt["path"])
+        local = os.path.abspath(os.path.join(self._closure_dir(mv.name, mv.version), filename))
+        if local == rt["path"]:
+            return mv
+        if not os.path.exists(local):
+            blob = self.registry.store.artifact(mv.name, mv.version, filename)
+            if blob is None:  # deployed before artifacts were shared: the recorded path
+                return mv
+            try:
+                os.makedirs(os.path.dirname(local), exist_ok=True)
+                with open(local + ".tmp", "wb") as f:
+                    f.write(blob)
+                os.replace(local + ".tmp", local)
+            except OSError as e:
+                raise StateStoreError(f"cannot store the {filename} of {mv.name}:{mv.version} "
+                                      f"at {local}: {e.strerror or e}") from None
+        return replace(mv, runtime={**rt, "path": local})
+
+    async def restore(self) -> dict:
+        """Give every model version its replicas back, re-adopting those still running (at
+        start, or on taking the deployer lease); see :meth:`Supervisor.restore`."""
+        return await self.supervisor.restore([self._runnable(mv)
+                                              for mv in self.registry.models.values()])
+
+    def _forget_files(self, mv: ModelVersion) -> None:
+        if mv.runtime.get("kind") in ("closure", "framework"):
+            shutil.rmtree(self._closure_dir(mv.name, mv.version), ignore_errors=True)
+            if self.cluster is not None:
+                try:
+                    self.registry.store.delete_artifacts(mv.name, mv.version)
+                except StateStoreError as e:
+                    log.state.error("the stored files of %s:%s stay in the state store: %s",
+                                    mv.name, mv.version, e.cause)
+
     # ---------------------------------------------------------------- readiness
     def _on_replica_change(self, key: tuple) -> None:
         mq = self.scheduler.models.get(key)
@@ -124,6 +165,8 @@ class DeploymentController:
             except OSError as e:
                 raise StateStoreError(f"cannot store the {field_name} of {name}:{version} at "
                                       f"{path}: {e.strerror or e}") from None
+            if self.cluster is not None:  # for whichever frontend deploys, now or later
+                self.registry.store.put_artifact(name, version, filename, blob)
 
         return path, write
 
@@ -298,8 +341,7 @@ class DeploymentController:
         finally:
             if mv.key in self.registry.models:
                 self.registry.delete_version(mv.name, mv.version, force=True)
-            if mv.runtime.get("kind") in ("closure", "framework"):
-                shutil.rmtree(self._closure_dir(mv.name, mv.version), ignore_errors=True)
+            self._forget_files(mv)
 
     # ---------------------------------------------------------------- scale, rollback, delete
     async def set_num_replicas(self, name: str, version: str | None, n: int) -> ModelVersion:
@@ -317,7 +359,7 @@ class DeploymentController:
                                   "them yourself")
             mv = self.registry.update_model(mv.key, replicas=n)
             if self.deploys:
-                await self.supervisor.set_replicas(mv, n, self.drain)
+                await self.supervisor.set_replicas(self._runnable(mv), n, self.drain)
             else:
                 await self._replicas_here(mv, n, 60.0)
         log.server.info("model %s:%s scaled to %d replica(s)", name, mv.version, n)
@@ -337,11 +379,14 @@ class DeploymentController:
                     if len(self.supervisor.slots(mv.key)) == mv.replicas:
                         continue
                     try:
-                        await self.supervisor.set_replicas(mv, mv.replicas, self.drain)
+                        await self.supervisor.set_replicas(self._runnable(mv), mv.replicas,
+                                                           self.drain)
                     except ClipperError as e:
                         log.server.error("model %s:%s: replicas not started here after "
                                          "another frontend's change: %s", mv.name, mv.version,
                                          e.cause)
+                for key in gone:  # this frontend's copy of its files (see _runnable)
+                    shutil.rmtree(self._closure_dir(*key), ignore_errors=True)
 
     def set_model_version(self, name: str, version: Any) -> ModelVersion:
         """Make ``version`` current (rollback or roll-forward): takes effect for the next query;
@@ -371,8 +416,7 @@ class DeploymentController:
         if self.deploys:  # else the deployer stops them when it reads the change
             await self.supervisor.set_replicas(mv, 0, self.drain)
         self.registry.delete_version(name, version)
-        if mv.runtime.get("kind") in ("closure", "framework"):
-            shutil.rmtree(self._closure_dir(name, version), ignore_errors=True)
+        self._forget_files(mv)
         log.server.info("model %s:%s deleted", name, version)
         return mv
 

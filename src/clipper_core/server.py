@@ -52,6 +52,9 @@ class ClipperServer:
         self.endpoints: dict[str, Any] = {}
         self.batching: dict[tuple, BatchingConfig] = {}
         self._wrote_endpoints = False
+        #: several frontends sharing the store: one of them deploys (cluster.py); None: this
+        #: frontend is its own deployer
+        self.cluster: Cluster | None = None
 
     # ---------------------------------------------------------------- lifecycle
     def _lock_state_dir(self) -> None:
@@ -81,9 +84,6 @@ class ClipperServer:
         cfg = self.config
         self._lock_state_dir()
         self.store = open_store(cfg.state, cfg.state_dir)
-        #: several frontends sharing the store: one of them deploys (cluster.py); None: this
-        #: frontend is its own deployer
-        self.cluster: Cluster | None = None
         self.registry = Registry(self.store)
         loop = asyncio.get_running_loop()
         self.legacy_rpc = (LegacyRpcServer(cfg.legacy_rpc_address)
@@ -189,7 +189,7 @@ class ClipperServer:
     async def _restore(self) -> None:
         """Every model version with replicas gets them back, re-adopting the replica
         processes that a crashed frontend (or a dead deployer) left running."""
-        counts = await self.supervisor.restore(list(self.registry.models.values()))
+        counts = await self.deployments.restore()
         if any(counts.values()):
             log.server.info("restored %d apps and %d model versions: %d replicas re-adopted, "
                             "%d started, %d stale ones stopped", len(self.registry.apps),

@@ -18,7 +18,8 @@ Keys (prefix ``clipper:``): ``meta`` (hash), ``apps`` (hash name -> JSON), ``mod
 "name\\0version" -> JSON), ``model_order`` (zset, creation order), ``current`` (hash),
 ``links`` (zset "app\\0model", link order), ``seq`` (counter for the orders),
 ``policy:<app>`` (hash uid -> JSON), ``replicas`` (hash instance id -> JSON: the replica
-processes the deploying frontend runs), ``shared:cluster_id`` and ``shared:rpc_keys`` (the
+processes the deploying frontend runs), ``artifact:<name>\\0<version>`` (hash file name -> bytes: closures and model files),
+``shared:cluster_id`` and ``shared:rpc_keys`` (the
 cluster's id, which labels its replicas, and its RPC CURVE keys).  The deployer lease and the
 frontends' announcements are ``clipper:deployer`` and ``clipper:frontend:<id>``
 (:mod:`clipper_core.cluster`).
@@ -102,6 +103,7 @@ class RedisStateStore:
         except ValueError as e:
             raise StateStoreError(f"--state {url!r} is not a Redis URL ({e}); give "
                                   "redis://HOST:PORT/DB") from None
+        self._bin: redis.Redis | None = None  # bytes, not str: model artifacts
         self._delete_app = self._r.register_script(_DELETE_APP)
         self._delete_version = self._r.register_script(_DELETE_VERSION)
         self._put_policy = self._r.register_script(_PUT_POLICY)
@@ -155,6 +157,8 @@ class RedisStateStore:
 
     def close(self) -> None:
         self._r.close()
+        if self._bin is not None:
+            self._bin.close()
 
     # -------------------------------------------------------------- apps
     def put_app(self, name: str, data: dict, *, create: bool = False) -> None:
@@ -321,6 +325,25 @@ class RedisStateStore:
             self._r.set(key, make(), nx=True)
             return self._r.get(key)
         return self._call(run)
+
+    # -------------------------------------------------------------- model artifacts
+    # a closure or model file deployed through any frontend, for whichever frontend deploys
+    # (it writes a copy into its own state directory before starting replicas)
+    def _binary(self) -> redis.Redis:
+        if self._bin is None:
+            self._bin = redis.Redis.from_url(self.url, socket_timeout=self.timeout_s,
+                                             socket_connect_timeout=self.timeout_s)
+        return self._bin
+
+    def put_artifact(self, name: str, version: str, filename: str, blob: bytes) -> None:
+        self._call(self._binary().hset, _k("artifact:" + name + SEP + version), filename, blob)
+
+    def artifact(self, name: str, version: str, filename: str) -> bytes | None:
+        return self._call(self._binary().hget, _k("artifact:" + name + SEP + version),
+                          filename)
+
+    def delete_artifacts(self, name: str, version: str) -> None:
+        self._call(self._r.delete, _k("artifact:" + name + SEP + version))
 
     # -------------------------------------------------------------- replica processes
     # the deploying frontend records the replicas it runs; any frontend shows them, and the

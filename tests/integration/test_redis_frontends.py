@@ -295,6 +295,11 @@ def test_killing_the_deployer_hands_deployment_over_and_no_query_fails(redis_ser
                  20, "the new deployer to restart the replica")
         for f in survivors:
             wait_for(lambda: answers(f, "kept", 1.0, 2.0), 10, "answers after the restart")
+        # it runs the closure from its own copy, read from Redis, whichever frontend the
+        # closure was deployed through
+        (now,) = new.conn.get_all_model_replicas(verbose=True)
+        with open(f"/proc/{now['pid']}/cmdline", "rb") as cmd:
+            assert new.state_dir.encode() in cmd.read()
         # and deploys: through the frontend that does not deploy
         other = next(f for f in survivors if f is not new)
         other.conn.deploy_python_closure("keeper", 2, "doubles", plus_two, num_replicas=1)
