@@ -468,6 +468,9 @@ class DeploymentController:
         self.registry.get_model(name, version)  # unknown model or version: a clear 404
         if isinstance(tail, bool) or not isinstance(tail, int) or not 1 <= tail <= 100_000:
             raise ConfigError(f"tail must be a number of lines 1..100000, got {tail!r}")
+        if not self.deploys:
+            raise Conflict(f"the replicas' logs are read through the frontend that deploys; "
+                           f"{self.cluster.describe_deployer()}")
         out = []
         for s in self.supervisor.find(name, version):
             out.append({"model_name": s.mv.name, "model_version": s.mv.version,
