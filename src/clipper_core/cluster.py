@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.lock import Lock
 
 from . import log
+from .errors import StateStoreUnavailable
 
 LEASE_KEY = "clipper:deployer"
 FRONTEND_PREFIX = "clipper:frontend:"
@@ -104,7 +105,12 @@ class Cluster:
         want to see) and read the others (raises when Redis is unreachable), then keep the
         announcement and the lease going in the background."""
         self.announcement = json.dumps(announcement)
-        await self._tick()
+        try:
+            await self._tick()
+        except (redis.RedisError, OSError) as e:
+            raise StateStoreUnavailable(
+                f"cannot join the frontends sharing the Redis state store at {self.url}: "
+                f"{e or type(e).__name__}") from None
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def leave(self) -> list[str]:

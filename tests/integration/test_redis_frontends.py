@@ -356,6 +356,8 @@ def test_bad_state_url_is_a_clear_error():
         port = free_port()  # nothing listens there
         out = _start_fails(d, "--state", f"redis://127.0.0.1:{port}/0")
         assert "Redis state store" in out and "unreachable" in out
+        out = _start_fails(d, "--state", f"redis://127.0.0.1:{port}/0", "--deployer-lease", "0")
+        assert "deployer_lease_s must be 0.3..300 seconds, got 0.0" in out
 
 
 async def test_lease_has_one_holder_and_passes_on_when_it_falls_silent(redis_server):
