@@ -184,14 +184,17 @@ class Cluster:
                 wait = min(wait, max(0.0, self.tenure.until - now))
             await asyncio.sleep(wait)
             try:
-                await self._tick()
+                # a round takes milliseconds: one slower than a renewal period failed (and
+                # the tenure is judged now, not after a Redis that answers slowly)
+                await asyncio.wait_for(self._tick(), self.renew_s)
                 if self._unreachable:
                     log.state.warning("the deployer lease is reachable again at %s", self.url)
                     self._unreachable = False
-            except (redis.RedisError, OSError) as e:
+            except (redis.RedisError, OSError, asyncio.TimeoutError) as e:
                 if not self._unreachable:
                     log.state.error("cannot renew the deployer lease or this frontend's "
-                                    "announcement at %s (%s)%s", self.url, e,
+                                    "announcement at %s (%s)%s", self.url,
+                                    e or type(e).__name__,
                                     ": this frontend stops deploying when its lease runs out"
                                     if self.deployer else "")
                     self._unreachable = True
