@@ -4,8 +4,9 @@
 
 Starts Debian's redis-server on a free port, two Clippers sharing their state in it
 (``--state redis://...``, prediction cache off so that every query reaches the model), deploys
-one closure model through the first (the second starts its own replica of it), and drives
-with wrk (a fresh input per request) in turn:
+one closure model with one replica through the first (the deploying frontend starts it; it
+serves both frontends, each batching on its own), and drives with wrk (a fresh input per
+request) in turn:
 
 - ``one``: the first frontend directly (the baseline);
 - ``one_lb``: nginx with the first frontend alone upstream (what the load balancer costs);
