@@ -18,8 +18,8 @@ Keys (prefix ``clipper:``): ``meta`` (hash), ``apps`` (hash name -> JSON), ``mod
 "name\\0version" -> JSON), ``model_order`` (zset, creation order), ``current`` (hash),
 ``links`` (zset "app\\0model", link order), ``seq`` (counter for the orders),
 ``policy:<app>`` (hash uid -> JSON), ``replicas`` (hash instance id -> JSON: the replica
-processes the deploying frontend runs), ``artifact:<name>\\0<version>`` (hash file name -> bytes: closures and model files),
-``shared:cluster_id`` and ``shared:rpc_keys`` (the
+processes the deploying frontend runs), ``artifact:<name>\\0<version>`` (hash file name ->
+bytes: closures and model files), ``shared:cluster_id`` and ``shared:rpc_keys`` (the
 cluster's id, which labels its replicas, and its RPC CURVE keys).  The deployer lease and the
 frontends' announcements are ``clipper:deployer`` and ``clipper:frontend:<id>``
 (:mod:`clipper_core.cluster`).
