@@ -233,6 +233,14 @@ def test_deploy_through_a_non_deployer_is_answered_by_all(frontends):
     other.conn.set_num_replicas("thrice", 1)
     wait_for(lambda: len(replica_processes(a, "thrice")) == 1, 10,
              "the deployer to stop the second replica")
+    # a deploy the deployer cannot carry out (an image, on the local backend) is answered
+    # with a typed timeout naming the deployer, and changes nothing
+    with pytest.raises(ClipperAdminError) as e:
+        other.conn.deploy_image("boxed", 1, "doubles", "no-such-image:1", ready_timeout_s=1)
+    assert e.value.status == 504 and e.value.code == "deployment_timeout", e.value
+    assert f"the frontend {cluster(d)['frontend_id']} deploys" in str(e.value)
+    for f in (a, b):
+        assert "boxed:1" not in f.conn.get_all_models()
 
 
 def test_killing_the_deployer_hands_deployment_over_and_no_query_fails(redis_server):
