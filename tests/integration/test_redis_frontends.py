@@ -1,7 +1,8 @@
 """Several frontends sharing their state in a real Redis server (Debian's redis-server, started
 here on a random port with a temp dir and stopped by pid): a change made through one frontend
-reaches the others, feedback teaches every frontend's policy, and a Redis outage fails
-management calls clearly while queries go on."""
+reaches the others, feedback teaches every frontend's policy, a Redis outage fails
+management calls clearly while queries go on, one frontend deploys (a lease) and the replicas
+it starts serve every frontend, and another takes deployment over when it dies."""
 
 import asyncio
 import os
@@ -65,7 +66,7 @@ def test_app_registered_through_one_answers_through_the_others(frontends, redis_
     a.conn.deploy_python_closure("adder", 1, "doubles", plus_one, num_replicas=1)
     a.conn.link_model_to_app("shared", "adder")
     assert answers(a, "shared", 1.0, 2.0)
-    # b starts its own replica of the model it learnt of, then answers the same
+    # the replica the deployer started connects to b too, which then answers the same
     wait_for(lambda: answers(b, "shared", 1.0, 2.0), 60, "frontend b to answer app 'shared'")
     assert [r["model_name"] for r in b.conn.get_all_model_replicas(verbose=True)] == ["adder"]
     # a frontend started later loads everything
