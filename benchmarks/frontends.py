@@ -1,11 +1,12 @@
 """One frontend against two frontends behind a load balancer, same model and load, one run.
 
-    .venv/bin/python benchmarks/frontends.py [--duration 10] [--connections 32]
+    .venv/bin/python benchmarks/frontends.py [--duration 10] [--connections 32] [--replicas 1]
 
 Starts Debian's redis-server on a free port, two Clippers sharing their state in it
 (``--state redis://...``, prediction cache off so that every query reaches the model), deploys
-one closure model through the first (the second starts its own replica of it), and drives
-with wrk (a fresh input per request) in turn:
+one closure model with one replica through the first (the deploying frontend starts it; it
+serves both frontends, each batching on its own), and drives with wrk (a fresh input per
+request) in turn:
 
 - ``one``: the first frontend directly (the baseline);
 - ``one_lb``: nginx with the first frontend alone upstream (what the load balancer costs);
@@ -104,6 +105,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--replicas", type=int, default=1,
+                    help="replicas of the model (each serves both frontends)")
     args = ap.parse_args()
     tmp = tempfile.TemporaryDirectory(prefix="clipper-bench-frontends-")
     d = tmp.name
@@ -122,7 +125,8 @@ def main() -> None:
             procs.append(f.start())
         conn = fe[0].conn
         conn.register_application("bench", "doubles", -1.0, 100_000)
-        conn.deploy_python_closure("sum", 1, "doubles", sum_model, num_replicas=1)
+        conn.deploy_python_closure("sum", 1, "doubles", sum_model,
+                                   num_replicas=args.replicas)
         conn.link_model_to_app("bench", "sum")
         for f in fe:
             wait_for(lambda f=f: post_json(f"{f.query_url}/bench/predict",
@@ -162,7 +166,8 @@ def main() -> None:
         tmp.cleanup()
     base = results["one"]["qps"]
     out = {"cpu_count": os.cpu_count(), "loadavg_before_after": os.getloadavg(),
-           "duration_s": args.duration, "connections": args.connections, "results": results,
+           "duration_s": args.duration, "connections": args.connections,
+           "replicas": args.replicas, "results": results,
            "ratio_to_one": {k: v["qps"] / base for k, v in results.items()}}
     for k, v in results.items():
         print(f"{k:7s} {v['qps']:8.0f} q/s  p50 {v['p50_ms']:.2f} ms  p99 {v['p99_ms']:.2f} ms  "

@@ -50,7 +50,7 @@ def _start(args: argparse.Namespace) -> int:
             idle_timeout_s=args.idle_timeout, keepalive_timeout_s=args.keepalive_timeout,
             body_timeout_s=args.body_timeout,
             legacy_rpc_port=args.legacy_rpc_port, legacy_rpc_host=args.legacy_rpc_host,
-            backend=args.backend, state=args.state)
+            backend=args.backend, state=args.state, deployer_lease_s=args.deployer_lease)
     except ClipperError as e:
         print(f"clipper: {e.cause}", file=sys.stderr)
         return 2
@@ -475,6 +475,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where apps, models, links and policy states live: redis://HOST:PORT/DB "
                         "shares them between several frontends (each with its own --state-dir "
                         "and ports) (default: state.db in --state-dir)")
+    s.add_argument("--deployer-lease", type=float, default=3.0, metavar="SECONDS",
+                   help="with --state redis://: the frontend holding the deployer lease starts "
+                        "and supervises the replicas; when it dies another takes over after "
+                        "about this long (default 3)")
     s.add_argument("--host", default="127.0.0.1",
                    help="address the query API listens on (default 127.0.0.1)")
     s.add_argument("--query-port", type=int, default=DEFAULT_QUERY_PORT,

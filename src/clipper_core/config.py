@@ -145,6 +145,9 @@ class ServerConfig:
     legacy_rpc_host: str = "127.0.0.1"
     #: where replicas run: "local" processes or "docker" containers
     backend: str = "local"
+    #: several frontends (state in Redis): how long the deployer lease lasts unrenewed, so
+    #: about how long deployment pauses when the deploying frontend dies
+    deployer_lease_s: float = 3.0
 
     def __post_init__(self) -> None:
         if self.backend not in ("local", "docker", "swarm"):
@@ -183,6 +186,9 @@ class ServerConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 86400:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {brief(v)}")
+        v = self.deployer_lease_s
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.3 <= v <= 300:
+            raise ConfigError(f"deployer_lease_s must be 0.3..300 seconds, got {brief(v)}")
         if self.mgmt_max_body_bytes < 1024:
             raise ConfigError("mgmt_max_body_bytes must be at least 1024")
         if self.rpc_max_message_bytes < 64 * 1024:

@@ -23,15 +23,20 @@ from . import log
 from .config import ModelVersion, check_name, check_version
 from .containers.base import check_gpus
 from .containers.supervisor import Supervisor
-from .errors import BadRequest, ClipperError, ConfigError, Conflict, ModelError, StateStoreError
+from .errors import (BadRequest, ClipperError, ConfigError, Conflict, DeploymentTimeout,
+                     ModelError, StateStoreError)
 from .inputs import PARSERS
 from .registry import Registry
 
 
 class DeploymentController:
     def __init__(self, registry: Registry, scheduler: Any, supervisor: Supervisor,
-                 state_dir: str) -> None:
+                 state_dir: str, cluster: Any = None) -> None:
         self.registry = registry
+        #: several frontends (:class:`~clipper_core.cluster.Cluster`): only the one holding
+        #: the deployer lease starts and stops replicas; the others write the desired state
+        #: and wait for it to reach them.  None: this frontend is its own deployer.
+        self.cluster = cluster
         self.scheduler = scheduler
         self.supervisor = supervisor
         self.state_dir = state_dir
@@ -39,6 +44,69 @@ class DeploymentController:
         #: per-model locks: deploys, scaling and deletions of one model run one at a time
         self._model_locks: dict[str, asyncio.Lock] = {}
         scheduler.on_replica_change = self._on_replica_change
+
+    @property
+    def deploys(self) -> bool:
+        """Whether this frontend starts and stops replicas (see ``cluster``)."""
+        return self.cluster is None or self.cluster.deployer
+
+    async def _replicas_here(self, mv: ModelVersion, n: int, timeout_s: float) -> None:
+        """Wait until ``n`` replicas of ``mv`` are connected to this frontend (the deployer
+        acts on the changed record; its replicas connect to every frontend)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            mq = self.scheduler.models.get(mv.key)
+            have = len(mq.replicas) if mq is not None else 0
+            if have == n:
+                return
+            if loop.time() >= deadline:
+                raise DeploymentTimeout(
+                    f"model {mv.name}:{mv.version} is recorded with {n} replica(s), but "
+                    f"{have} are connected to this frontend after {timeout_s:.0f} s; "
+                    f"{self.cluster.describe_deployer()}")
+            await asyncio.sleep(0.05)
+
+    def _runnable(self, mv: ModelVersion) -> ModelVersion:
+        """``mv`` as this frontend runs it: with several frontends, a closure or model file
+        deployed through another frontend is read from the shared store into this one's
+        state directory (the recorded path is the other frontend's)."""
+        rt = mv.runtime
+        if self.cluster is None or rt.get("kind") not in ("closure", "framework"):
+            return mv
+        filename = os.path.basename(rt["path"])
+        local = os.path.abspath(os.path.join(self._closure_dir(mv.name, mv.version), filename))
+        if local == rt["path"]:
+            return mv
+        if not os.path.exists(local):
+            blob = self.registry.store.artifact(mv.name, mv.version, filename)
+            if blob is None:  # deployed before artifacts were shared: the recorded path
+                return mv
+            try:
+                os.makedirs(os.path.dirname(local), exist_ok=True)
+                with open(local + ".tmp", "wb") as f:
+                    f.write(blob)
+                os.replace(local + ".tmp", local)
+            except OSError as e:
+                raise StateStoreError(f"cannot store the {filename} of {mv.name}:{mv.version} "
+                                      f"at {local}: {e.strerror or e}") from None
+        return replace(mv, runtime={**rt, "path": local})
+
+    async def restore(self) -> dict:
+        """Give every model version its replicas back, re-adopting those still running (at
+        start, or on taking the deployer lease); see :meth:`Supervisor.restore`."""
+        return await self.supervisor.restore([self._runnable(mv)
+                                              for mv in self.registry.models.values()])
+
+    def _forget_files(self, mv: ModelVersion) -> None:
+        if mv.runtime.get("kind") in ("closure", "framework"):
+            shutil.rmtree(self._closure_dir(mv.name, mv.version), ignore_errors=True)
+            if self.cluster is not None:
+                try:
+                    self.registry.store.delete_artifacts(mv.name, mv.version)
+                except StateStoreError as e:
+                    log.state.error("the stored files of %s:%s stay in the state store: %s",
+                                    mv.name, mv.version, e.cause)
 
     # ---------------------------------------------------------------- readiness
     def _on_replica_change(self, key: tuple) -> None:
@@ -97,6 +165,8 @@ class DeploymentController:
             except OSError as e:
                 raise StateStoreError(f"cannot store the {field_name} of {name}:{version} at "
                                       f"{path}: {e.strerror or e}") from None
+            if self.cluster is not None:  # for whichever frontend deploys, now or later
+                self.registry.store.put_artifact(name, version, filename, blob)
 
         return path, write
 
@@ -202,7 +272,8 @@ class DeploymentController:
             # any later one only after its warm-up
             reg.add_model(mv, make_current=had_current is None)
             try:
-                await self.supervisor.set_replicas(mv, num_replicas, self.drain)
+                if self.deploys:  # else the deployer starts them when it reads the record
+                    await self.supervisor.set_replicas(mv, num_replicas, self.drain)
                 await self._warm_up(mv, warm, ready_timeout_s)
             except BaseException:
                 await self._undo_deploy(mv)
@@ -226,6 +297,12 @@ class DeploymentController:
             if left <= 0 or not await self.wait_ready(mv.key, left):
                 log.container.error("model %s:%s: %s within %.0f s; see %s", mv.name,
                                     mv.version, why, timeout_s, where)
+                if not self.deploys:
+                    raise DeploymentTimeout(
+                        f"model {mv.name}:{mv.version} was not deployed: {why} with this "
+                        f"frontend within {timeout_s:.0f} s; "
+                        f"{self.cluster.describe_deployer()} (the previous version, if any, "
+                        "stays current)")
                 raise ConfigError(f"model {mv.name}:{mv.version} was not deployed: {why} within "
                                   f"{timeout_s:.0f} s (the previous version, if any, stays "
                                   f"current); see the replica log with {where}")
@@ -259,12 +336,12 @@ class DeploymentController:
 
     async def _undo_deploy(self, mv: ModelVersion) -> None:
         try:
-            await self.supervisor.set_replicas(mv, 0, self.drain)
+            if self.deploys:
+                await self.supervisor.set_replicas(mv, 0, self.drain)
         finally:
             if mv.key in self.registry.models:
                 self.registry.delete_version(mv.name, mv.version, force=True)
-            if mv.runtime.get("kind") in ("closure", "framework"):
-                shutil.rmtree(self._closure_dir(mv.name, mv.version), ignore_errors=True)
+            self._forget_files(mv)
 
     # ---------------------------------------------------------------- scale, rollback, delete
     async def set_num_replicas(self, name: str, version: str | None, n: int) -> ModelVersion:
@@ -281,14 +358,18 @@ class DeploymentController:
                                   "Clipper (it was registered with add_model): start or stop "
                                   "them yourself")
             mv = self.registry.update_model(mv.key, replicas=n)
-            await self.supervisor.set_replicas(mv, n, self.drain)
+            if self.deploys:
+                await self.supervisor.set_replicas(self._runnable(mv), n, self.drain)
+            else:
+                await self._replicas_here(mv, n, 60.0)
         log.server.info("model %s:%s scaled to %d replica(s)", name, mv.version, n)
         return mv
 
     async def reconcile(self, names: set | list) -> None:
-        """Another frontend sharing the state store changed these models: start or stop
-        this frontend's replicas until each version runs its recorded ``replicas`` (every
-        frontend runs its own replicas of every model; see the README's several frontends)."""
+        """Another frontend sharing the state store changed these models: if this frontend
+        deploys, start or stop replicas until each version runs its recorded ``replicas``."""
+        if not self.deploys:
+            return
         for name in sorted(names):
             async with self._model_lock(name):
                 wanted = [mv for (n, _), mv in self.registry.models.items() if n == name]
@@ -298,11 +379,14 @@ class DeploymentController:
                     if len(self.supervisor.slots(mv.key)) == mv.replicas:
                         continue
                     try:
-                        await self.supervisor.set_replicas(mv, mv.replicas, self.drain)
+                        await self.supervisor.set_replicas(self._runnable(mv), mv.replicas,
+                                                           self.drain)
                     except ClipperError as e:
                         log.server.error("model %s:%s: replicas not started here after "
                                          "another frontend's change: %s", mv.name, mv.version,
                                          e.cause)
+                for key in gone:  # this frontend's copy of its files (see _runnable)
+                    shutil.rmtree(self._closure_dir(*key), ignore_errors=True)
 
     def set_model_version(self, name: str, version: Any) -> ModelVersion:
         """Make ``version`` current (rollback or roll-forward): takes effect for the next query;
@@ -329,10 +413,10 @@ class DeploymentController:
     async def _delete_version_locked(self, name: str, version: str) -> ModelVersion:
         mv = self.registry.get_model(name, version)
         self.registry.check_delete(name, version)  # refuse before stopping anything
-        await self.supervisor.set_replicas(mv, 0, self.drain)
+        if self.deploys:  # else the deployer stops them when it reads the change
+            await self.supervisor.set_replicas(mv, 0, self.drain)
         self.registry.delete_version(name, version)
-        if mv.runtime.get("kind") in ("closure", "framework"):
-            shutil.rmtree(self._closure_dir(name, version), ignore_errors=True)
+        self._forget_files(mv)
         log.server.info("model %s:%s deleted", name, version)
         return mv
 
@@ -361,6 +445,15 @@ class DeploymentController:
             c["connected"] = r is not None
             c["healthy"] = r is not None and not r.suspect and not r.draining
             out.append(c)
+        if not self.deploys:  # several frontends: the deployer's replicas, from its records
+            for rec in self.supervisor.records():
+                r = live.pop(rec.get("instance_id"), None)
+                out.append({"model_name": rec.get("model_name"),
+                            "model_version": rec.get("model_version"),
+                            "instance_id": rec.get("instance_id"), "index": rec.get("index"),
+                            "pid": rec.get("pid"), "state": "running",
+                            "manager": "deployer", "connected": r is not None,
+                            "healthy": r is not None and not r.suspect and not r.draining})
         for r in live.values():  # replicas started outside Clipper
             out.append({"model_name": r.key[0], "model_version": r.key[1],
                         "instance_id": r.instance_id, "pid": r.pid, "state": "running",
@@ -375,6 +468,9 @@ class DeploymentController:
         self.registry.get_model(name, version)  # unknown model or version: a clear 404
         if isinstance(tail, bool) or not isinstance(tail, int) or not 1 <= tail <= 100_000:
             raise ConfigError(f"tail must be a number of lines 1..100000, got {tail!r}")
+        if not self.deploys:
+            raise Conflict(f"the replicas' logs are read through the frontend that deploys; "
+                           f"{self.cluster.describe_deployer()}")
         out = []
         for s in self.supervisor.find(name, version):
             out.append({"model_name": s.mv.name, "model_version": s.mv.version,

@@ -122,6 +122,14 @@ class ModelError(ClipperError, RuntimeError):
     code = "model_error"
 
 
+class DeploymentTimeout(ClipperError, TimeoutError):
+    """A deployment change made through a frontend that does not deploy (several frontends)
+    did not take effect there in time: the deploying frontend is gone or slow."""
+
+    status = 504
+    code = "deployment_timeout"
+
+
 class StateStoreError(ClipperError, OSError):
     status = 500
     code = "state_store_error"

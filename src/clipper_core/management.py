@@ -68,7 +68,8 @@ async def server_info(request: web.Request) -> web.Response:
                           "scheduler_module": sched.impl.__name__,
                           "scheduler_file": sched.impl.__file__,
                           "compiled_cache": cache.COMPILED, "cache_module": cache.impl.__name__,
-                          "cache_file": cache.impl.__file__, "cache": s.cache.stats()})
+                          "cache_file": cache.impl.__file__, "cache": s.cache.stats(),
+                          "cluster": s.cluster_info()})
 
 
 @routes.post("/admin/add_app")

@@ -27,32 +27,44 @@ CREDENTIALS = "credentials.json"
 AUTHORIZED = "authorized_keys"
 
 
-def rpc_keys(state_dir: str) -> tuple[ServerKeys, Credentials]:
+def rpc_keys(state_dir: str, cluster: dict | None = None) -> tuple[ServerKeys, Credentials]:
     """The frontend's CURVE keys and the credentials of the replicas it starts, created in
     ``<state_dir>/rpc/`` (mode 0700, files 0600) on first use and kept across restarts, so
-    that replicas left running by a previous frontend can reconnect."""
+    that replicas left running by a previous frontend can reconnect.
+
+    ``cluster`` (several frontends sharing a state store; see :func:`new_cluster_keys`):
+    the cluster's keys instead, the same on every frontend, so that one replica serves them
+    all; its credentials are still written to ``<state_dir>/rpc/credentials.json`` for
+    replicas started by hand."""
     d = os.path.join(state_dir, KEYS_DIR)
     try:
         os.makedirs(d, mode=0o700, exist_ok=True)
         os.chmod(d, 0o700)
-        server_path = os.path.join(d, SERVER_KEYS)
-        if not os.path.exists(server_path):
-            public, secret = new_keypair()
-            fd = os.open(server_path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump({"public": public.decode(), "secret": secret.decode()}, f)
-            os.replace(server_path + ".tmp", server_path)
-        with open(server_path) as f:
-            sk = json.load(f)
         creds_path = os.path.join(d, CREDENTIALS)
-        if os.path.exists(creds_path):
-            creds = Credentials.load(creds_path)
+        if cluster is not None:
+            sk = cluster["server"]
+            creds = Credentials.from_json(cluster["replica"])
+            if not os.path.exists(creds_path) or Credentials.load(creds_path) != creds:
+                creds.save(creds_path)
         else:
-            creds = None
-        if creds is None or creds.server_public != sk["public"].encode():
-            public, secret = new_keypair()
-            creds = Credentials(sk["public"], public, secret)
-            creds.save(creds_path)
+            server_path = os.path.join(d, SERVER_KEYS)
+            if not os.path.exists(server_path):
+                public, secret = new_keypair()
+                fd = os.open(server_path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                             0o600)
+                with os.fdopen(fd, "w") as f:
+                    json.dump({"public": public.decode(), "secret": secret.decode()}, f)
+                os.replace(server_path + ".tmp", server_path)
+            with open(server_path) as f:
+                sk = json.load(f)
+            if os.path.exists(creds_path):
+                creds = Credentials.load(creds_path)
+            else:
+                creds = None
+            if creds is None or creds.server_public != sk["public"].encode():
+                public, secret = new_keypair()
+                creds = Credentials(sk["public"], public, secret)
+                creds.save(creds_path)
         clients = {creds.public}
         extra = os.path.join(d, AUTHORIZED)
         if os.path.exists(extra):
@@ -65,6 +77,15 @@ def rpc_keys(state_dir: str) -> tuple[ServerKeys, Credentials]:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise StateStoreError(f"cannot read or create the RPC keys in {d}: {e}") from None
     return keys, creds
+
+
+def new_cluster_keys() -> str:
+    """Fresh RPC keys for a cluster of frontends (JSON): one server key pair that every
+    frontend's RPC socket uses, and the credentials of every replica."""
+    public, secret = new_keypair()
+    rpublic, rsecret = new_keypair()
+    return json.dumps({"server": {"public": public.decode(), "secret": secret.decode()},
+                       "replica": Credentials(public, rpublic, rsecret).to_json()})
 
 
 V3_HINT = ("; it looks like an original Clipper container (RPC protocol v3): start Clipper "
@@ -89,6 +110,9 @@ class RpcServer:
         self.hb_interval = heartbeat_interval_s
         self.hb_timeout = heartbeat_timeout_s
         self._registered = P.encode(P.Registered(int(heartbeat_interval_s * 1000)))
+        #: the RPC addresses of every frontend of the cluster, told to each replica in
+        #: REGISTERED (several frontends sharing a state store); empty: this one only
+        self.frontends: tuple = ()
         self._heartbeat = P.encode(P.Heartbeat())
         self._reset = P.encode(P.Reset())
         self._shutdown = P.encode(P.Shutdown())
@@ -116,17 +140,32 @@ class RpcServer:
         log.rpc.info("RPC server listening on %s", endpoint)
         return endpoint
 
-    async def close(self) -> None:
+    async def close(self, shutdown_replicas: bool = True) -> None:
+        """Close the socket; ``shutdown_replicas``: tell every replica to exit first (not
+        when other frontends of the cluster go on using them)."""
         if self._task is not None:
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        shutdown = P.encode(P.Shutdown())
-        for r in self.scheduler.replicas():
-            self._send(r.identity, shutdown)
+        if shutdown_replicas:
+            shutdown = P.encode(P.Shutdown())
+            for r in self.scheduler.replicas():
+                self._send(r.identity, shutdown)
         self.transport.close()
+
+    def set_frontends(self, addresses) -> None:
+        """Tell every connected replica (and each that registers from now on) the RPC
+        addresses of all frontends of the cluster, so that it serves each of them."""
+        addresses = tuple(sorted(addresses))
+        if addresses == self.frontends:
+            return
+        self.frontends = addresses
+        self._registered = P.encode(P.Registered(int(self.hb_interval * 1000), addresses))
+        for r in self.scheduler.replicas():
+            # v3 replicas (legacy endpoint) are not on this socket: the send fails, harmless
+            self.transport.send(r.identity, self._registered)
 
     def _on_message(self, identity: bytes, frames: list) -> None:
         try:

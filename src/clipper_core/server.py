@@ -20,6 +20,7 @@ from .cache import PredictionCache
 from .config import AppConfig, ModelVersion, ServerConfig, check_version
 from .containers import make_backend
 from .containers.base import check_gpus
+from .cluster import Cluster
 from .containers.supervisor import Supervisor
 from .deployment import DeploymentController
 from .errors import ConfigError, StateStoreError
@@ -32,10 +33,11 @@ from .metrics import Metrics
 from .policies import make_policy
 from .predict import QueryProcessor
 from .registry import Registry
-from .rpc import CREDENTIALS as RPC_CREDENTIALS, KEYS_DIR as RPC_KEYS_DIR, RpcServer, rpc_keys
+from .rpc import (CREDENTIALS as RPC_CREDENTIALS, KEYS_DIR as RPC_KEYS_DIR, RpcServer,
+                  new_cluster_keys, rpc_keys)
 from .scheduler import BatchingConfig, Scheduler
 from .selection import Selection
-from .state import StateStore, open_store
+from .state import open_store
 
 ENDPOINTS_FILE = "endpoints.json"
 
@@ -50,6 +52,9 @@ class ClipperServer:
         self.endpoints: dict[str, Any] = {}
         self.batching: dict[tuple, BatchingConfig] = {}
         self._wrote_endpoints = False
+        #: several frontends sharing the store: one of them deploys (cluster.py); None: this
+        #: frontend is its own deployer
+        self.cluster: Cluster | None = None
 
     # ---------------------------------------------------------------- lifecycle
     def _lock_state_dir(self) -> None:
@@ -79,14 +84,15 @@ class ClipperServer:
         cfg = self.config
         self._lock_state_dir()
         self.store = open_store(cfg.state, cfg.state_dir)
-        # the replica processes this frontend started are its own, even when the apps and
-        # models are shared
-        self.local_store = StateStore(cfg.state_dir) if self.store.shared else self.store
         self.registry = Registry(self.store)
         loop = asyncio.get_running_loop()
         self.legacy_rpc = (LegacyRpcServer(cfg.legacy_rpc_address)
                            if cfg.legacy_rpc_address else None)
-        rpc_keys_, rpc_creds = rpc_keys(cfg.state_dir) if cfg.rpc_auth else (None, None)
+        # several frontends use the cluster's keys, so that one replica serves them all
+        cluster_keys = (json.loads(self.store.shared_value("rpc_keys", new_cluster_keys))
+                        if self.store.shared and cfg.rpc_auth else None)
+        rpc_keys_, rpc_creds = (rpc_keys(cfg.state_dir, cluster_keys) if cfg.rpc_auth
+                                else (None, None))
         self.rpc = RpcServer(
             cfg.rpc_address,
             lambda send: Scheduler(send, queue_capacity=cfg.queue_capacity, loop=loop),
@@ -119,15 +125,23 @@ class ClipperServer:
                 raise ConfigError(f"cannot bind the legacy RPC on {cfg.legacy_rpc_address}: "
                                   f"{e}") from None
         self.frontend_id = _frontend_id(cfg.state_dir)
-        self.backend = await make_backend(cfg.backend, self.frontend_id,
+        # replicas carry their owner's id, by which a deployer finds them after a crash:
+        # this frontend's, or with several frontends the cluster's, so that any frontend
+        # that takes over deployment re-adopts them
+        owner = (self.store.shared_value("cluster_id", lambda: uuid.uuid4().hex[:16])
+                 if self.store.shared else self.frontend_id)
+        self.backend = await make_backend(cfg.backend, owner,
                                           os.path.join(cfg.state_dir, "logs"))
         self.supervisor = Supervisor(
-            self.backend, rpc_endpoint, store=self.local_store,
+            self.backend, rpc_endpoint, store=self.store,
             on_exit=lambda iid, why: self.scheduler.remove_replica(iid, why),
-            rpc_credentials=rpc_creds)
+            rpc_credentials=rpc_creds, any_address=self.store.shared)
         self.supervisor.start()
+        if self.store.shared:
+            self.cluster = Cluster(cfg.state, self.frontend_id, lease_s=cfg.deployer_lease_s,
+                                   on_role=self._on_role, on_frontends=self.rpc.set_frontends)
         self.deployments = DeploymentController(self.registry, self.scheduler, self.supervisor,
-                                                cfg.state_dir)
+                                                cfg.state_dir, self.cluster)
 
         nofile = raise_open_file_limit()
         # file descriptors: the management port keeps 64 connections of its own, and 256 stay
@@ -148,16 +162,16 @@ class ClipperServer:
         if rpc_creds is not None:  # for replicas started by hand: serve(credentials=...)
             self.endpoints["rpc_credentials"] = os.path.abspath(
                 os.path.join(cfg.state_dir, RPC_KEYS_DIR, RPC_CREDENTIALS))
-        # restore: every model version with replicas gets them back, re-adopting the
-        # replica processes that a crashed frontend left running
-        counts = await self.supervisor.restore(list(self.registry.models.values()))
-        if any(counts.values()):
-            log.server.info("restored %d apps and %d model versions: %d replicas re-adopted, "
-                            "%d started, %d stale ones stopped", len(self.registry.apps),
-                            len(self.registry.models), counts["adopted"], counts["started"],
-                            counts["stopped"])
         if self.store.shared:  # other frontends' changes
             self._watch = asyncio.ensure_future(self.store.watch(self._on_remote_change))
+        if self.cluster is not None:
+            # announce this frontend; the one that holds (or takes) the deployer lease
+            # restores the replicas (see _on_role)
+            await self.cluster.join({k: self.endpoints[k] for k in ("rpc", "query",
+                                                                     "management", "pid")})
+            self.endpoints["cluster_id"] = owner
+        else:
+            await self._restore()
         if cfg.demo:
             from .demo import ensure_demo
 
@@ -171,6 +185,33 @@ class ClipperServer:
         self.started.set()
         log.server.info("Clipper is up: queries on %s, management on %s, RPC on %s",
                         self.endpoints["query"], self.endpoints["management"], rpc_endpoint)
+
+    async def _restore(self) -> None:
+        """Every model version with replicas gets them back, re-adopting the replica
+        processes that a crashed frontend (or a dead deployer) left running."""
+        counts = await self.deployments.restore()
+        if any(counts.values()):
+            log.server.info("restored %d apps and %d model versions: %d replicas re-adopted, "
+                            "%d started, %d stale ones stopped", len(self.registry.apps),
+                            len(self.registry.models), counts["adopted"], counts["started"],
+                            counts["stopped"])
+
+    def cluster_info(self) -> dict | None:
+        """Several frontends: this one's id, whether it deploys, who does, the live ones."""
+        c = self.cluster
+        if c is None:
+            return None
+        return {"cluster_id": self.endpoints.get("cluster_id"), "frontend_id": c.id,
+                "deployer": c.deployer, "deployer_id": c.deployer_id,
+                "lease_s": c.lease_s, "frontends": c.members}
+
+    async def _on_role(self, deployer: bool) -> None:
+        """This frontend took the deployer lease (restore, re-adopting what runs) or lost it
+        (stop supervising; the replicas go on serving every frontend)."""
+        if deployer:
+            await self._restore()
+        else:
+            await self.supervisor.detach()
 
     async def _serve(self, app: web.Application, host: str, port: int,
                      max_connections: int) -> int:
@@ -215,12 +256,23 @@ class ClipperServer:
                 await self.selection.close(self._app_exists)  # learned weights survive
             except Exception:
                 log.state.exception("policy state not written at shutdown")
+        # several frontends: the others go on with the replicas (one of them deploys next),
+        # unless this is the last one
+        last = True
+        if self.cluster is not None:
+            last = not await self.cluster.leave()
         if hasattr(self, "supervisor"):
-            await self.supervisor.close()
+            if last:
+                await self.supervisor.close()
+                if self.cluster is not None:  # those a deployer that died left running
+                    await self.supervisor.stop_leftovers()
+            else:
+                await self.supervisor.detach()
+                log.server.info("the other frontends keep the replicas")
         if hasattr(self, "backend"):
             await self.backend.close()
         if hasattr(self, "rpc"):
-            await self.rpc.close()
+            await self.rpc.close(shutdown_replicas=last)
         if getattr(self, "legacy_rpc", None) is not None:
             await self.legacy_rpc.close()
         for runner in self._runners:
@@ -228,8 +280,6 @@ class ClipperServer:
         self._runners.clear()
         if hasattr(self, "store"):
             self.store.close()
-            if self.local_store is not self.store:
-                self.local_store.close()
         if self._wrote_endpoints:  # never another Clipper's (we may not hold the lock)
             try:
                 os.unlink(os.path.join(self.config.state_dir, ENDPOINTS_FILE))

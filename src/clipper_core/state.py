@@ -37,7 +37,12 @@ CREATE TABLE IF NOT EXISTS replicas (instance_id TEXT PRIMARY KEY, data TEXT NOT
 class Store(Protocol):
     """What the registry and the selection writer need of a state store: :class:`StateStore`
     (SQLite, one frontend) or :class:`~clipper_core.state_redis.RedisStateStore` (shared by
-    several frontends).  Every method is synchronous and raises :class:`StateStoreError`."""
+    several frontends).  Every method is synchronous and raises :class:`StateStoreError`.
+
+    Both also record replica processes (``put_replica``, ``delete_replica``, ``replicas``:
+    the supervisor's records).  A shared store also holds what the frontends of a cluster
+    share: ``shared_value`` (the cluster's id and RPC keys) and the deployed files
+    (``put_artifact``, ``artifact``, ``delete_artifacts``)."""
 
     #: True when other frontends share it (their changes arrive through ``watch``)
     shared: bool

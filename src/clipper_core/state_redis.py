@@ -17,8 +17,12 @@ other frontends' notices to a callback, and a ``{"kind": "resync"}`` after Redis
 Keys (prefix ``clipper:``): ``meta`` (hash), ``apps`` (hash name -> JSON), ``models`` (hash
 "name\\0version" -> JSON), ``model_order`` (zset, creation order), ``current`` (hash),
 ``links`` (zset "app\\0model", link order), ``seq`` (counter for the orders),
-``policy:<app>`` (hash uid -> JSON).  Replica processes are not here: they belong to the
-frontend that started them (its local SQLite store).
+``policy:<app>`` (hash uid -> JSON), ``replicas`` (hash instance id -> JSON: the replica
+processes the deploying frontend runs), ``artifact:<name>\\0<version>`` (hash file name ->
+bytes: closures and model files), ``shared:cluster_id`` and ``shared:rpc_keys`` (the
+cluster's id, which labels its replicas, and its RPC CURVE keys).  The deployer lease and the
+frontends' announcements are ``clipper:deployer`` and ``clipper:frontend:<id>``
+(:mod:`clipper_core.cluster`).
 """
 
 from __future__ import annotations
@@ -99,6 +103,7 @@ class RedisStateStore:
         except ValueError as e:
             raise StateStoreError(f"--state {url!r} is not a Redis URL ({e}); give "
                                   "redis://HOST:PORT/DB") from None
+        self._bin: redis.Redis | None = None  # bytes, not str: model artifacts
         self._delete_app = self._r.register_script(_DELETE_APP)
         self._delete_version = self._r.register_script(_DELETE_VERSION)
         self._put_policy = self._r.register_script(_PUT_POLICY)
@@ -152,6 +157,8 @@ class RedisStateStore:
 
     def close(self) -> None:
         self._r.close()
+        if self._bin is not None:
+            self._bin.close()
 
     # -------------------------------------------------------------- apps
     def put_app(self, name: str, data: dict, *, create: bool = False) -> None:
@@ -307,6 +314,49 @@ class RedisStateStore:
 
     def delete_policy_states(self, app: str) -> None:
         self._tx("policy", app, ("delete", _k("policy:" + app)))
+
+    # -------------------------------------------------------------- shared settings
+    def shared_value(self, name: str, make: Callable[[], str]) -> str:
+        """The cluster-wide value ``name`` (``clipper:shared:NAME``): the first frontend to
+        ask creates it with ``make()``, every other reads that one."""
+        key = _k("shared:" + name)
+
+        def run() -> str:
+            self._r.set(key, make(), nx=True)
+            return self._r.get(key)
+        return self._call(run)
+
+    # -------------------------------------------------------------- model artifacts
+    # a closure or model file deployed through any frontend, for whichever frontend deploys
+    # (it writes a copy into its own state directory before starting replicas)
+    def _binary(self) -> redis.Redis:
+        if self._bin is None:
+            self._bin = redis.Redis.from_url(self.url, socket_timeout=self.timeout_s,
+                                             socket_connect_timeout=self.timeout_s)
+        return self._bin
+
+    def put_artifact(self, name: str, version: str, filename: str, blob: bytes) -> None:
+        self._call(self._binary().hset, _k("artifact:" + name + SEP + version), filename, blob)
+
+    def artifact(self, name: str, version: str, filename: str) -> bytes | None:
+        return self._call(self._binary().hget, _k("artifact:" + name + SEP + version),
+                          filename)
+
+    def delete_artifacts(self, name: str, version: str) -> None:
+        self._call(self._r.delete, _k("artifact:" + name + SEP + version))
+
+    # -------------------------------------------------------------- replica processes
+    # the deploying frontend records the replicas it runs; any frontend shows them, and the
+    # next deployer forgets the records of those that are gone
+    def put_replica(self, instance_id: str, data: dict) -> None:
+        self._call(self._r.hset, _k("replicas"), instance_id, json.dumps(data))
+
+    def delete_replica(self, instance_id: str) -> None:
+        self._call(self._r.hdel, _k("replicas"), instance_id)
+
+    def replicas(self) -> list[dict]:
+        d = self._call(self._r.hgetall, _k("replicas"))
+        return list(self._docs(d[n] for n in sorted(d)))
 
     # -------------------------------------------------------------- change notices
     async def watch(self, callback: Callable[[dict], Awaitable[None] | None], *,

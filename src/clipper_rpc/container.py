@@ -87,59 +87,121 @@ def serve_model(model: Model, *, model_name: str, model_version: str, input_type
     model.load()
     register = P.encode(P.Register(model_name, str(model_version), input_type, instance_id,
                                    os.getpid(), {"runtime": "python"}))
-    chan = DealerChannel(address, credentials=creds)
     log.info("model %s:%s (%s) connecting to %s as %s", model_name, model_version,
              input_type, address, instance_id)
+    links = _Links(address, creds)
     try:
-        _loop(chan, model, register, heartbeat_interval, stop)
+        _loop(links, model, register, heartbeat_interval, stop)
     finally:
-        chan.close()
+        links.close()
 
 
-def _loop(chan: DealerChannel, model: Model, register: list, hb: float,
+class _Link:
+    """This replica's connection to one frontend: a DEALER and its registration state."""
+
+    def __init__(self, address: str, credentials: Credentials | None) -> None:
+        self.chan = DealerChannel(address, credentials=credentials)
+        self.must_register = True
+        self.last_sent = self.last_heard = time.monotonic()
+
+
+class _Links:
+    """One :class:`_Link` per frontend of the cluster: the address the replica was started
+    with, and those the frontends list in REGISTERED (several frontends sharing a state
+    store; see docs/protocol.md).  A frontend is disconnected once it is both missing from
+    the latest list and silent (a list read while the cluster's store was unreachable may
+    miss a live frontend, which goes on sending heartbeats); the first address is kept (its
+    frontend may come back)."""
+
+    def __init__(self, address: str, credentials: Credentials | None) -> None:
+        self.first = address
+        self._credentials = credentials
+        self.listed: set[str] = set()
+        self.by_address: dict[str, _Link] = {address: _Link(address, credentials)}
+
+    def update(self, frontends: Sequence[str]) -> None:
+        self.listed = set(frontends)
+        for a in frontends:
+            if a not in self.by_address:
+                log.info("frontend %s joined the cluster: connecting", a)
+                self.by_address[a] = _Link(a, self._credentials)
+
+    def silent(self, link: _Link) -> None:
+        """``link``'s frontend sent nothing for 5 heartbeat intervals."""
+        a = link.chan.address
+        if a != self.first and self.listed and a not in self.listed:
+            log.info("frontend %s left the cluster: disconnecting", a)
+            self.by_address.pop(a).chan.close()
+        else:  # restarted?  ZeroMQ reconnects by itself, so announce ourselves again
+            link.must_register = True
+            link.last_heard = time.monotonic()
+
+    def close(self) -> None:
+        for link in self.by_address.values():
+            link.chan.close()
+        self.by_address.clear()
+
+
+def _loop(links: _Links, model: Model, register: list, hb: float,
           stop: threading.Event) -> None:
     # Sends never block: while no frontend is connected (not up yet, restarting) nothing is
     # queued, and REGISTER is retried until one is; a stop request is always seen promptly.
     heartbeat = P.encode(P.Heartbeat())
-    must_register = True
-    last_sent = last_heard = time.monotonic()
     while not stop.is_set():
-        if must_register and chan.try_send(register):
-            must_register = False
-            last_sent = time.monotonic()
-        frames = chan.recv(min(hb, 0.1))
-        now = time.monotonic()
-        if frames is not None:
-            last_heard = now
-            try:
-                msg = P.decode(frames)
-            except ProtocolError as e:
-                log.error("dropped a malformed message from the frontend: %s", e)
-                continue
-            if isinstance(msg, P.PredictBatch):
-                if not chan.try_send(_evaluate(model, msg)):
-                    log.warning("the frontend went away; the answer to batch %d is dropped "
-                                "(it re-sends the queries)", msg.batch_id)
-                now = last_sent = time.monotonic()
-            elif isinstance(msg, P.Registered):
-                # answer at once: the frontend puts a replica in rotation only once it has
-                # heard from it after registering
-                chan.try_send(heartbeat)
-                last_sent = now
-            elif isinstance(msg, P.Reset):
-                must_register = True
-            elif isinstance(msg, P.Shutdown):
-                log.info("frontend asked this container to shut down")
+        current = list(links.by_address.values())
+        for link in current:
+            if link.must_register and link.chan.try_send(register):
+                link.must_register = False
+                link.last_sent = time.monotonic()
+        if len(current) == 1:
+            received = [(current[0], current[0].chan.recv(min(hb, 0.1)))]
+        else:
+            # under load a batch is usually queued already: take it without a poll first
+            received = [(link, link.chan.recv_nowait()) for link in current]
+            if all(frames is None for _, frames in received):
+                ready = DealerChannel.wait_any([link.chan for link in current], min(hb, 0.1))
+                received = [(link, link.chan.recv_nowait()) for link in current
+                            if link.chan in ready]
+        for link, frames in received:
+            if frames is not None and _handle(link, links, frames, model, heartbeat):
                 return
-            # a Heartbeat only refreshes last_heard
-        if now - last_heard > 5 * hb:
-            # the frontend went silent (restarted?): ZeroMQ reconnects by itself, so
-            # announce ourselves again
-            must_register = True
-            last_heard = now
-        elif not must_register and now - last_sent >= hb:
-            chan.try_send(heartbeat)
-            last_sent = now
+        now = time.monotonic()
+        for link in current:
+            if now - link.last_heard > 5 * hb:
+                links.silent(link)
+            elif not link.must_register and now - link.last_sent >= hb:
+                link.chan.try_send(heartbeat)
+                link.last_sent = now
+
+
+def _handle(link: _Link, links: _Links, frames: list, model: Model, heartbeat: list) -> bool:
+    """Act on one message from ``link``'s frontend; True when it asks us to shut down."""
+    now = link.last_heard = time.monotonic()
+    try:
+        msg = P.decode(frames)
+    except ProtocolError as e:
+        log.error("dropped a malformed message from the frontend at %s: %s",
+                  link.chan.address, e)
+        return False
+    if isinstance(msg, P.PredictBatch):
+        if not link.chan.try_send(_evaluate(model, msg)):
+            log.warning("the frontend at %s went away; the answer to batch %d is dropped "
+                        "(it re-sends the queries)", link.chan.address, msg.batch_id)
+        link.last_sent = time.monotonic()
+    elif isinstance(msg, P.Registered):
+        # answer at once: the frontend puts a replica in rotation only once it has heard
+        # from it after registering
+        link.chan.try_send(heartbeat)
+        link.last_sent = now
+        if msg.frontends:
+            links.update(msg.frontends)
+    elif isinstance(msg, P.Reset):
+        link.must_register = True
+    elif isinstance(msg, P.Shutdown):
+        log.info("frontend at %s asked this container to shut down", link.chan.address)
+        return True
+    # a Heartbeat only refreshes last_heard
+    return False
 
 
 def _evaluate(model: Model, msg: P.PredictBatch) -> list:

@@ -74,11 +74,19 @@ class Register:
     info: dict = field(default_factory=dict)
 
 
+#: at most this many frontend addresses in a REGISTERED message
+MAX_FRONTENDS = 64
+
+
 @dataclass(frozen=True)
 class Registered:
-    """Frontend -> container: registration accepted."""
+    """Frontend -> container: registration accepted.  ``frontends``: the RPC addresses of
+    every frontend of the cluster (several frontends sharing a state store); the container
+    connects to each (one DEALER per frontend).  Empty: serve only the frontend it connected
+    to.  A frontend sends REGISTERED again when the list changes."""
 
     heartbeat_ms: int
+    frontends: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -204,6 +212,9 @@ def encode(msg: Message) -> list:
                         input_type=msg.input_type, instance=msg.instance_id, pid=msg.pid,
                         info=msg.info)]
     if isinstance(msg, Registered):
+        if msg.frontends:  # optional: a container that does not know it ignores it
+            return [_header(MsgType.REGISTERED, heartbeat_ms=msg.heartbeat_ms,
+                            frontends=list(msg.frontends))]
         return [_header(MsgType.REGISTERED, heartbeat_ms=msg.heartbeat_ms)]
     if isinstance(msg, Error):
         return [_header(MsgType.ERROR, batch=msg.batch_id, error=msg.error,
@@ -377,7 +388,14 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
                         _get(h, "version", str, limits, what), input_type,
                         _get(h, "instance", str, limits, what), pid, info)
     if t is MsgType.REGISTERED:
-        return Registered(_get(h, "heartbeat_ms", int, limits, what))
+        frontends = h.get("frontends", [])
+        if (not isinstance(frontends, list) or len(frontends) > MAX_FRONTENDS
+                or not all(isinstance(a, str) and 0 < len(a) <= limits.max_name_chars
+                           for a in frontends)):
+            raise ProtocolError(f"REGISTERED field 'frontends' must be a list of at most "
+                                f"{MAX_FRONTENDS} addresses (non-empty strings of at most "
+                                f"{limits.max_name_chars} characters)")
+        return Registered(_get(h, "heartbeat_ms", int, limits, what), tuple(frontends))
     if t is MsgType.ERROR:
         return Error(_get(h, "batch", int, limits, what), _get(h, "error", str, limits, what),
                      _get(h, "message", str, limits, what),

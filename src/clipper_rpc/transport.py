@@ -182,5 +182,22 @@ class DealerChannel:
             frames = self._sock.recv_multipart(copy=False)
         return [f.buffer for f in frames]
 
+    def recv_nowait(self) -> list | None:
+        """One message's frames if one is queued, else None (no system call to wait)."""
+        try:
+            frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return None
+        return [f.buffer for f in frames]
+
     def close(self) -> None:
         self._sock.close(linger=0)
+
+    @staticmethod
+    def wait_any(channels: "Sequence[DealerChannel]", timeout_s: float) -> list:
+        """The channels of ``channels`` that have a message, waiting up to ``timeout_s``."""
+        poller = zmq.Poller()
+        for c in channels:
+            poller.register(c._sock, zmq.POLLIN)
+        ready = dict(poller.poll(max(0, int(timeout_s * 1000))))
+        return [c for c in channels if c._sock in ready]

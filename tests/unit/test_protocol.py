@@ -61,6 +61,7 @@ def test_result_roundtrip(batch, outputs, compute):
     st.builds(P.Register, names, names, st.sampled_from(P.INPUT_TYPES), names,
               st.integers(0, 2**31), st.dictionaries(st.text(max_size=5), st.integers(-2**63, 2**63 - 1))),
     st.builds(P.Registered, u32),
+    st.builds(P.Registered, u32, st.lists(names, max_size=5).map(tuple)),
     st.builds(P.Heartbeat, st.booleans()),
     st.builds(P.Error, u32, names, st.text(max_size=200), st.text(max_size=200)),
     st.just(P.Reset()),
@@ -123,6 +124,25 @@ def test_arbitrary_headers_raise_protocol_error_only(h):
             P.decode([msgpack.packb(h)] + extra)
         except ProtocolError:
             pass
+
+
+def test_registered_without_frontends_is_what_older_frontends_send():
+    """A container that knows nothing of ``frontends`` reads the REGISTERED of a cluster
+    frontend like any other (an unknown header key is ignored), and a frontend list is
+    optional for a container that does."""
+    head = msgpack.unpackb(P.encode(P.Registered(1000))[0])
+    assert head == {"v": 1, "t": 2, "heartbeat_ms": 1000}
+    assert P.decode([msgpack.packb({"v": 1, "t": 2, "heartbeat_ms": 5})]) == P.Registered(5)
+    two = ("tcp://127.0.0.1:7101", "tcp://127.0.0.1:7102")
+    assert P.decode(P.encode(P.Registered(1000, two))).frontends == two
+
+
+@pytest.mark.parametrize("frontends", [[""], "tcp://x:1", [1], ["a" * 300],
+                                       ["tcp://x:1"] * (P.MAX_FRONTENDS + 1)])
+def test_malformed_frontend_lists_are_refused(frontends):
+    head = msgpack.packb({"v": 1, "t": 2, "heartbeat_ms": 5, "frontends": frontends})
+    with pytest.raises(ProtocolError, match="frontends"):
+        P.decode([head])
 
 
 def test_wrong_version_is_refused():

@@ -48,9 +48,13 @@ class Supervisor:
     def __init__(self, backend: ReplicaBackend, rpc_address: str, *, store=None,
                  on_exit: Callable[[str, str], None] | None = None,
                  max_backoff_s: float = 5.0, grace_s: float = 3.0,
-                 rpc_credentials=None) -> None:
+                 rpc_credentials=None, any_address: bool = False) -> None:
         self.backend = backend
         self.rpc_address = rpc_address
+        #: re-adopt replicas whatever RPC address they were started with (several
+        #: frontends: a replica connects to every frontend the cluster lists, so the address
+        #: of the deployer that started it, maybe dead now, does not matter)
+        self.any_address = any_address
         #: the replicas' CURVE credentials (clipper_rpc.auth.Credentials); None: no auth
         self.rpc_credentials = rpc_credentials
         self.store = store
@@ -242,7 +246,8 @@ class Supervisor:
         unneeded: list[ReplicaRef] = []
         for ref in refs:
             slots = by_key.setdefault((ref.model_name, ref.model_version), {})
-            if ref.index in slots or ref.rpc_address != self.rpc_address:
+            if ref.index in slots or (ref.rpc_address != self.rpc_address
+                                      and not self.any_address):
                 unneeded.append(ref)
             else:
                 slots[ref.index] = ref
@@ -321,6 +326,38 @@ class Supervisor:
                     d.update(self.backend.describe(s.ref))
                 out.append(d)
         return out
+
+    async def detach(self) -> None:
+        """Stop supervising without stopping any replica: another frontend of the cluster
+        deploys from now on and re-adopts them (:meth:`restore`)."""
+        slots = [s for ss in self._slots.values() for s in ss]
+        self._slots.clear()
+        self._by_instance.clear()
+        for slot in slots:
+            slot.stopping = True
+            if slot.task is not None:
+                slot.task.cancel()
+        await asyncio.gather(*(s.task for s in slots if s.task is not None),
+                             return_exceptions=True)
+
+    async def stop_leftovers(self) -> int:
+        """Stop every replica the backend can see that no slot holds (the last frontend of a
+        cluster going away stops the replicas it did not deploy itself); returns how many."""
+        refs = [r for r in await self.backend.recover() if r.instance_id not in self._by_instance]
+        await asyncio.gather(*(self.backend.stop(r, self.grace_s) for r in refs))
+        for r in refs:
+            self._forget(r.instance_id)
+        return len(refs)
+
+    def records(self) -> list[dict]:
+        """The replica records in the store (with several frontends: the deployer's)."""
+        if self.store is None:
+            return []
+        try:
+            return self.store.replicas()
+        except Exception as e:
+            self._store_failed("list", "records", e)
+            return []
 
     async def close(self) -> None:
         """Stop every replica (the backend's own resources stay; see backend.close)."""
