@@ -80,7 +80,10 @@ def test_closure_service_answers_a_killed_task_is_replaced_and_stop_removes_it(s
         assert task["RestartPolicy"]["Condition"] == "none"  # restarts are the supervisor's
         assert task["Resources"]["Limits"] == {"NanoCPUs": 500_000_000,
                                                "MemoryBytes": 256 * 1024**2}
-        assert task["ContainerSpec"]["Image"].startswith("clipper-files:")  # closure baked in
+        image = task["ContainerSpec"]["Image"]
+        assert image.startswith("clipper-files:")  # closure baked in
+        # labelled with its frontend, so that what a Clipper made can be found and removed
+        assert docker.from_env().images.get(image).labels["clipper.frontend"] == fid
         assert task["ContainerSpec"]["Labels"]["clipper.frontend"] == fid
         r = replicas[lab["clipper.instance"]]
         assert r["manager"] == "swarm" and r["service"] == s.id[:12] and r["node"] == node

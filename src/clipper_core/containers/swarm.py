@@ -144,7 +144,8 @@ class SwarmBackend(DockerBackend):
     async def start(self, spec: ReplicaSpec) -> ReplicaRef:
         image = spec.image if spec.image is not None else await self.runtime_image()
         if spec.mounts:
-            image = await self._call(images.build_with_files, self.client, image, spec.mounts)
+            image = await self._call(images.build_with_files, self.client, image, spec.mounts,
+                                     {L_FRONTEND: self.frontend_id})
         ref = await self._call(self._start_service, spec, image)
         self._refs[ref.handle] = ref
         return ref
