@@ -238,7 +238,7 @@ def remove_frontend_images(state_dir: str, timeout_s: float = 20.0) -> list:
     client = docker.from_env()
     removed = []
     try:
-        wait_for(lambda: not client.containers.list(all=True, filters={"label": label}),
+        wait_for(lambda: not client.api.containers(all=True, filters={"label": label}),
                  timeout_s=timeout_s, what=f"the containers of frontend {fid} to go")
         for img in client.images.list(filters={"label": label}):
             for tag in img.tags or [img.id]:

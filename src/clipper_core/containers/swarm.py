@@ -263,6 +263,17 @@ class SwarmBackend(DockerBackend):
         except docker.errors.APIError as e:
             log.container.warning("cannot remove service %s: %s", sid[:12], e)
 
+    def _remove_container(self, cid: str) -> None:
+        import docker.errors
+
+        try:
+            self.client.api.remove_container(cid, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as e:
+            if e.status_code != 409:  # 409: the agent is removing it already
+                log.container.warning("cannot remove container %s: %s", cid[:12], e)
+
     async def stop(self, ref: ReplicaRef, grace_s: float) -> None:
         """Scale the service to 0, wait until its task is over (its container stopped, on
         whichever node: the agent reports that), then remove the service.  Removing it at
@@ -270,7 +281,8 @@ class SwarmBackend(DockerBackend):
         could register after its slot was gone.  The wait polls with short calls, so that
         stopping many replicas at once does not hold the executor's few threads."""
         sid = ref.handle
-        if await self._call(self._scale_to_zero, sid, grace_s):
+        here = await self._call(self._scale_to_zero, sid, grace_s)
+        if here is not None:
             deadline = self._loop.time() + grace_s + 10
             while not await self._call(self._task_over, sid):
                 if self._loop.time() > deadline:
@@ -279,31 +291,38 @@ class SwarmBackend(DockerBackend):
                     break
                 await asyncio.sleep(0.1)
         await self._call(self._remove, sid)
+        # the swarm's agent removes a removed service's stopped container only seconds later:
+        # on this node, remove it now, so that a stopped Clipper leaves nothing behind
+        for cid in here or ():
+            await self._call(self._remove_container, cid)
         for iid, dead in list(self._dead.items()):
             if dead == sid:
                 del self._dead[iid]
         self._gone(sid, None, "stopped")
 
-    def _scale_to_zero(self, sid: str, grace_s: float) -> bool:
+    def _scale_to_zero(self, sid: str, grace_s: float) -> list[str] | None:
         """Scale to 0; a task on this node is stopped here at once (the swarm's agent acts on
-        it only about 3 s later).  False when the service is gone already."""
+        it only about 3 s later).  Returns the ids of the service's containers on this node;
+        None when the service is gone already."""
         import docker.errors
 
+        here = []
         try:
             self.client.services.get(sid).scale(0)
             for t in self.client.api.tasks(filters={"service": sid}):
                 cid = t.get("Status", {}).get("ContainerStatus", {}).get("ContainerID")
                 if t.get("NodeID") == self.node_id and cid:
+                    here.append(cid)
                     try:
                         self.client.api.stop(cid, timeout=max(1, math.ceil(grace_s)))
                     except docker.errors.NotFound:
                         pass
-            return True
+            return here
         except docker.errors.NotFound:
-            return False
+            return None
         except docker.errors.APIError as e:
             log.container.warning("cannot scale service %s to 0: %s", sid[:12], e)
-            return False
+            return None
 
     def _task_over(self, sid: str) -> bool:
         import docker.errors
