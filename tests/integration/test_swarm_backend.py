@@ -6,6 +6,8 @@ the node of each replica in the listing, placement refused as a clear deploy err
 
 Every test removes only the services carrying its own frontend's label."""
 
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -159,3 +161,59 @@ def test_frontend_sigkill_then_restart_readopts_the_services(sclipper):
     assert len(reps) == 2 and all(r["adopted"] and r["manager"] == "swarm" for r in reps)
     assert {s.id for s in swarm_services(c.state_dir)} == before  # no duplicate, no orphan
     assert "re-adopted replica" in c.log()
+
+
+def test_registry_on_the_manager_serves_replica_images_by_digest(swarm, tmp_path):
+    """--registry-port: Clipper runs Debian's docker-registry on the manager, pushes the
+    closure's image there and names its services by digest, so any node could pull it."""
+    import json
+    import urllib.request
+
+    port = free_port()
+    state = str(tmp_path / "state")
+    c = ClipperProcess(state, extra_args=("--backend", "swarm", "--registry-port", str(port)))
+    c.start()
+    client = docker.from_env()
+    try:
+        c.conn.register_application("rg", "doubles", -1.0, 2_000_000)
+        c.conn.deploy_python_closure("rgm", 1, "doubles", plus_ten, num_replicas=2,
+                                     ready_timeout_s=120)  # the first push sends the base
+        c.conn.link_model_to_app("rg", "rgm")
+        assert _serves(c, "rg")
+        images = {s.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+                  for s in swarm_services(state)}
+        [image] = images  # both replicas run the same pushed image
+        assert image.startswith(f"127.0.0.1:{port}/clipper-files@sha256:"), image
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/_catalog", timeout=10) as r:
+            catalog = json.load(r)["repositories"]
+        assert "clipper-files" in catalog, catalog
+        # what the registry holds under that digest is the image the replicas run
+        digest = image.split("@", 1)[1]
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v2/clipper-files/manifests/{digest}", method="HEAD",
+            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.headers["Docker-Content-Digest"] == digest
+        assert c.stop() == 0
+        wait_for(lambda: not _answers(port), timeout_s=10,
+                 what="the registry to stop with Clipper")
+        assert swarm_services(state) == []
+    finally:
+        c.stop()
+        remove_swarm_services(state)
+        for img in client.images.list():  # the registry's names of our images (its port)
+            for tag in img.tags:
+                if tag.startswith(f"127.0.0.1:{port}/"):
+                    client.images.remove(tag)
+        client.close()
+        shutil.rmtree(os.path.join(state, "registry"), ignore_errors=True)  # the base's 260 MB
+
+
+def _answers(port):
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1):
+            return True
+    except OSError:
+        return False

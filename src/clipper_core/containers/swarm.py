@@ -44,6 +44,7 @@ from .. import log
 from ..errors import ConfigError
 from . import images
 from .base import ReplicaRef, ReplicaSpec, ReplicaStartError
+from .registry import Registry
 from .docker import (L_FRONTEND, L_INDEX, L_INSTANCE, L_MODEL, L_RPC, L_VERSION,
                      DockerBackend, connect, replica_command, replica_env, replica_labels)
 
@@ -71,27 +72,46 @@ class SwarmBackend(DockerBackend):
 
     name = "swarm"
 
-    def __init__(self, client: Any, frontend_id: str, node_id: str = "") -> None:
+    def __init__(self, client: Any, frontend_id: str, node_id: str = "",
+                 registry: Registry | None = None) -> None:
         super().__init__(client, frontend_id)
         self.node_id = node_id  # the manager's own node
+        #: where replica images are pushed for the other nodes (None: they have them)
+        self.registry = registry
         self._nodes: dict[str, dict] = {}  # node id -> {"host":, "state":}
         self._where: dict[str, str] = {}  # service id -> node id of its live task
         self._poller: asyncio.Task | None = None
 
     @classmethod
-    async def create(cls, frontend_id: str) -> "SwarmBackend":
+    async def create(cls, frontend_id: str, registry: Registry | None = None
+                     ) -> "SwarmBackend":
         loop = asyncio.get_running_loop()
         client = await loop.run_in_executor(None, connect)
         try:
             node_id = await loop.run_in_executor(None, swarm_manager, client)
+            if registry is not None:
+                await loop.run_in_executor(None, registry.start)
         except ConfigError:
             client.close()
             raise
-        self = cls(client, frontend_id, node_id)
-        self._image_task = loop.create_task(self.runtime_image())
+        self = cls(client, frontend_id, node_id, registry)
+        # built (and pushed) at once, in the background: the first deploy waits for it
+        self._image_task = loop.create_task(self._replica_image(None))
         self._image_task.add_done_callback(self._image_done)
         self._poller = loop.create_task(self._poll())
         return self
+
+    async def _replica_image(self, spec: ReplicaSpec | None) -> str:
+        """The image a replica of ``spec`` runs (the runtime image for None), with its files
+        baked in, and, with a registry, pushed there and named by digest."""
+        image = spec.image if spec is not None and spec.image is not None \
+            else await self.runtime_image()
+        if spec is not None and spec.mounts:
+            image = await self._call(images.build_with_files, self.client, image, spec.mounts,
+                                     {L_FRONTEND: self.frontend_id})
+        if self.registry is not None:
+            image = await self._call(self.registry.publish, self.client, image)
+        return image
 
     # ---------------------------------------------------------------- watching
     def _snapshot(self) -> tuple[list, list]:
@@ -142,10 +162,12 @@ class SwarmBackend(DockerBackend):
 
     # ---------------------------------------------------------------- replicas
     async def start(self, spec: ReplicaSpec) -> ReplicaRef:
-        image = spec.image if spec.image is not None else await self.runtime_image()
-        if spec.mounts:
-            image = await self._call(images.build_with_files, self.client, image, spec.mounts,
-                                     {L_FRONTEND: self.frontend_id})
+        try:
+            image = await self._replica_image(spec)
+        except ConfigError as e:  # a files image or a push that failed
+            raise ReplicaStartError(f"cannot start replica {spec.instance_id} of "
+                                    f"{spec.model_name}:{spec.model_version}: {e.cause}"
+                                    ) from None
         ref = await self._call(self._start_service, spec, image)
         self._refs[ref.handle] = ref
         return ref
@@ -379,3 +401,5 @@ class SwarmBackend(DockerBackend):
             except asyncio.CancelledError:
                 pass
         await super().close()
+        if self.registry is not None:
+            await self._loop.run_in_executor(None, self.registry.close)
