@@ -57,6 +57,41 @@ def _containers(fid):
         client.close()
 
 
+def test_files_image_holds_the_files_at_their_paths_and_leaves_the_base_as_it_was(
+        docker_image, tmp_path):
+    """The image a replica on any node runs: the base plus the files (a directory, a symlink
+    taken as its target) at their host paths, made by `docker load` of one layer."""
+    from clipper_core.containers import images
+
+    top = tmp_path / "model"
+    (top / "sub").mkdir(parents=True)
+    (top / "weights.bin").write_bytes(b"\x00\x01weights")
+    (top / "sub" / "config.json").write_text('{"k": 1}')
+    (top / "link.bin").symlink_to(top / "weights.bin")
+    client = docker.from_env()
+    tag = images.build_with_files(client, docker_image, (str(top),),
+                                  {"clipper.frontend": "files-image-test"})
+    try:
+        assert tag.startswith("clipper-files:")
+        assert images.build_with_files(client, docker_image, (str(top),),
+                                       {"clipper.frontend": "files-image-test"}) == tag
+        img = client.images.get(tag)
+        assert img.labels["clipper.frontend"] == "files-image-test"
+        base = client.images.get(docker_image)
+        assert img.attrs["RootFS"]["Layers"][:-1] == base.attrs["RootFS"]["Layers"]
+        script = ("import os, stat, sys; t = sys.argv[1]; "
+                  "print(open(t + '/weights.bin', 'rb').read() == open(t + '/link.bin', "
+                  "'rb').read() == b'\\x00\\x01weights', open(t + '/sub/config.json').read(),"
+                  " oct(stat.S_IMODE(os.stat('/tmp').st_mode)), os.path.islink(t + '/link.bin'))")
+        out = client.containers.run(tag, ["python3", "-c", script, str(top)], remove=True,
+                                    network_mode="none").decode()
+        # the files are there; /tmp (a parent of theirs) keeps the base's mode
+        assert out.split() == ["True", '{"k":', "1}", "0o1777", "False"], out
+    finally:
+        client.images.remove(tag)
+        client.close()
+
+
 def test_closure_service_answers_a_killed_task_is_replaced_and_stop_removes_it(sclipper):
     c = sclipper
     assert c.endpoints["backend"] == "swarm"

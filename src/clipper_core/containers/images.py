@@ -27,6 +27,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
@@ -207,6 +208,16 @@ def _build_runtime(client, base: str, tag: str) -> str:
     return tag
 
 
+def _ancestors(path: str) -> list[str]:
+    """The directories above ``path`` (absolute), outermost first, without ``/``."""
+    out = []
+    d = os.path.dirname(path)
+    while d not in ("/", ""):
+        out.append(d)
+        d = os.path.dirname(d)
+    return out[::-1]
+
+
 def build_with_files(client, base: str, paths: tuple, labels: dict | None = None) -> str:
     """``base`` plus copies of the host files (or directories) ``paths`` at the same paths:
     how a closure reaches a replica on a node where the host's bind mount does not exist.
@@ -245,14 +256,23 @@ def build_with_files(client, base: str, paths: tuple, labels: dict | None = None
                               ) from None
         layer = os.path.join(tmp, "layer.tar")
         with tarfile.open(layer, "w", format=tarfile.PAX_FORMAT) as tf:
-            # no directory entries: the engine creates the missing parents and leaves the
-            # base's own directories (their owners and modes) as they are
+            # the files' parent directories with the host's modes (as a bind mount shows
+            # them): the engine unpacks a layer into an empty directory, so a parent missing
+            # from the tar would become mode 0755 and hide the base's (/tmp is 1777)
+            parents = sorted({d for p in files for d in _ancestors(p)})
+            for d in parents:
+                st = os.stat(d)
+                info = tarfile.TarInfo(d.lstrip("/"))
+                info.type = tarfile.DIRTYPE
+                info.mode = stat.S_IMODE(st.st_mode)
+                info.uid, info.gid = st.st_uid, st.st_gid
+                tf.addfile(info)
             for path in files:
-                info = tf.gettarinfo(path, arcname=path.lstrip("/"))
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                info.mtime = 0  # the same files make the same layer, on any machine
-                with open(path, "rb") as f:
+                with open(path, "rb") as f:  # a symlink's target, as a copy would take it
+                    info = tf.gettarinfo(arcname=path.lstrip("/"), fileobj=f)
+                    info.uid = info.gid = 0
+                    info.uname = info.gname = ""
+                    info.mtime = 0  # the same files make the same layer, on any machine
                     tf.addfile(info, f)
         diff = hashlib.sha256()
         with open(layer, "rb") as f:
