@@ -180,7 +180,7 @@ class SwarmBackend(DockerBackend):
 
     def _start_service(self, spec: ReplicaSpec, image: str) -> ReplicaRef:
         import docker.errors
-        from docker.types import Placement, Resources, RestartPolicy, ServiceMode
+        from docker.types import Resources, RestartPolicy, ServiceMode
 
         old = self._dead.pop(spec.instance_id, None)
         if old is not None:  # the slot's last service (its task is over)
