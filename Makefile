@@ -56,9 +56,10 @@ test: build $(TEST_STAMP) system-deps
 test-compiled: build $(TEST_STAMP) system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# the lifecycle suite on a single-node Docker Swarm too (about 8 more minutes; not in CI)
+# only the tests on a single-node Docker Swarm (the swarm backend's own and the lifecycle
+# suite's swarm pass; both are part of `make test` too)
 test-swarm: build $(TEST_STAMP) system-deps
-	CLIPPER_TEST_SWARM=1 $(PY) -m pytest tests/integration/test_lifecycle.py tests/integration/test_swarm_backend.py $(PYTEST_ARGS)
+	$(PY) -m pytest tests/integration/test_swarm_backend.py tests/integration/test_lifecycle.py -k 'swarm' $(PYTEST_ARGS)
 
 test-pure: build $(TEST_STAMP) system-deps
 	CLIPPER_PUREPYTHON=1 $(PY) -m pytest $(PURE_TESTS) $(PYTEST_ARGS)

@@ -50,7 +50,8 @@ def _start(args: argparse.Namespace) -> int:
             idle_timeout_s=args.idle_timeout, keepalive_timeout_s=args.keepalive_timeout,
             body_timeout_s=args.body_timeout,
             legacy_rpc_port=args.legacy_rpc_port, legacy_rpc_host=args.legacy_rpc_host,
-            backend=args.backend, state=args.state, deployer_lease_s=args.deployer_lease)
+            backend=args.backend, registry_port=args.registry_port, state=args.state,
+            deployer_lease_s=args.deployer_lease)
     except ClipperError as e:
         print(f"clipper: {e.cause}", file=sys.stderr)
         return 2
@@ -533,6 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run replicas as local processes, as Docker containers, or as "
                         "Docker Swarm services (on a swarm manager; see docs/cluster.md) "
                         "(default local)")
+    s.add_argument("--registry-port", type=int, default=None,
+                   help="swarm backend: run an image registry (Debian's docker-registry) on "
+                        "this port of the manager and push replica images there, so that "
+                        "every node can pull them (see docs/cluster.md) (default: none; "
+                        "images must be on every node)")
     s.add_argument("--log-level", default="INFO",
                    help="DEBUG, INFO, WARNING or ERROR; the dashboard lists refusals only at "
                         "INFO or below (default INFO)")

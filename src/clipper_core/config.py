@@ -143,20 +143,31 @@ class ServerConfig:
     #: cannot authenticate, so it listens on loopback unless the operator names a host
     legacy_rpc_port: int | None = None
     legacy_rpc_host: str = "127.0.0.1"
-    #: where replicas run: "local" processes or "docker" containers
+    #: where replicas run: "local" processes, "docker" containers or "swarm" services
     backend: str = "local"
     #: several frontends (state in Redis): how long the deployer lease lasts unrenewed, so
     #: about how long deployment pauses when the deploying frontend dies
     deployer_lease_s: float = 3.0
+    #: swarm: push replica images to a registry Clipper runs on this port of the manager
+    #: (Debian's docker-registry; services name them 127.0.0.1:PORT/...@digest); None = off
+    registry_port: int | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in ("local", "docker", "swarm"):
             raise ConfigError(f"backend must be 'local', 'docker' or 'swarm', got "
                               f"{self.backend!r}")
-        for name in ("query_port", "mgmt_port", "rpc_port", "legacy_rpc_port"):
+        if self.registry_port is not None and self.backend != "swarm":
+            raise ConfigError(f"a registry (registry_port) is for the swarm backend, not "
+                              f"{self.backend!r}: the other backends run images where they "
+                              "are built")
+        for name in ("query_port", "mgmt_port", "rpc_port", "legacy_rpc_port",
+                     "registry_port"):
             p = getattr(self, name)
-            if p is None and name == "legacy_rpc_port":
+            if p is None and name in ("legacy_rpc_port", "registry_port"):
                 continue
+            if name == "registry_port" and p == 0:
+                raise ConfigError("registry_port must be a port number 1-65535, got 0 (the "
+                                  "nodes need to know it)")
             if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p <= 65535:
                 raise ConfigError(f"{name} must be a port number 0-65535, got {brief(p)}")
         if self.max_body_bytes < 1024:

@@ -131,7 +131,9 @@ class ClipperServer:
         owner = (self.store.shared_value("cluster_id", lambda: uuid.uuid4().hex[:16])
                  if self.store.shared else self.frontend_id)
         self.backend = await make_backend(cfg.backend, owner,
-                                          os.path.join(cfg.state_dir, "logs"))
+                                          os.path.join(cfg.state_dir, "logs"),
+                                          registry_port=cfg.registry_port,
+                                          rpc_host=cfg.rpc_host, state_dir=cfg.state_dir)
         self.supervisor = Supervisor(
             self.backend, rpc_endpoint, store=self.store,
             on_exit=lambda iid, why: self.scheduler.remove_replica(iid, why),

@@ -213,10 +213,40 @@ def swarm_services(state_dir: str) -> list:
 
 
 def remove_swarm_services(state_dir: str) -> list:
-    """Remove the services the Clipper on ``state_dir`` left (only those with its label)."""
+    """Remove the services the Clipper on ``state_dir`` left (only those with its label), and
+    then the images with files baked in that it made (``clipper-files:``, labelled with its
+    frontend id too).  Returns the services that were left."""
     if not os.path.exists(os.path.join(state_dir, "frontend_id")):
         return []
     left = swarm_services(state_dir)
     for s in left:
         s.remove()
+    remove_frontend_images(state_dir)
     return left
+
+
+def remove_frontend_images(state_dir: str, timeout_s: float = 20.0) -> list:
+    """Remove the images labelled with the frontend id of the Clipper on ``state_dir``, once
+    no container of that frontend uses them any more (the swarm removes a removed service's
+    containers a moment later).  Returns the tags removed."""
+    import docker
+    import docker.errors
+
+    with open(os.path.join(state_dir, "frontend_id")) as f:
+        fid = f.read().strip()
+    label = f"clipper.frontend={fid}"
+    client = docker.from_env()
+    removed = []
+    try:
+        wait_for(lambda: not client.api.containers(all=True, filters={"label": label}),
+                 timeout_s=timeout_s, what=f"the containers of frontend {fid} to go")
+        for img in client.images.list(filters={"label": label}):
+            for tag in img.tags or [img.id]:
+                try:
+                    client.images.remove(tag)
+                    removed.append(tag)
+                except docker.errors.NotFound:
+                    pass
+    finally:
+        client.close()
+    return removed

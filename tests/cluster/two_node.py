@@ -8,7 +8,10 @@ kept as the image ``clipper-test-node:<hash>``) running in a container on a brid
 this script's own, with the capabilities dockerd needs (``--privileged`` fails on engines
 that lack CAP_SYS_RESOURCE) and the cgroup hierarchies remounted read-write.  The swarm is
 initialised on the bridge's gateway address (the node must reach the manager), and Clipper's
-RPC socket is bound there too.  Images reach the node with ``docker save | docker load``.
+RPC socket is bound there too.  Images reach the node through the registry Clipper runs on the
+manager (``--registry-port``): services name them ``127.0.0.1:PORT/...@digest``, and on the
+second node ``socat`` forwards its own 127.0.0.1:PORT to the manager's registry, as a real
+cluster's workers would (docs/cluster.md).  Nothing is copied to the node by hand.
 
 Everything made here carries the label ``clipper.test=two-node`` and is removed at the end:
 the node container and its volume, the network, Clipper's services, and the swarm (this
@@ -32,8 +35,12 @@ from clipper_core.containers import images
 from clipper_core.testing import ClipperProcess, remove_swarm_services, wait_for
 
 LABEL = "clipper.test=two-node"
-NODE_PACKAGES = "docker.io,iptables,ca-certificates,procps,iproute2,mount"
+NODE_PACKAGES = "docker.io,iptables,ca-certificates,procps,iproute2,mount,socat"
 REPLICAS = 4
+
+
+def double_it(inputs):
+    return [float(x[0]) * 2 for x in inputs]
 
 
 def sh(*argv, **kw) -> str:
@@ -57,13 +64,25 @@ def node_image(client) -> str:
     return tag
 
 
-def start_node(client, image: str, network: str, manager: str, token: str) -> str:
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_node(client, image: str, network: str, manager: str, token: str,
+               registry_port: int) -> str:
     name = f"clipper-two-node-{os.getpid()}"
     sh("docker", "run", "-d", "--name", name, "--hostname", "node2", "--label", LABEL,
        "--network", network, "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
        "--cgroupns", "private", "--security-opt", "seccomp=unconfined",
        "--security-opt", "apparmor=unconfined", "-v", "/var/lib/docker", image, "sh", "-c",
        "for d in /sys/fs/cgroup/*; do mount -o remount,rw,bind $d $d; done; "
+       # the node's 127.0.0.1:PORT leads to the manager's registry
+       f"socat TCP-LISTEN:{registry_port},bind=127.0.0.1,fork,reuseaddr "
+       f"TCP:{manager}:{registry_port} & "
        "exec dockerd >/var/log/dockerd.log 2>&1")
     wait_for(lambda: subprocess.run(["docker", "exec", name, "docker", "info"],
                                     capture_output=True).returncode == 0,
@@ -90,23 +109,19 @@ def main() -> int:
         sh("docker", "swarm", "init", "--advertise-addr", manager)
         made["swarm"] = True
         token = sh("docker", "swarm", "join-token", "-q", "worker")
-        made["node"] = start_node(client, node_img, net.name, manager, token)
-        # the model's image, on both nodes
-        with tempfile.TemporaryDirectory() as d:
-            with open(f"{d}/predict.py", "w") as f:
-                f.write("def predict(inputs):\n"
-                        "    return [float(x[0]) * 2 for x in inputs]\n")
-            model = images.build_model_image(client, "twonode", "1", d)  # on the runtime image
-        t = time.monotonic()
-        save = subprocess.Popen(["docker", "save", model], stdout=subprocess.PIPE)
-        sh("docker", "exec", "-i", made["node"], "docker", "load", "-q", stdin=save.stdout)
-        save.wait()
-        print(f"docker save | docker load of {model}: {time.monotonic() - t:.1f} s")
-        c = ClipperProcess(extra_args=("--backend", "swarm", "--rpc-host", manager))
+        port = free_port()
+        made["node"] = start_node(client, node_img, net.name, manager, token, port)
+        # the closure's image reaches the node through Clipper's registry, pulled by digest
+        c = ClipperProcess(extra_args=("--backend", "swarm", "--rpc-host", manager,
+                                       "--registry-port", str(port)))
         c.start()
         conn = c.conn
         conn.register_application("two", "doubles", -1.0, 2_000_000)
-        conn.deploy_image("twonode", 1, "doubles", model, num_replicas=REPLICAS)
+        t = time.monotonic()
+        conn.deploy_python_closure("twonode", 1, "doubles", double_it, num_replicas=REPLICAS,
+                                   ready_timeout_s=300)
+        print(f"closure deployed with {REPLICAS} replicas in {time.monotonic() - t:.1f} s "
+              "(the runtime image pushed to the registry first)")
         conn.link_model_to_app("two", "twonode")
         here = client.info()["Name"]
 
@@ -149,6 +164,10 @@ def main() -> int:
         if c is not None:
             c.stop()
             remove_swarm_services(c.state_dir)
+            for img in client.images.list():  # the registry's names of the images
+                for tag in img.tags:
+                    if tag.startswith(f"127.0.0.1:{port}/"):
+                        client.images.remove(tag)
             c.close()
         if "node" in made:
             subprocess.run(["docker", "rm", "-f", "-v", made["node"]], capture_output=True)

@@ -17,13 +17,7 @@ from clipper_core.testing import (ClipperProcess, post_json, remove_docker_conta
                                   remove_swarm_services, wait_for as _wait)
 
 
-#: the swarm pass takes about 8 minutes on a 2-core machine (every service start and stop waits
-#: on Swarm's task scheduling), more than CI's suite budget: `make test-swarm` runs it
-BACKENDS = ["local", "docker"] + (["swarm"] if os.environ.get("CLIPPER_TEST_SWARM") == "1"
-                                  else [])
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=["local", "docker", "swarm"])
 def clipper(request):
     """The lifecycle suite runs on each replica backend: a Clipper of this module's own."""
     if request.param in ("docker", "swarm"):

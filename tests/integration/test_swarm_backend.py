@@ -6,6 +6,8 @@ the node of each replica in the listing, placement refused as a clear deploy err
 
 Every test removes only the services carrying its own frontend's label."""
 
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -55,6 +57,41 @@ def _containers(fid):
         client.close()
 
 
+def test_files_image_holds_the_files_at_their_paths_and_leaves_the_base_as_it_was(
+        docker_image, tmp_path):
+    """The image a replica on any node runs: the base plus the files (a directory, a symlink
+    taken as its target) at their host paths, made by `docker load` of one layer."""
+    from clipper_core.containers import images
+
+    top = tmp_path / "model"
+    (top / "sub").mkdir(parents=True)
+    (top / "weights.bin").write_bytes(b"\x00\x01weights")
+    (top / "sub" / "config.json").write_text('{"k": 1}')
+    (top / "link.bin").symlink_to(top / "weights.bin")
+    client = docker.from_env()
+    tag = images.build_with_files(client, docker_image, (str(top),),
+                                  {"clipper.frontend": "files-image-test"})
+    try:
+        assert tag.startswith("clipper-files:")
+        assert images.build_with_files(client, docker_image, (str(top),),
+                                       {"clipper.frontend": "files-image-test"}) == tag
+        img = client.images.get(tag)
+        assert img.labels["clipper.frontend"] == "files-image-test"
+        base = client.images.get(docker_image)
+        assert img.attrs["RootFS"]["Layers"][:-1] == base.attrs["RootFS"]["Layers"]
+        script = ("import os, stat, sys; t = sys.argv[1]; "
+                  "print(open(t + '/weights.bin', 'rb').read() == open(t + '/link.bin', "
+                  "'rb').read() == b'\\x00\\x01weights', open(t + '/sub/config.json').read(),"
+                  " oct(stat.S_IMODE(os.stat('/tmp').st_mode)), os.path.islink(t + '/link.bin'))")
+        out = client.containers.run(tag, ["python3", "-c", script, str(top)], remove=True,
+                                    network_mode="none").decode()
+        # the files are there; /tmp (a parent of theirs) keeps the base's mode
+        assert out.split() == ["True", '{"k":', "1}", "0o1777", "False"], out
+    finally:
+        client.images.remove(tag)
+        client.close()
+
+
 def test_closure_service_answers_a_killed_task_is_replaced_and_stop_removes_it(sclipper):
     c = sclipper
     assert c.endpoints["backend"] == "swarm"
@@ -80,7 +117,10 @@ def test_closure_service_answers_a_killed_task_is_replaced_and_stop_removes_it(s
         assert task["RestartPolicy"]["Condition"] == "none"  # restarts are the supervisor's
         assert task["Resources"]["Limits"] == {"NanoCPUs": 500_000_000,
                                                "MemoryBytes": 256 * 1024**2}
-        assert task["ContainerSpec"]["Image"].startswith("clipper-files:")  # closure baked in
+        image = task["ContainerSpec"]["Image"]
+        assert image.startswith("clipper-files:")  # closure baked in
+        # labelled with its frontend, so that what a Clipper made can be found and removed
+        assert docker.from_env().images.get(image).labels["clipper.frontend"] == fid
         assert task["ContainerSpec"]["Labels"]["clipper.frontend"] == fid
         r = replicas[lab["clipper.instance"]]
         assert r["manager"] == "swarm" and r["service"] == s.id[:12] and r["node"] == node
@@ -156,3 +196,59 @@ def test_frontend_sigkill_then_restart_readopts_the_services(sclipper):
     assert len(reps) == 2 and all(r["adopted"] and r["manager"] == "swarm" for r in reps)
     assert {s.id for s in swarm_services(c.state_dir)} == before  # no duplicate, no orphan
     assert "re-adopted replica" in c.log()
+
+
+def test_registry_on_the_manager_serves_replica_images_by_digest(swarm, tmp_path):
+    """--registry-port: Clipper runs Debian's docker-registry on the manager, pushes the
+    closure's image there and names its services by digest, so any node could pull it."""
+    import json
+    import urllib.request
+
+    port = free_port()
+    state = str(tmp_path / "state")
+    c = ClipperProcess(state, extra_args=("--backend", "swarm", "--registry-port", str(port)))
+    c.start()
+    client = docker.from_env()
+    try:
+        c.conn.register_application("rg", "doubles", -1.0, 2_000_000)
+        c.conn.deploy_python_closure("rgm", 1, "doubles", plus_ten, num_replicas=2,
+                                     ready_timeout_s=120)  # the first push sends the base
+        c.conn.link_model_to_app("rg", "rgm")
+        assert _serves(c, "rg")
+        images = {s.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+                  for s in swarm_services(state)}
+        [image] = images  # both replicas run the same pushed image
+        assert image.startswith(f"127.0.0.1:{port}/clipper-files@sha256:"), image
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/_catalog", timeout=10) as r:
+            catalog = json.load(r)["repositories"]
+        assert "clipper-files" in catalog, catalog
+        # what the registry holds under that digest is the image the replicas run
+        digest = image.split("@", 1)[1]
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v2/clipper-files/manifests/{digest}", method="HEAD",
+            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.headers["Docker-Content-Digest"] == digest
+        assert c.stop() == 0
+        wait_for(lambda: not _answers(port), timeout_s=10,
+                 what="the registry to stop with Clipper")
+        assert swarm_services(state) == []
+    finally:
+        c.stop()
+        remove_swarm_services(state)
+        for img in client.images.list():  # the registry's names of our images (its port)
+            for tag in img.tags:
+                if tag.startswith(f"127.0.0.1:{port}/"):
+                    client.images.remove(tag)
+        client.close()
+        shutil.rmtree(os.path.join(state, "registry"), ignore_errors=True)  # the base's 260 MB
+
+
+def _answers(port):
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1):
+            return True
+    except OSError:
+        return False

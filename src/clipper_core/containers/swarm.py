@@ -19,9 +19,11 @@
   (``--rpc-host``: the manager's address on a real cluster, 127.0.0.1 on one node).
   Service virtual IPs are not used (they need IPVS, which some kernels lack).
 - Files a replica needs (a closure's pickle) are baked into an image of their own
-  (:func:`~.images.build_with_files`): a bind mount exists only on its own node.  Images are
-  never pulled from outside; on a multi-node swarm they reach the nodes through a registry on
-  the manager or ``docker save | docker load`` (docs/cluster.md).
+  (:func:`~.images.build_with_files`, about 0.1 s): a bind mount exists only on its own node.
+  Images are never pulled from outside; on a multi-node swarm they reach the nodes through
+  the registry Clipper runs on the manager (:mod:`.registry`, ``--registry-port``: services
+  then name them ``127.0.0.1:PORT/...@digest``), or ``docker save | docker load``
+  (docs/cluster.md).
 
 - A stop scales the service to 0 and waits until its task is over before it removes the
   service.  The swarm reports a task's shutdown about 3 s after its container stopped
@@ -44,6 +46,7 @@ from .. import log
 from ..errors import ConfigError
 from . import images
 from .base import ReplicaRef, ReplicaSpec, ReplicaStartError
+from .registry import Registry
 from .docker import (L_FRONTEND, L_INDEX, L_INSTANCE, L_MODEL, L_RPC, L_VERSION,
                      DockerBackend, connect, replica_command, replica_env, replica_labels)
 
@@ -71,27 +74,46 @@ class SwarmBackend(DockerBackend):
 
     name = "swarm"
 
-    def __init__(self, client: Any, frontend_id: str, node_id: str = "") -> None:
+    def __init__(self, client: Any, frontend_id: str, node_id: str = "",
+                 registry: Registry | None = None) -> None:
         super().__init__(client, frontend_id)
         self.node_id = node_id  # the manager's own node
+        #: where replica images are pushed for the other nodes (None: they have them)
+        self.registry = registry
         self._nodes: dict[str, dict] = {}  # node id -> {"host":, "state":}
         self._where: dict[str, str] = {}  # service id -> node id of its live task
         self._poller: asyncio.Task | None = None
 
     @classmethod
-    async def create(cls, frontend_id: str) -> "SwarmBackend":
+    async def create(cls, frontend_id: str, registry: Registry | None = None
+                     ) -> "SwarmBackend":
         loop = asyncio.get_running_loop()
         client = await loop.run_in_executor(None, connect)
         try:
             node_id = await loop.run_in_executor(None, swarm_manager, client)
+            if registry is not None:
+                await loop.run_in_executor(None, registry.start)
         except ConfigError:
             client.close()
             raise
-        self = cls(client, frontend_id, node_id)
-        self._image_task = loop.create_task(self.runtime_image())
+        self = cls(client, frontend_id, node_id, registry)
+        # built (and pushed) at once, in the background: the first deploy waits for it
+        self._image_task = loop.create_task(self._replica_image(None))
         self._image_task.add_done_callback(self._image_done)
         self._poller = loop.create_task(self._poll())
         return self
+
+    async def _replica_image(self, spec: ReplicaSpec | None) -> str:
+        """The image a replica of ``spec`` runs (the runtime image for None), with its files
+        baked in, and, with a registry, pushed there and named by digest."""
+        image = spec.image if spec is not None and spec.image is not None \
+            else await self.runtime_image()
+        if spec is not None and spec.mounts:
+            image = await self._call(images.build_with_files, self.client, image, spec.mounts,
+                                     {L_FRONTEND: self.frontend_id})
+        if self.registry is not None:
+            image = await self._call(self.registry.publish, self.client, image)
+        return image
 
     # ---------------------------------------------------------------- watching
     def _snapshot(self) -> tuple[list, list]:
@@ -142,9 +164,12 @@ class SwarmBackend(DockerBackend):
 
     # ---------------------------------------------------------------- replicas
     async def start(self, spec: ReplicaSpec) -> ReplicaRef:
-        image = spec.image if spec.image is not None else await self.runtime_image()
-        if spec.mounts:
-            image = await self._call(images.build_with_files, self.client, image, spec.mounts)
+        try:
+            image = await self._replica_image(spec)
+        except ConfigError as e:  # a files image or a push that failed
+            raise ReplicaStartError(f"cannot start replica {spec.instance_id} of "
+                                    f"{spec.model_name}:{spec.model_version}: {e.cause}"
+                                    ) from None
         ref = await self._call(self._start_service, spec, image)
         self._refs[ref.handle] = ref
         return ref
@@ -155,7 +180,7 @@ class SwarmBackend(DockerBackend):
 
     def _start_service(self, spec: ReplicaSpec, image: str) -> ReplicaRef:
         import docker.errors
-        from docker.types import Placement, Resources, RestartPolicy, ServiceMode
+        from docker.types import Resources, RestartPolicy, ServiceMode
 
         old = self._dead.pop(spec.instance_id, None)
         if old is not None:  # the slot's last service (its task is over)
@@ -262,6 +287,17 @@ class SwarmBackend(DockerBackend):
         except docker.errors.APIError as e:
             log.container.warning("cannot remove service %s: %s", sid[:12], e)
 
+    def _remove_container(self, cid: str) -> None:
+        import docker.errors
+
+        try:
+            self.client.api.remove_container(cid, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as e:
+            if e.status_code != 409:  # 409: the agent is removing it already
+                log.container.warning("cannot remove container %s: %s", cid[:12], e)
+
     async def stop(self, ref: ReplicaRef, grace_s: float) -> None:
         """Scale the service to 0, wait until its task is over (its container stopped, on
         whichever node: the agent reports that), then remove the service.  Removing it at
@@ -269,7 +305,8 @@ class SwarmBackend(DockerBackend):
         could register after its slot was gone.  The wait polls with short calls, so that
         stopping many replicas at once does not hold the executor's few threads."""
         sid = ref.handle
-        if await self._call(self._scale_to_zero, sid, grace_s):
+        here = await self._call(self._scale_to_zero, sid, grace_s)
+        if here is not None:
             deadline = self._loop.time() + grace_s + 10
             while not await self._call(self._task_over, sid):
                 if self._loop.time() > deadline:
@@ -278,31 +315,38 @@ class SwarmBackend(DockerBackend):
                     break
                 await asyncio.sleep(0.1)
         await self._call(self._remove, sid)
+        # the swarm's agent removes a removed service's stopped container only seconds later:
+        # on this node, remove it now, so that a stopped Clipper leaves nothing behind
+        for cid in here or ():
+            await self._call(self._remove_container, cid)
         for iid, dead in list(self._dead.items()):
             if dead == sid:
                 del self._dead[iid]
         self._gone(sid, None, "stopped")
 
-    def _scale_to_zero(self, sid: str, grace_s: float) -> bool:
+    def _scale_to_zero(self, sid: str, grace_s: float) -> list[str] | None:
         """Scale to 0; a task on this node is stopped here at once (the swarm's agent acts on
-        it only about 3 s later).  False when the service is gone already."""
+        it only about 3 s later).  Returns the ids of the service's containers on this node;
+        None when the service is gone already."""
         import docker.errors
 
+        here = []
         try:
             self.client.services.get(sid).scale(0)
             for t in self.client.api.tasks(filters={"service": sid}):
                 cid = t.get("Status", {}).get("ContainerStatus", {}).get("ContainerID")
                 if t.get("NodeID") == self.node_id and cid:
+                    here.append(cid)
                     try:
                         self.client.api.stop(cid, timeout=max(1, math.ceil(grace_s)))
                     except docker.errors.NotFound:
                         pass
-            return True
+            return here
         except docker.errors.NotFound:
-            return False
+            return None
         except docker.errors.APIError as e:
             log.container.warning("cannot scale service %s to 0: %s", sid[:12], e)
-            return False
+            return None
 
     def _task_over(self, sid: str) -> bool:
         import docker.errors
@@ -359,3 +403,5 @@ class SwarmBackend(DockerBackend):
             except asyncio.CancelledError:
                 pass
         await super().close()
+        if self.registry is not None:
+            await self._loop.run_in_executor(None, self.registry.close)
