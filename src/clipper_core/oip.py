@@ -26,7 +26,9 @@ answered, comma-separated: an app whose policy combines several models names the
 (every answer came from the prediction cache) and ``cache_hits``.
 
 Errors answer ``{"error": message, "code": clipper_error_code}`` with 400 (bad request or
-tensor), 404 (unknown app or version), 413 (body too large) or 503 (no answer and no default).
+tensor), 404 (unknown app or version), 413 (body too large) or 503 (no answer and no default;
+or, with ``Retry-After``, refused by the edge before the body was read: the query waited too
+long for the frontend, or the frontend holds too many requests; see :mod:`clipper_core.edge`).
 
 The codec (:func:`decode_infer`, :func:`encode_output`, :func:`infer_response`) is sans-IO;
 :class:`OipApi` holds the thin aiohttp handlers.
