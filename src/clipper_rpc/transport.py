@@ -57,11 +57,17 @@ def send_frames(sock: zmq.Socket, frames: Sequence, flags: int = 0,
         _send(sock, f, more if i < last else flags, _copy(f))
 
 
-def recv_frames(sock: zmq.Socket, flags: int = 0, copy: bool = True) -> list:
-    """``sock.recv_multipart(flags, copy)``, below pyzmq's Python layer."""
-    parts = [_recv(sock, flags, copy)]
-    while _get(sock, _RCVMORE):
-        parts.append(_recv(sock, flags, copy))
+def recv_frames(sock: zmq.Socket, flags: int = 0) -> list:
+    """``sock.recv_multipart(flags)``, below pyzmq's Python layer: frames smaller than
+    ``COPY_THRESHOLD`` as ``bytes``, larger ones as zero-copy buffers.  (Each frame is taken
+    as a ``zmq.Frame``, whose ``more`` is an attribute: asking the socket for ZMQ_RCVMORE
+    costs a microsecond per frame.)"""
+    parts = []
+    more = True
+    while more:
+        f = _recv(sock, flags, False)
+        more = f.more
+        parts.append(f.bytes if len(f) < COPY_THRESHOLD else f.buffer)
     return parts
 
 
@@ -228,13 +234,14 @@ class DealerChannel:
             return False
 
     def recv(self, timeout_s: float) -> list | None:
-        """One message's frames (as zero-copy buffers), or None after ``timeout_s``."""
+        """One message's frames (small ones as bytes, large ones as zero-copy buffers), or
+        None after ``timeout_s``."""
         # under load the next batch is usually queued already (the frontend sends it while
         # this one computes): take it without a poll system call first
         sock = self._sock
         if not readable(sock) and not self._poller.poll(max(0, int(timeout_s * 1000))):
             return None
-        return [f.buffer for f in recv_frames(sock, 0, False)]
+        return recv_frames(sock)
 
     def close(self) -> None:
         self._sock.close(linger=0)
