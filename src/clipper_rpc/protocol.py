@@ -204,14 +204,21 @@ def encode_predict(batch_id: int, input_type: str, inputs: Sequence[Any]) -> lis
                           "v": PROTOCOL_VERSION, "t": 4}), lengths, data]
 
 
+def encode_result(batch_id: int, outputs: Sequence[Any], compute_us: int = 0) -> list:
+    """Frames of ``Result(batch_id, outputs, compute_us)``, without building the message
+    object (the container's hot path: one call per batch); TypeError for outputs that are
+    not JSON-native."""
+    body = encode_outputs(outputs)
+    return [_pack_header({"batch": batch_id, "n": len(outputs), "compute_us": compute_us,
+                          "v": PROTOCOL_VERSION, "t": 5}), body]
+
+
 def encode(msg: Message) -> list:
     """Frames of ``msg`` (bytes or buffer objects), ready for ``send_multipart``."""
     if isinstance(msg, PredictBatch):
         return encode_predict(msg.batch_id, msg.input_type, msg.inputs)
     if isinstance(msg, Result):
-        head = _header(MsgType.RESULT, batch=msg.batch_id, n=len(msg.outputs),
-                       compute_us=msg.compute_us)
-        return [head, encode_outputs(msg.outputs)]
+        return encode_result(msg.batch_id, msg.outputs, msg.compute_us)
     if isinstance(msg, Heartbeat):
         return [_header(MsgType.HEARTBEAT, busy=msg.busy)]
     if isinstance(msg, Register):
@@ -323,6 +330,7 @@ def decode_inputs(input_type: str, n: int, lengths_buf: Any, data: Any,
 
 #: message type number -> MsgType (a dict lookup; calling the enum costs a microsecond)
 _MSG_TYPES = {int(m): m for m in MsgType}
+_MSG_NAMES = {m: m.name for m in MsgType}
 
 
 def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
@@ -353,7 +361,7 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
     t = _MSG_TYPES.get(t) if type(t) is int else None
     if t is None:
         raise ProtocolError(f"unknown message type {h.get('t')!r}")
-    what = t.name
+    what = _MSG_NAMES[t]
 
     if t is MsgType.PREDICT:
         _expect_frames(frames, 3, what)
