@@ -239,9 +239,12 @@ class DealerChannel:
         # under load the next batch is usually queued already (the frontend sends it while
         # this one computes): take it without a poll system call first
         sock = self._sock
-        if not readable(sock) and not self._poller.poll(max(0, int(timeout_s * 1000))):
-            return None
-        return recv_frames(sock)
+        try:
+            return recv_frames(sock, _NOBLOCK)
+        except zmq.Again:  # idle: the exception costs only while there is nothing to do
+            if not self._poller.poll(max(0, int(timeout_s * 1000))):
+                return None
+            return recv_frames(sock)
 
     def close(self) -> None:
         self._sock.close(linger=0)
