@@ -25,16 +25,15 @@ log = logging.getLogger("clipper.rpc")
 # The frames of a message go through pyzmq's compiled socket methods directly: its Python
 # layer (``send_multipart``/``recv_multipart``) costs about 8 us per message of 4 small frames
 # on this machine (enum arithmetic on the flags, a type check and a method call per frame), as
-# much as the rest of a batch's encoding.  Readiness is read from ZMQ_EVENTS, not from a
-# ``zmq.Again`` raised by a receive on an empty socket (an exception costs ~5 us).
+# much as the rest of a batch's encoding.  ZMQ_EVENTS is not asked after each send or
+# receive: libzmq answers it with a poll() system call.
 _send = _Compiled.send
 _recv = _Compiled.recv
 _get = _Compiled.get
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
 _RCVMORE = int(zmq.RCVMORE)
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
+_RCVTIMEO = int(zmq.RCVTIMEO)
 #: frames at least this large are sent without a copy; smaller ones are copied, which is
 #: cheaper than tracking a zero-copy frame (pyzmq's own threshold)
 COPY_THRESHOLD = zmq.COPY_THRESHOLD
@@ -69,14 +68,6 @@ def recv_frames(sock: zmq.Socket, flags: int = 0) -> list:
         more = f.more
         parts.append(f.bytes if len(f) < COPY_THRESHOLD else f.buffer)
     return parts
-
-
-def readable(sock: zmq.Socket) -> bool:
-    """Whether a message can be read now (also re-arms the edge-triggered ``ZMQ_FD``)."""
-    return bool(_get(sock, _EVENTS) & _POLLIN)
-
-#: a ROUTER read is handed on as (peer identity, frames after the identity)
-FrameHandler = Callable[[bytes, list], None]
 
 
 class RouterTransport:
@@ -143,9 +134,10 @@ class RouterTransport:
             log.debug("send to %r failed: %s", identity, e)
             self.send_failures += 1
             ok = False
-        # libzmq may have consumed the readiness edge inside send(): if a message is waiting,
-        # read it soon (a drain in progress reads it anyway)
-        if not self._draining and readable(sock):
+        # libzmq may have consumed the readiness edge inside send(): look again soon (a drain
+        # in progress reads it anyway).  One drain per loop iteration serves every send made
+        # in it: asking ZMQ_EVENTS after each send would cost a poll() system call each.
+        if not self._draining:
             self._schedule_drain()
         return ok
 
@@ -164,9 +156,9 @@ class RouterTransport:
         try:
             while handled < self._max_drain:
                 try:
-                    if not readable(sock):
-                        return
                     frames = recv_frames(sock, _NOBLOCK)
+                except zmq.Again:  # empty (once per drain: a poll() inside libzmq)
+                    return
                 except zmq.ZMQError as e:
                     log.error("RPC socket receive failed: %s", e)
                     return
@@ -218,8 +210,7 @@ class DealerChannel:
         # and would flood a restarted frontend; the container re-registers instead
         self._sock.setsockopt(zmq.IMMEDIATE, 1)
         self._sock.connect(address)
-        self._poller = zmq.Poller()
-        self._poller.register(self._sock, zmq.POLLIN)
+        self._timeout_ms = -1  # ZMQ_RCVTIMEO as set
 
     def send(self, frames: Sequence) -> None:
         # large arrays are sent without copy; small frames are cheap to copy either way
@@ -238,13 +229,16 @@ class DealerChannel:
         None after ``timeout_s``."""
         # under load the next batch is usually queued already (the frontend sends it while
         # this one computes): take it without a poll system call first
-        sock = self._sock
+        # a blocking receive with ZMQ_RCVTIMEO: one poll() in libzmq while waiting, none when
+        # a message is queued (a zmq.Poller round costs three system calls)
+        ms = max(0, int(timeout_s * 1000))
+        if ms != self._timeout_ms:
+            self._sock.setsockopt(_RCVTIMEO, ms)
+            self._timeout_ms = ms
         try:
-            return recv_frames(sock, _NOBLOCK)
-        except zmq.Again:  # idle: the exception costs only while there is nothing to do
-            if not self._poller.poll(max(0, int(timeout_s * 1000))):
-                return None
-            return recv_frames(sock)
+            return recv_frames(self._sock)
+        except zmq.Again:
+            return None
 
     def close(self) -> None:
         self._sock.close(linger=0)
