@@ -1,11 +1,12 @@
 """ZeroMQ transports: they move frames and know nothing of their meaning.
 
 * :class:`RouterTransport` is the frontend side: a plain ROUTER socket driven from the asyncio
-  loop with ``add_reader`` on ``ZMQ_FD``.  Readiness is edge-triggered, so every wake-up and
-  every send is followed by a drain until ``zmq.Again`` (pyzmq #199, #1075); one awaited
-  future per message would cap throughput at a third of what the socket does.
-* :class:`DealerChannel` is the container side: a blocking DEALER with a polling timeout, so
-  that heartbeats go out and signals are handled while idle.
+  loop with ``add_reader`` on ``ZMQ_FD``.  Readiness is edge-triggered, so every wake-up, and
+  every send that finds a message waiting, is followed by a drain until ``ZMQ_EVENTS`` shows
+  none (pyzmq #199, #1075); one awaited future per message would cap throughput at a third of
+  what the socket does.
+* :class:`DealerChannel` is the container side: a blocking DEALER with a receive timeout
+  (``ZMQ_RCVTIMEO``), so that heartbeats go out and signals are handled while idle.
 """
 
 from __future__ import annotations
