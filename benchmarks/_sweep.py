@@ -105,10 +105,14 @@ def measure(url: str, body: str, conns: int, pids: list[int], duration_s: float,
     n = r["requests"]
     secs = r["duration_us"] / 1e6
     cpu = [a - b for a, b in zip(after, before)]
+    by_process = [1e6 * c / n if n else None for c in cpu]
     return {"rps": n / secs if secs > 0 else 0.0, "p50_us": r["p50_us"], "p99_us": r["p99_us"],
             "requests": n, "errors": r["errors"] + r["status"],
             "cpu_us_per_query": 1e6 * sum(cpu) / n if n else None,
-            "cpu_us_per_query_by_process": [1e6 * c / n if n else None for c in cpu]}
+            "cpu_us_per_query_by_process": by_process,
+            # the first process is the frontend (or the bare server), the second the replica
+            "cpu_us_frontend": by_process[0] if by_process else None,
+            "cpu_us_replica": by_process[1] if len(by_process) > 1 else None}
 
 
 def _spread(vs: list[float | None], fmt: str) -> str:
@@ -181,11 +185,15 @@ def run_sweep(sweep: dict[str, Any], clipper: ClipperProcess, slo_ms: float,
         for c in concurrency:
             mine = [r for r in runs if r["variant"] == name and r["concurrency"] == c]
             row += [_spread([r["rps"] for r in mine], ".0f"), _spread([r["rps_ratio"] for r in mine], ".2f")]
+            front = _median([r["cpu_us_frontend"] for r in mine])
+            replica = _median([r["cpu_us_replica"] for r in mine])
             crow += [_spread([r["p50_us"] for r in mine], ".0f"),
-                     _spread([r["cpu_us_per_query"] for r in mine], ".0f")]
+                     _spread([r["cpu_us_per_query"] for r in mine], ".0f"),
+                     f"{front or 0:.0f} / {replica:.0f}" if replica is not None else f"{front or 0:.0f}"]
             summary.setdefault(name, {})[str(c)] = {
                 k: _median([r[k] for r in mine])
-                for k in ("rps", "rps_ratio", "p50_us", "p50_over_bare_us", "p99_us", "cpu_us_per_query")}
+                for k in ("rps", "rps_ratio", "p50_us", "p50_over_bare_us", "p99_us", "cpu_us_per_query",
+                          "cpu_us_frontend", "cpu_us_replica")}
             summary[name][str(c)]["errors"] = sum(r["errors"] for r in mine)
         rows.append(row)
         cpu_rows.append(crow)
@@ -195,8 +203,10 @@ def run_sweep(sweep: dict[str, Any], clipper: ClipperProcess, slo_ms: float,
             "interleaved; median (min-max) over repetitions; 'x bare' = throughput / the bare aiohttp "
             "server's in the same repetition",
             render(header, rows), "",
-            "p50 latency (us) and server CPU per query (us; frontend + replica, from /proc/PID/stat)",
-            render(["variant", *(f"c={c} {col}" for c in concurrency for col in ("p50", "CPU/q"))], cpu_rows)]
+            "p50 latency (us) and server CPU per query (us, from /proc/PID/stat; CPU/q = frontend + replica, "
+            "then medians of each apart)",
+            render(["variant", *(f"c={c} {col}" for c in concurrency
+                                 for col in ("p50", "CPU/q", "front / replica"))], cpu_rows)]
     errors = sum(r["errors"] for r in runs)
     if errors:
         text.append(f"WARNING: {errors} requests failed or answered non-2xx (see the results file)")

@@ -503,7 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="connections the query port holds at most (default 10000; also "
                         "bounded by the open-file limit)")
     s.add_argument("--max-in-flight", type=int, default=8192,
-                   help="requests worked on at once per port; more get 503 (default 8192)")
+                   help="requests held at once per port; beyond it a query gets its app's "
+                        "default output, anything else 503 (default 8192)")
     s.add_argument("--idle-timeout", type=float, default=15.0,
                    help="seconds a new connection has to send a complete request (slow or "
                         "no headers) before it is closed (default 15)")

@@ -1,103 +1,124 @@
-"""The query port's edge: when a query arrived, and refusing what cannot be answered in time.
+"""The HTTP edge: what a listener holds (connections, requests) and what it lets in.
 
-A query's deadline starts when it arrives, not when its handler runs.  Under overload the
-gap between the two is where the frontend's own queueing hides: requests sit in socket
-buffers and in the event loop's ready queue while the handlers of earlier requests run.
-Two sources of the arrival time, the earliest wins:
+One :class:`Edge` per listening port owns both, and is the one place that decides about a
+request: admit it, answer it with its app's default output, or refuse it with ``503`` and
+``Retry-After``.
 
-* the time the event loop read the request's first bytes: :class:`EdgeRunner` serves the
-  app through a thin protocol wrapper that notes ``loop.time()`` in ``data_received`` (once
-  per request, a clock read and an attribute store);
+Connections.  aiohttp has no cap on connections and no timeout before a request's headers are
+complete, so 1,000 idle connections under a 1,024 open-file limit once stopped every query and
+management call.  The edge serves aiohttp's protocol through one thin wrapper per connection
+(:class:`EdgeConnection`):
+
+* a connection that has not completed its first request's headers within
+  ``idle_timeout_s`` is closed (slow or no headers), and one idle between requests for
+  ``keepalive_timeout_s`` (idle keep-alive);
+* at ``max_connections`` a new connection first evicts the longest-idle one; when every
+  connection is busy in a request, the new one is closed at once.
+
+Arrival.  A query's deadline starts when it arrives, not when its handler runs.  Under overload
+the gap between the two is where the frontend's own queueing hides: requests sit in socket
+buffers and in the event loop's ready queue while the handlers of earlier requests run.  Two
+sources of the arrival time, the earliest wins:
+
+* the time the event loop read the request's first bytes (the wrapper notes ``loop.time()``
+  in ``data_received``, once per request: a clock read and an attribute store);
 * an ``X-Request-Start`` header set by a load balancer in front (nginx's ``t=<seconds>``,
   or a bare number of seconds, milliseconds or microseconds since the epoch).
 
-:class:`Gate` then refuses, before the body is parsed, what the frontend cannot answer in
-time: a query that already spent more than ``wait_fraction`` of its SLO before its handler
-got to it (the rest belongs to the batch; the scheduler's batch budget is the same share; for
-long SLOs the rest kept is at most ``headroom_cap_s``), and any query beyond
-``max_in_flight`` requests held.  A refusal answers with the app's
-default output (a pre-serialised body) for a single input, or ``503`` with ``Retry-After``
-when the app has no default or the request is a batch; it never reaches the scheduler and
-is counted as ``refused`` in ``/metrics``.
+Admission (:meth:`Edge.admit`).  At most ``max_in_flight`` requests are held at once (read,
+parsed, queued or waiting for their answer).  A query route (``POST /{app}/predict``,
+``POST /v2/models/{name}/infer``; marked with :func:`query_route`) is also refused when it
+already spent more than ``wait_fraction`` of its SLO before its handler got to it (the rest
+belongs to the batch; the scheduler's batch budget is the same share; for long SLOs the rest
+kept is at most ``headroom_cap_s``).  A refused query never reaches the scheduler, its body is
+never parsed, and it is counted as ``refused`` in ``/metrics``.  It is answered with the app's
+default output (built without parsing the body) when the route can answer one without parsing (a
+single ``/predict`` input), otherwise ``503`` with ``Retry-After`` (a batch, an app without a
+default, an OIP request).  Every other route over the cap gets the ``503`` before its handler
+runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from functools import partial
 from typing import Any, Callable
 
 import orjson
 from aiohttp import web
+
+from . import log
+from .errors import Overloaded
+from .log import RateLimitedLog
 
 #: share of a query's SLO it may spend before its handler runs; later it is refused ...
 DEFAULT_WAIT_FRACTION = 0.5
 #: ... except that what it keeps for the rest (the batch) need not exceed this: a 2 s SLO
 #: may wait 1.9 s (the scheduler's admission control still sheds what cannot make it)
 DEFAULT_HEADROOM_CAP_S = 0.1
-#: requests the query port holds at most (parsed, queued or waiting for their answer)
-DEFAULT_MAX_IN_FLIGHT = 4096
 #: an X-Request-Start older than this is taken as a broken clock and ignored
 MAX_HEADER_AGE_S = 60.0
+#: what a refused client is told to wait before trying again (seconds)
+RETRY_AFTER = "1"
 _JSON = "application/json"
+_METHODS = frozenset((b"GET", b"POST", b"PUT", b"HEAD", b"DELETE", b"OPTIONS", b"PATCH"))
+
+#: the edge of the listener an app is served on (set by :meth:`Edge.install`)
+EDGE = web.AppKey("edge", object)
+#: where the edge leaves a request's arrival time (the loop's clock)
+ARRIVED = "clipper_arrived"
 
 
-class _Stamped(asyncio.Protocol):
-    """Wraps aiohttp's protocol for one connection and notes when a request's first bytes
-    were read (``arrived``): bytes that open a request line, read while no request is being
-    handled on the connection (``busy``, kept by :func:`arrival_middleware`), start a request;
-    chunks of a body do not, and neither do pipelined requests (they count from their
-    handler)."""
+def query_route(handler: Callable) -> Callable:
+    """Mark a route handler as a query route: it calls :meth:`Edge.admit` itself, with its
+    app, before parsing the body (the edge's middleware leaves the decision to it)."""
+    handler.clipper_query_route = True
+    return handler
 
-    __slots__ = ("inner", "loop", "arrived", "busy")
 
-    def __init__(self, factory: Callable[[], Any], loop: asyncio.AbstractEventLoop) -> None:
-        self.inner = factory()
-        self.loop = loop
+class EdgeConnection:
+    """aiohttp's protocol for one connection, wrapped: notes when a request's first bytes
+    were read (``arrived``) and whether a request is being handled (``active``), and since
+    when the connection is idle.  Bytes that open a request line, read while no request is
+    being handled, start a request; chunks of a body do not, and neither do pipelined
+    requests (they count from their handler)."""
+
+    __slots__ = ("proto", "edge", "transport", "active", "idle_since", "served", "arrived")
+
+    def __init__(self, proto: Any, edge: "Edge") -> None:
+        self.proto = proto
+        self.edge = edge
+        self.transport = None
+        self.active = 0
+        self.served = False
+        self.idle_since = edge.loop.time()
         self.arrived: float | None = None
-        self.busy = False
 
+    # asyncio.Protocol
     def connection_made(self, transport: Any) -> None:
-        self.inner.connection_made(transport)
-        _BY_HANDLER[self.inner] = self
+        self.transport = transport
+        self.edge.opened(self)
+        self.proto.connection_made(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        _BY_HANDLER.pop(self.inner, None)
-        self.inner.connection_lost(exc)
+        self.edge.closed(self)
+        self.proto.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         # the rest of a body its handler did not wait for can still come after it returned:
         # only bytes that open a request line (a method, then a space) start a request
-        if self.arrived is None and not self.busy and data[:8].split(b" ", 1)[0] in _METHODS:
-            self.arrived = self.loop.time()
-        self.inner.data_received(data)
+        if self.arrived is None and not self.active and data[:8].split(b" ", 1)[0] in _METHODS:
+            self.arrived = self.edge.loop.time()
+        self.proto.data_received(data)
 
     def eof_received(self) -> Any:
-        return self.inner.eof_received()
+        return self.proto.eof_received()
 
     def pause_writing(self) -> None:
-        self.inner.pause_writing()
+        self.proto.pause_writing()
 
     def resume_writing(self) -> None:
-        self.inner.resume_writing()
-
-
-_METHODS = frozenset((b"GET", b"POST", b"PUT", b"HEAD", b"DELETE", b"OPTIONS", b"PATCH"))
-
-#: aiohttp's protocol of a connection -> its wrapper (entries leave with the connection)
-_BY_HANDLER: dict = {}
-
-
-class EdgeRunner(web.AppRunner):
-    """``web.AppRunner`` whose sites stamp each request's arrival (see :func:`arrival`)."""
-
-    @property
-    def server(self) -> Any:
-        inner = super().server
-        if inner is None:
-            return None
-        return partial(_Stamped, inner, asyncio.get_running_loop())
+        self.proto.resume_writing()
 
 
 def parse_request_start(value: str) -> float | None:
@@ -120,28 +141,6 @@ def parse_request_start(value: str) -> float | None:
     return t
 
 
-#: where :func:`arrival_middleware` leaves a request's arrival time (the loop's clock)
-ARRIVED = "clipper_arrived"
-
-
-@web.middleware
-async def arrival_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Notes every request's arrival (:func:`arrival`) in ``request[ARRIVED]`` before its
-    handler runs, and keeps its connection marked busy until the handler is done."""
-    w = _BY_HANDLER.get(request.protocol)
-    stamp = None
-    if w is not None:
-        stamp = w.arrived
-        w.arrived = None  # the next request on this connection stamps afresh
-        w.busy = True
-    request[ARRIVED] = arrival(request, asyncio.get_running_loop().time(), stamp)
-    try:
-        return await handler(request)
-    finally:
-        if w is not None:
-            w.busy = False
-
-
 def arrival(request: web.Request, now: float, stamp: float | None = None) -> float:
     """When ``request`` arrived, on the loop's clock (``now`` is ``loop.time()``): the
     earliest of ``stamp`` (its first bytes' read time), its ``X-Request-Start`` header and
@@ -159,56 +158,185 @@ def arrival(request: web.Request, now: float, stamp: float | None = None) -> flo
     return t
 
 
-class Gate:
-    """Admission at the edge: bounds the requests held and refuses, before parsing, the
-    queries whose wait before their handler ate ``wait_fraction`` of their SLO."""
+class Edge:
+    """One listener's connections and requests, and its admission decisions.
 
-    def __init__(self, wait_fraction: float = DEFAULT_WAIT_FRACTION,
-                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-                 headroom_cap_s: float = DEFAULT_HEADROOM_CAP_S) -> None:
+    Serve it with :meth:`install` (before the app's runner is set up) and :meth:`start`
+    (with the runner's protocol factory; returns the factory ``create_server`` takes).
+    ``on_refused(app name)`` counts a refused query."""
+
+    def __init__(self, *, name: str = "edge", max_connections: int = 10_000,
+                 max_in_flight: int = 8192, idle_timeout_s: float = 15.0,
+                 keepalive_timeout_s: float = 75.0,
+                 wait_fraction: float = DEFAULT_WAIT_FRACTION,
+                 headroom_cap_s: float = DEFAULT_HEADROOM_CAP_S,
+                 on_refused: Callable[[str], None] | None = None) -> None:
         if not 0.0 < wait_fraction <= 1.0:
             raise ValueError("wait_fraction must be in (0, 1]")
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         if not headroom_cap_s >= 0.0:
             raise ValueError("headroom_cap_s must be >= 0")
+        self.name = name
+        self.max_connections = max_connections
+        self.max_in_flight = max_in_flight
+        self.idle_timeout_s = idle_timeout_s
+        self.keepalive_timeout_s = max(keepalive_timeout_s, idle_timeout_s)
         self.wait_fraction = wait_fraction
         self.headroom_cap_s = headroom_cap_s
-        self.max_in_flight = max_in_flight
+        self.on_refused = on_refused
+        self.factory: Callable[[], Any] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._conns: dict[Any, EdgeConnection] = {}  # transport -> connection
+        #: requests held now, the one being decided included
         self.in_flight = 0
-        #: (app name, default output JSON) -> the pre-serialised parts of a refusal body
-        self._bodies: dict = {}
+        self.refused_connections = 0
+        self.evicted = 0
+        #: requests refused (503 or the default output)
+        self.refused = 0
+        self._log = RateLimitedLog(log.server)
+        self._sweeper: asyncio.Task | None = None
 
-    def verdict(self, slo_s: float, arrived: float, now: float) -> str | None:
-        """Why a query of SLO ``slo_s`` that arrived at ``arrived`` is refused at ``now``;
-        None when it may go on."""
-        waited = now - arrived
-        headroom = (1.0 - self.wait_fraction) * slo_s
-        if headroom > self.headroom_cap_s:
-            headroom = self.headroom_cap_s
-        if waited > slo_s - headroom:
-            return (f"refused: the query waited {waited * 1e3:.1f} ms for the frontend; its "
-                    f"{slo_s * 1e3:g} ms SLO leaves too little for the model")
-        if self.in_flight >= self.max_in_flight:
-            return (f"refused: the frontend holds {self.in_flight} requests, its limit")
+    # ------------------------------------------------------------ lifecycle
+    def install(self, app: web.Application) -> None:
+        """Serve ``app`` through this edge: its middleware goes just inside the error
+        mapping (the first middleware), so that a refusal is answered in the app's shape."""
+        app[EDGE] = self
+        app.middlewares.insert(1, self.middleware)
+
+    def start(self, factory: Callable[[], Any]) -> "Edge":
+        """Start serving connections made by ``factory`` (aiohttp's protocol factory, a
+        runner's ``server``); returns the protocol factory for ``create_server``."""
+        self.factory = factory
+        self.loop = asyncio.get_running_loop()
+        self._sweeper = self.loop.create_task(self._sweep())
+        return self
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+    # ------------------------------------------------------------ connections
+    def __call__(self) -> EdgeConnection:
+        return EdgeConnection(self.factory(), self)
+
+    @property
+    def connections(self) -> int:
+        return len(self._conns)
+
+    def opened(self, c: EdgeConnection) -> None:
+        if len(self._conns) >= self.max_connections and not self._evict_one():
+            self.refused_connections += 1
+            self._log.warning("%s: %d connections, all busy: a new one is refused (limit "
+                              "--max-connections)", self.name, len(self._conns))
+            c.transport.abort()
+            return
+        self._conns[c.transport] = c
+
+    def closed(self, c: EdgeConnection) -> None:
+        self._conns.pop(c.transport, None)
+
+    def _evict_one(self) -> bool:
+        oldest = None
+        for c in self._conns.values():
+            if not c.active and (oldest is None or c.idle_since < oldest.idle_since):
+                oldest = c
+        if oldest is None:
+            return False
+        self.evicted += 1
+        self._log.warning("%s: at %d connections: closing the longest-idle one", self.name,
+                          len(self._conns))
+        self._conns.pop(oldest.transport, None)
+        oldest.transport.abort()
+        return True
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.idle_timeout_s / 4))
+            now = self.loop.time()
+            fresh, kept = now - self.idle_timeout_s, now - self.keepalive_timeout_s
+            stale = [c for c in self._conns.values() if not c.active
+                     and c.idle_since < (kept if c.served else fresh)]
+            for c in stale:
+                self._conns.pop(c.transport, None)
+                c.transport.abort()
+
+    # ------------------------------------------------------------ requests
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Holds every request's place: its arrival (``request[ARRIVED]``), its connection
+        marked busy, the count of requests held; refuses a request of any route but a query
+        route over the cap before its handler runs."""
+        loop = self.loop or asyncio.get_running_loop()
+        c = self._conns.get(request.transport)
+        stamp = None
+        if c is not None:
+            stamp = c.arrived
+            c.arrived = None  # the next request on this connection stamps afresh
+            c.active += 1
+        request[ARRIVED] = arrival(request, loop.time(), stamp)
+        self.in_flight += 1
+        try:
+            if not getattr(request.match_info.handler, "clipper_query_route", False):
+                self.admit(request)
+            return await handler(request)
+        finally:
+            self.in_flight -= 1
+            if c is not None:
+                c.active -= 1
+                c.served = True
+                c.idle_since = loop.time()
+
+    def verdict(self, slo_s: float | None, arrived: float, now: float) -> str | None:
+        """Why a request is refused at ``now``, None when it may go on: over the cap, or (for
+        a query of SLO ``slo_s``) it arrived at ``arrived`` and waited too long."""
+        if slo_s is not None:
+            waited = now - arrived
+            headroom = (1.0 - self.wait_fraction) * slo_s
+            if headroom > self.headroom_cap_s:
+                headroom = self.headroom_cap_s
+            if waited > slo_s - headroom:
+                return (f"refused: the query waited {waited * 1e3:.1f} ms for the frontend; "
+                        f"its {slo_s * 1e3:g} ms SLO leaves too little for the model")
+        if self.in_flight > self.max_in_flight:
+            return (f"refused: the frontend holds {self.in_flight} requests, over its limit "
+                    f"of {self.max_in_flight}")
         return None
 
-    def refusal(self, app: Any, body: bytes, why: str, query_id: int) -> web.Response:
-        """The answer to a refused request: the app's default output for one input, else
-        503 with ``Retry-After`` (a batch, or an app without a default).  ``body`` is only
-        searched for the ``input_batch`` key, never parsed."""
-        if app.default_output is None or b'"input_batch"' in body:
-            return web.Response(
-                body=orjson.dumps({"error": "overloaded", "cause": why}), status=503,
-                content_type=_JSON, headers={"Retry-After": "1"})
-        key = (app.name, app.default_output)
-        parts = self._bodies.get(key)
-        if parts is None:
-            if len(self._bodies) > 1024:
-                self._bodies.clear()
-            tail = orjson.dumps({"output": app.default_output, "default": True,
-                                 "confidence": 0.0, "models": []})
-            parts = self._bodies[key] = (b'{"query_id":', b"," + tail[1:-1] +
-                                         b',"default_explanation":')
-        text = b"".join((parts[0], str(query_id).encode(), parts[1], orjson.dumps(why), b"}"))
-        return web.Response(body=text, content_type=_JSON)
+    def admit(self, request: web.Request, app: Any = None, body: bytes | None = None,
+              new_query_id: Callable[[], int] | None = None) -> web.Response | None:
+        """Decide about ``request``: None admits it.  For a query of ``app`` (an AppConfig)
+        the decision also weighs its wait against the app's SLO; with ``body`` (the raw
+        bytes, searched for ``"input_batch"``, never parsed) and ``new_query_id`` a single
+        query is answered with the app's default output (the Response returned).  Every other
+        refusal raises :class:`~clipper_core.errors.Overloaded` (503 with ``Retry-After``,
+        in the shape of the app's error mapping)."""
+        loop = self.loop or asyncio.get_running_loop()
+        arrived = request.get(ARRIVED)
+        if app is None or arrived is None:
+            why = self.verdict(None, 0.0, 0.0)
+        else:
+            why = self.verdict(app.slo_micros / 1e6, arrived, loop.time())
+        if why is None:
+            return None
+        self.refused += 1
+        if app is None:
+            self._log.warning("%s: %d requests in flight: answering 503 (limit "
+                              "--max-in-flight)", self.name, self.in_flight)
+            raise Overloaded(f"the server holds {self.in_flight} requests already; try again",
+                             retry_after=RETRY_AFTER)
+        if self.on_refused is not None:
+            self.on_refused(app.name)
+        if (app.default_output is None or body is None or new_query_id is None
+                or b'"input_batch"' in body):
+            raise Overloaded(why, retry_after=RETRY_AFTER)
+        return self._default_answer(app, why, new_query_id())
+
+    @staticmethod
+    def _default_answer(app: Any, why: str, query_id: int) -> web.Response:
+        tail = orjson.dumps({"output": app.default_output, "default": True,
+                             "confidence": 0.0, "models": [], "default_explanation": why})
+        return web.Response(body=b'{"query_id":%d,%s' % (query_id, tail[1:]),
+                            content_type=_JSON)

@@ -22,6 +22,8 @@ class ClipperError(Exception):
 
     status = 500
     code = "internal_error"
+    #: HTTP headers of the answer (``Retry-After`` of a refusal)
+    headers: dict = {}
 
     def __init__(self, cause: str) -> None:
         super().__init__(cause)
@@ -108,6 +110,11 @@ class PayloadTooLarge(ClipperError, ValueError):
 class Overloaded(ClipperError):
     status = 503
     code = "overloaded"
+
+    def __init__(self, cause: str, retry_after: str | None = None) -> None:
+        super().__init__(cause)
+        if retry_after is not None:
+            self.headers = {"Retry-After": retry_after}
 
 
 class PredictionTimeout(ClipperError, TimeoutError):

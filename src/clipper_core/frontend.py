@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
 from . import edge, openapi
@@ -17,20 +15,18 @@ from .triton import TritonApi
 
 PROCESSOR = web.AppKey("processor", QueryProcessor)
 METRICS = web.AppKey("metrics", Metrics)
-GATE = web.AppKey("gate", edge.Gate)
 
 
+@edge.query_route
 async def predict(request: web.Request) -> web.Response:
     proc = request.app[PROCESSOR]
     app_name = request.match_info["app"]
     app = proc.registry.get_app(app_name)  # 404 before parsing the body
-    arrived = request[edge.ARRIVED]
     raw = await read_body(request)
-    gate = request.app[GATE]
-    why = gate.verdict(app.slo_micros / 1e6, arrived, asyncio.get_running_loop().time())
-    if why is not None:  # refused before parsing: it never reaches the scheduler
-        request.app[METRICS].refused(app_name)
-        return gate.refusal(app, raw, why, proc.new_query_id())
+    # refused before parsing (the default output or 503): it never reaches the scheduler
+    refusal = request.app[edge.EDGE].admit(request, app, raw, proc.new_query_id)
+    if refusal is not None:
+        return refusal
     body = json_object(parse_json(raw))
     if "input" in body:
         if "input_batch" in body:
@@ -48,15 +44,11 @@ async def predict(request: web.Request) -> web.Response:
     else:
         raise MissingField("request body must have 'input' (one input) or 'input_batch' "
                            "(a list of inputs)")
-    gate.in_flight += 1
-    try:
-        outcomes = await request.app[METRICS].track(
-            app_name, len(inputs),
-            proc.predict(app_name, inputs, version=body.get("version"),
-                         timeout_ms=body.get("timeout_ms"), uid=body.get("uid"),
-                         arrival=arrived))
-    finally:
-        gate.in_flight -= 1
+    outcomes = await request.app[METRICS].track(
+        app_name, len(inputs),
+        proc.predict(app_name, inputs, version=body.get("version"),
+                     timeout_ms=body.get("timeout_ms"), uid=body.get("uid"),
+                     arrival=request[edge.ARRIVED]))
     if batch:
         return json_response({"batch_predictions": [o.to_json() for o in outcomes]})
     return json_response(outcomes[0].to_json())
@@ -107,14 +99,13 @@ async def stats(request: web.Request) -> web.Response:
 
 
 def make_app(proc: QueryProcessor, max_body_bytes: int,
-             metrics: Metrics | None = None, gate: edge.Gate | None = None) -> web.Application:
-    app = web.Application(middlewares=[error_middleware, edge.arrival_middleware],
-                          client_max_size=max_body_bytes)
+             metrics: Metrics | None = None) -> web.Application:
+    """The query API; serve it through an :class:`edge.Edge` (``Edge.install``)."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=max_body_bytes)
     metrics = metrics if metrics is not None else Metrics(proc)
     app[PROCESSOR] = proc
     app[METRICS] = metrics
     app[MAX_BODY] = max_body_bytes
-    app[GATE] = gate if gate is not None else edge.Gate()
     app.router.add_post("/{app}/predict", predict)
     app.router.add_post("/{app}/predict/", predict)  # the original accepted the slash
     app.router.add_post("/{app}/update", update)

@@ -10,17 +10,17 @@ from aiohttp import ClientPayloadError, http_exceptions, web
 from aiohttp.web_protocol import RequestPayloadError
 
 from . import log
-from .errors import (BadRequest, ClipperError, MalformedJSON, MissingField, PayloadTooLarge,
-                     RequestTimeout, brief)
+from .errors import (BadRequest, ClipperError, MalformedJSON, MissingField, Overloaded,
+                     PayloadTooLarge, RequestTimeout, brief)
 
 _JSON = "application/json"
 _REFUSED = log.RateLimitedLog(log.access, interval_s=1.0)
 MAX_BODY = web.AppKey("max_body_bytes", int)
 
 
-def json_response(obj: Any, status: int = 200) -> web.Response:
+def json_response(obj: Any, status: int = 200, headers: dict | None = None) -> web.Response:
     return web.Response(body=orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY),
-                        status=status, content_type=_JSON)
+                        status=status, content_type=_JSON, headers=headers)
 
 
 #: a client that announced a body must deliver it within this many seconds (a body shorter
@@ -91,17 +91,25 @@ def _too_large(request: web.Request) -> PayloadTooLarge:
                            f"{request.app.get(MAX_BODY, '?')} bytes")
 
 
+def log_error(request: web.Request, e: ClipperError, status: int | None = None) -> None:
+    """Log a typed error once: a server fault as an error; a refused request (a client's
+    fault, or overload) rate-limited, since one line per refusal would let a client (or a
+    flood) grow the log at will."""
+    status = e.status if status is None else status
+    if status >= 500 and not isinstance(e, Overloaded):
+        log.server.error("%s %s: %s", request.method, request.path, e.cause)
+    else:
+        _REFUSED.info("%s %s -> %d %s", request.method, request.path, status, e.cause)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     """Map typed errors (and aiohttp's own 404/405/413) to ``{"error", "cause"}`` JSON."""
     try:
         return await handler(request)
     except ClipperError as e:
-        if e.status >= 500:
-            log.server.error("%s %s: %s", request.method, request.path, e.cause)
-        else:  # one line per refused request would let a client grow the log at will
-            _REFUSED.info("%s %s -> %d %s", request.method, request.path, e.status, e.cause)
-        return json_response(e.to_json(), e.status)
+        log_error(request, e)
+        return json_response(e.to_json(), e.status, e.headers or None)
     except web.HTTPException as e:
         if e.status == 413:
             return json_response(_too_large(request).to_json(), 413)

@@ -78,7 +78,7 @@ class AppFigures:
         self.default = 0
         self.shed = 0
         self.error = 0
-        #: refused at the edge before parsing (see edge.Gate)
+        #: refused at the edge before parsing (see edge.Edge.admit)
         self.refused = 0
         self.cache_hits = 0
         self.cache_misses = 0

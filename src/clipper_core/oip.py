@@ -26,7 +26,9 @@ answered, comma-separated: an app whose policy combines several models names the
 (every answer came from the prediction cache) and ``cache_hits``.
 
 Errors answer ``{"error": message, "code": clipper_error_code}`` with 400 (bad request or
-tensor), 404 (unknown app or version), 413 (body too large) or 503 (no answer and no default).
+tensor), 404 (unknown app or version), 413 (body too large) or 503 (no answer and no default;
+or, with ``Retry-After``, refused by the edge before the body was read: the query waited too
+long for the frontend, or the frontend holds too many requests; see :mod:`clipper_core.edge`).
 
 The codec (:func:`decode_infer`, :func:`encode_output`, :func:`infer_response`) is sans-IO;
 :class:`OipApi` holds the thin aiohttp handlers.
@@ -44,13 +46,13 @@ import numpy as np
 import orjson
 from aiohttp import web
 
-from . import __version__, log
-from .edge import ARRIVED
+from . import __version__
+from .edge import ARRIVED, EDGE, query_route
 from .config import AppConfig
 from .errors import (BadRequest, ClipperError, InvalidInput, MalformedJSON, MissingField, brief,
                      UnknownVersion)
 from .inputs import TARGET as _TARGET, check_range, describe, json_array
-from .http import json_response, read_body
+from .http import json_response, log_error, read_body
 from .predict import MAX_BATCH_INPUTS
 
 if TYPE_CHECKING:
@@ -495,11 +497,8 @@ def _oip_errors(handler: Callable[[web.Request], Awaitable[web.StreamResponse]])
             return await handler(request)
         except ClipperError as e:
             status = 404 if isinstance(e, UnknownVersion) else e.status
-            if status >= 500:
-                log.server.error("%s %s: %s", request.method, request.path, e.cause)
-            else:
-                log.access.info("%s %s -> %d %s", request.method, request.path, status, e.cause)
-            return json_response({"error": e.cause, "code": e.code}, status)
+            log_error(request, e, status)
+            return json_response({"error": e.cause, "code": e.code}, status, e.headers or None)
         except RecursionError:  # a body nested deep enough to exhaust the stack somewhere
             return json_response({"error": "the request body is nested too deeply",
                                   "code": "bad_request"}, 400)
@@ -551,8 +550,8 @@ class OipApi:
             web.get(mv, e(self.model_metadata)),
             web.get(m + "/ready", e(self.model_ready)),
             web.get(mv + "/ready", e(self.model_ready)),
-            web.post(m + "/infer", e(self.infer)),
-            web.post(mv + "/infer", e(self.infer)),
+            web.post(m + "/infer", query_route(e(self.infer))),
+            web.post(mv + "/infer", query_route(e(self.infer))),
         ]
 
     async def server_metadata(self, request: web.Request) -> web.Response:
@@ -628,6 +627,9 @@ class OipApi:
         name = request.match_info["name"]
         version = request.match_info.get("version")
         app = self.proc.registry.get_app(name)  # 404 before reading the body
+        # refused before the body is read (503 with Retry-After: the number of queries, and
+        # so the shape of a default answer, is only known from the parsed body)
+        request.app[EDGE].admit(request, app)
         req = decode_infer(await read_body(request), request.headers.get(HEADER_LENGTH), app)
         outcomes = await self.metrics.track(
             name, len(req.inputs),

@@ -549,7 +549,7 @@ class Scheduler:
         core = mq.core
         n = len(batch)
         try:
-            frames = P.encode(P.PredictBatch(batch_id, mq.input_type, [q.input for q in batch]))
+            frames = P.encode_predict(batch_id, mq.input_type, [q.input for q in batch])
         except Exception as e:  # an input the codec cannot carry: answer, don't crash
             log.batching.error("cannot encode a batch for %s: %s", mq.label, e)
             core.returned(n, now)
@@ -604,7 +604,7 @@ class Scheduler:
             return fut
         batch_id = next(self._batch_ids)
         try:
-            frames = P.encode(P.PredictBatch(batch_id, mq.input_type, inputs))
+            frames = P.encode_predict(batch_id, mq.input_type, inputs)
         except Exception as e:
             fut.set_result((False, f"the warm-up input cannot be sent to the model: {e}"))
             return fut

@@ -27,7 +27,7 @@ from .errors import ConfigError, StateStoreError
 from .frontend import make_app as make_query_app
 from .http import BODY_TIMEOUT
 from .legacy_rpc import LegacyRpcServer
-from .limits import ConnectionGate, raise_open_file_limit
+from .limits import raise_open_file_limit
 from .management import allow_hosts as allow_mgmt_hosts, make_app as make_mgmt_app
 from .metrics import Metrics
 from .policies import make_policy
@@ -47,7 +47,7 @@ class ClipperServer:
         self.config = config
         self.started = asyncio.Event()
         self._runners: list[web.AppRunner] = []
-        self._listeners: list = []  # (asyncio.Server, ConnectionGate)
+        self._listeners: list = []  # (asyncio.Server, edge.Edge)
         self._lockfile = None
         self.endpoints: dict[str, Any] = {}
         self.batching: dict[tuple, BatchingConfig] = {}
@@ -151,7 +151,8 @@ class ClipperServer:
         max_query_conns = min(cfg.max_connections, max(16, nofile - 256 - 64))
         query = await self._serve(make_query_app(self.processor, cfg.max_body_bytes,
                                                  self.metrics),
-                                  cfg.query_host, cfg.query_port, max_query_conns)
+                                  cfg.query_host, cfg.query_port, max_query_conns,
+                                  on_refused=self.metrics.refused)
         mgmt_app = make_mgmt_app(self, cfg.mgmt_token, cfg.mgmt_max_body_bytes)
         mgmt = await self._serve(mgmt_app, cfg.mgmt_host, cfg.mgmt_port, 64)
         allow_mgmt_hosts(mgmt_app, cfg.mgmt_host, mgmt)
@@ -216,24 +217,21 @@ class ClipperServer:
             await self.supervisor.detach()
 
     async def _serve(self, app: web.Application, host: str, port: int,
-                     max_connections: int) -> int:
+                     max_connections: int, on_refused=None) -> int:
         cfg = self.config
-        # connection and request limits (limits.py): the gate wraps aiohttp's protocol
-        gate = ConnectionGate(None, max_connections=max_connections,
-                              max_in_flight=cfg.max_in_flight,
-                              idle_timeout_s=cfg.idle_timeout_s,
-                              keepalive_timeout_s=cfg.keepalive_timeout_s,
-                              name=f"{host}:{port}")
-        app.middlewares.insert(1, gate.middleware)  # inside the error mapping
+        # the edge (edge.py) holds the listener's connections and requests and decides what
+        # is let in; it wraps aiohttp's protocol
+        gate = edge.Edge(name=f"{host}:{port}", max_connections=max_connections,
+                         max_in_flight=cfg.max_in_flight, idle_timeout_s=cfg.idle_timeout_s,
+                         keepalive_timeout_s=cfg.keepalive_timeout_s, on_refused=on_refused)
+        gate.install(app)
         app[BODY_TIMEOUT] = cfg.body_timeout_s
-        # EdgeRunner: web.AppRunner whose connections stamp each request's arrival (edge.py)
-        runner = edge.EdgeRunner(app, access_log=None, handle_signals=False,
-                                 keepalive_timeout=cfg.keepalive_timeout_s)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               keepalive_timeout=cfg.keepalive_timeout_s)
         await runner.setup()
-        gate.factory = runner.server
         try:
             srv = await asyncio.get_running_loop().create_server(
-                gate, host, port, backlog=1024, reuse_address=True)
+                gate.start(runner.server), host, port, backlog=1024, reuse_address=True)
         except OSError as e:
             gate.close()
             raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None

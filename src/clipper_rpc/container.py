@@ -208,7 +208,7 @@ def _evaluate(model: Model, msg: P.PredictBatch) -> list:
     if not msg.inputs:
         # an empty batch is the frontend's warm-up probe: it proves this loop answers; the
         # model is not called (many models cannot take an empty batch)
-        return P.encode(P.Result(msg.batch_id, [], 0))
+        return P.encode_result(msg.batch_id, [], 0)
     try:
         t0 = time.perf_counter()
         outputs = model.predict(msg.inputs)
@@ -221,7 +221,7 @@ def _evaluate(model: Model, msg: P.PredictBatch) -> list:
         if len(outputs) != len(msg.inputs):
             raise ValueError(f"predict returned {len(outputs)} outputs for a batch of "
                              f"{len(msg.inputs)} inputs")
-        return P.encode(P.Result(msg.batch_id, outputs, compute_us))
+        return P.encode_result(msg.batch_id, outputs, compute_us)
     except Exception as e:
         tb = traceback.format_exc()
         log.error("model raised on batch %d: %s", msg.batch_id, e)

@@ -9,6 +9,7 @@ that numpy buffers cross without a copy.  This module imports neither zmq nor as
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -27,6 +28,7 @@ NUMERIC_DTYPES = {
     "doubles": np.dtype("<f8"),
 }
 LENGTH_DTYPE = np.dtype("<u4")
+_U32 = struct.Struct("<I")
 
 
 class MsgType(enum.IntEnum):
@@ -144,10 +146,16 @@ def _packb(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
+#: one reused packer for headers (``packb`` builds a Packer per call: twice the cost of a small
+#: header).  Headers hold only str, int, bool and plain maps, so packing one never calls back
+#: into Python and never lets another thread use the packer half-way.
+_pack_header = msgpack.Packer(use_bin_type=True).pack
+
+
 def _header(t: MsgType, **fields: Any) -> bytes:
     fields["v"] = PROTOCOL_VERSION
     fields["t"] = int(t)
-    return _packb(fields)
+    return _pack_header(fields)
 
 
 def _json_native(obj: Any) -> Any:
@@ -174,13 +182,15 @@ def encode_outputs(outputs: Sequence[Any]) -> bytes:
 
 def encode_inputs(input_type: str, inputs: Sequence[Any]) -> tuple[bytes, Any]:
     """Return the (lengths, data) payload frames of a batch of inputs."""
+    n = len(inputs)
     if input_type in NUMERIC_DTYPES:
         dtype = NUMERIC_DTYPES[input_type]
-        lengths = np.fromiter((len(x) for x in inputs), LENGTH_DTYPE, len(inputs))
-        if not inputs:  # an empty batch is the frontend's warm-up probe
-            data = np.empty(0, dtype)
-        elif len(inputs) == 1:
+        if n == 1:  # the common case at low load: no array of lengths to build
             data = np.ascontiguousarray(inputs[0], dtype=dtype)
+            return _U32.pack(len(data)), data
+        lengths = np.fromiter((len(x) for x in inputs), LENGTH_DTYPE, n)
+        if not n:  # an empty batch is the frontend's warm-up probe
+            data = np.empty(0, dtype)
         else:
             data = np.concatenate(inputs).astype(dtype, copy=False)
         return lengths.tobytes(), data
@@ -190,21 +200,33 @@ def encode_inputs(input_type: str, inputs: Sequence[Any]) -> tuple[bytes, Any]:
         parts = [s.encode("utf-8") for s in inputs]
     else:
         raise ValueError(f"unknown input type {input_type!r}; expected one of {INPUT_TYPES}")
-    lengths = np.fromiter((len(p) for p in parts), LENGTH_DTYPE, len(parts))
+    lengths = np.fromiter((len(p) for p in parts), LENGTH_DTYPE, n)
     return lengths.tobytes(), b"".join(parts)
+
+
+def encode_predict(batch_id: int, input_type: str, inputs: Sequence[Any]) -> list:
+    """Frames of ``PredictBatch(batch_id, input_type, inputs)``, without building the
+    message object (the frontend's hot path: one call per batch)."""
+    lengths, data = encode_inputs(input_type, inputs)
+    return [_pack_header({"batch": batch_id, "input_type": input_type, "n": len(inputs),
+                          "v": PROTOCOL_VERSION, "t": 4}), lengths, data]
+
+
+def encode_result(batch_id: int, outputs: Sequence[Any], compute_us: int = 0) -> list:
+    """Frames of ``Result(batch_id, outputs, compute_us)``, without building the message
+    object (the container's hot path: one call per batch); TypeError for outputs that are
+    not JSON-native."""
+    body = encode_outputs(outputs)
+    return [_pack_header({"batch": batch_id, "n": len(outputs), "compute_us": compute_us,
+                          "v": PROTOCOL_VERSION, "t": 5}), body]
 
 
 def encode(msg: Message) -> list:
     """Frames of ``msg`` (bytes or buffer objects), ready for ``send_multipart``."""
     if isinstance(msg, PredictBatch):
-        lengths, data = encode_inputs(msg.input_type, msg.inputs)
-        head = _header(MsgType.PREDICT, batch=msg.batch_id, input_type=msg.input_type,
-                       n=len(msg.inputs))
-        return [head, lengths, data]
+        return encode_predict(msg.batch_id, msg.input_type, msg.inputs)
     if isinstance(msg, Result):
-        head = _header(MsgType.RESULT, batch=msg.batch_id, n=len(msg.outputs),
-                       compute_us=msg.compute_us)
-        return [head, encode_outputs(msg.outputs)]
+        return encode_result(msg.batch_id, msg.outputs, msg.compute_us)
     if isinstance(msg, Heartbeat):
         return [_header(MsgType.HEARTBEAT, busy=msg.busy)]
     if isinstance(msg, Register):
@@ -277,6 +299,14 @@ def decode_inputs(input_type: str, n: int, lengths_buf: Any, data: Any,
         raise ProtocolError(
             f"PREDICT lengths frame must be {n * LENGTH_DTYPE.itemsize} bytes for n={n}, "
             f"got {_nbytes(lengths_buf)}")
+    if n == 1 and input_type in NUMERIC_DTYPES:  # the common case at low load
+        dtype = NUMERIC_DTYPES[input_type]
+        (total,) = _U32.unpack(lengths_buf)
+        if _nbytes(data) != total * dtype.itemsize:
+            raise ProtocolError(
+                f"PREDICT data frame must be {total * dtype.itemsize} bytes "
+                f"({total} x {input_type}), got {_nbytes(data)}")
+        return [np.frombuffer(data, dtype)]
     lengths = np.frombuffer(lengths_buf, LENGTH_DTYPE).astype(np.int64)
     total = int(lengths.sum())
     if input_type in NUMERIC_DTYPES:
@@ -309,6 +339,11 @@ def decode_inputs(input_type: str, n: int, lengths_buf: Any, data: Any,
     return out
 
 
+#: message type number -> MsgType (a dict lookup; calling the enum costs a microsecond)
+_MSG_TYPES = {int(m): m for m in MsgType}
+_MSG_NAMES = {m: m.name for m in MsgType}
+
+
 def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
     """Decode a message (the frames after any routing identity).
 
@@ -334,13 +369,10 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
         raise ProtocolError(
             f"protocol version {v!r} is not supported; this side speaks {PROTOCOL_VERSION}")
     t = h.get("t")
-    try:
-        t = MsgType(t) if isinstance(t, int) and not isinstance(t, bool) else None
-    except ValueError:
-        t = None
+    t = _MSG_TYPES.get(t) if type(t) is int else None
     if t is None:
         raise ProtocolError(f"unknown message type {h.get('t')!r}")
-    what = t.name
+    what = _MSG_NAMES[t]
 
     if t is MsgType.PREDICT:
         _expect_frames(frames, 3, what)

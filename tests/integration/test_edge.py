@@ -1,17 +1,19 @@
 """The edge: a query's deadline starts when its first bytes arrive (or at its X-Request-Start),
 and one that waited too long for the frontend is refused before its body is parsed, without
-reaching the scheduler, counted as ``refused`` in /metrics."""
+reaching the scheduler, counted as ``refused`` in /metrics: on ``/{app}/predict`` and on the
+Open Inference Protocol's ``/v2/models/{name}/infer``."""
 
 import json
 import socket
 import time
+import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from clipper_core.edge import Gate, parse_request_start
+from clipper_core.edge import Edge, parse_request_start
 
 SLO_US = 400_000  # the gate refuses a query that waited more than 300 ms (100 ms kept)
 
@@ -128,15 +130,18 @@ def test_request_start_formats():
         assert parse_request_start(bad) is None
 
 
-def test_the_gate_bounds_the_wait_and_the_requests_held():
-    g = Gate(wait_fraction=0.5, max_in_flight=2, headroom_cap_s=0.1)
+def test_the_edge_bounds_the_wait_and_the_requests_held():
+    g = Edge(wait_fraction=0.5, max_in_flight=2, headroom_cap_s=0.1)
     assert g.verdict(0.02, 0.0, 0.009) is None
     assert g.verdict(0.02, 0.0, 0.011).startswith("refused: the query waited")
     # a long SLO keeps at most 100 ms for the model: it may wait 1.9 s of 2 s
     assert g.verdict(2.0, 0.0, 1.5) is None
     assert g.verdict(2.0, 0.0, 1.95) is not None
-    g.in_flight = 2
-    assert g.verdict(0.02, 0.0, 0.0).startswith("refused: the frontend holds 2")
+    g.in_flight = 2  # the request being decided counts
+    assert g.verdict(0.02, 0.0, 0.0) is None and g.verdict(None, 0.0, 0.0) is None
+    g.in_flight = 3
+    assert g.verdict(0.02, 0.0, 0.0).startswith("refused: the frontend holds 3")
+    assert g.verdict(None, 0.0, 0.0).startswith("refused: the frontend holds 3")
 
 
 def test_an_idle_keep_alive_connection_does_not_age_its_next_request(clipper, served):
@@ -194,3 +199,79 @@ def test_the_rest_of_an_unread_body_does_not_age_the_next_request(clipper, serve
                 length = int(line.split(b":")[1])
         out = json.loads(f.read(length))
         assert status == 200 and out["default"] is False, out
+
+
+OIP_BODY = json.dumps({"inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 2],
+                                   "data": [1.0, 2.0]}]}).encode()
+
+
+def test_an_oip_query_that_waited_past_its_budget_is_refused_before_the_scheduler(clipper,
+                                                                                   served):
+    app, _, model = served
+    admitted, refused = figures(clipper, app, model)
+    # the first bytes arrive, the rest 0.5 s later: more than the 300 ms the edge allows
+    status, hdrs, payload = http(clipper, f"/v2/models/{app}/infer", OIP_BODY,
+                                 pause_after=20, pause_s=0.5)
+    out = json.loads(payload)
+    assert status == 503 and hdrs["retry-after"] == "1", (status, out)
+    assert out["code"] == "overloaded" and out["error"].startswith("refused: the query waited")
+    assert figures(clipper, app, model) == (admitted, refused + 1), \
+        "a refused query never reaches the scheduler, and it is counted"
+    # the same request without the wait is answered by the model
+    status, _, payload = http(clipper, f"/v2/models/{app}/infer", OIP_BODY)
+    out = json.loads(payload)
+    assert status == 200 and out["parameters"]["default"] is False, out
+    assert out["outputs"][0]["data"] == [3.0]
+    assert figures(clipper, app, model) == (admitted + 1, refused + 1)
+
+
+def test_the_oip_refusal_path_does_not_parse_the_body(clipper, served):
+    app, _, _ = served
+    broken = b'{"inputs": [{"name": "input", oops'
+    status, _, payload = http(clipper, f"/v2/models/{app}/infer", broken)
+    assert status == 400 and json.loads(payload)["code"] == "malformed_json"
+    late = f"X-Request-Start: t={time.time() - 1.0:.3f}"  # a balancer saw it 1 s ago
+    for path in (f"/v2/models/{app}/infer", f"/v2/models/{app}/versions/1/infer"):
+        status, hdrs, payload = http(clipper, path, broken, headers=[late])
+        out = json.loads(payload)
+        assert status == 503 and hdrs["retry-after"] == "1", (path, status, out)
+        assert out["error"].startswith("refused"), out
+
+
+def test_one_cap_on_the_requests_held_whatever_their_route(unique):
+    """``--max-in-flight`` counts every request the query port holds: with one held (its
+    body still on the way), a query is answered with its default output and any other
+    request with 503 and Retry-After; the management port has its own edge."""
+    from clipper_core.testing import ClipperProcess, wait_for
+
+    with ClipperProcess(extra_args=("--max-in-flight", "1")) as c:
+        app = unique("edge-cap")
+        c.conn.register_application(app, "doubles", -1.0, SLO_US, cache_enabled=False)
+        u = urlsplit(c.query_url)
+        body = b'{"input": [1.0, 2.0]}'
+        with socket.create_connection((u.hostname, u.port), timeout=30) as held:
+            held.sendall((f"POST /{app}/predict HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                          f"application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+                         + body[:5])
+
+            def refused_metrics():
+                status, hdrs, _ = _get(c.query_url + "/metrics")
+                return status == 503 and hdrs.get("Retry-After") == "1"
+
+            wait_for(refused_metrics, 10, "the held request to fill the edge")
+            status, out = c.predict(app, {"input": [1.0]})
+            assert status == 200 and out["default"] is True, out
+            assert out["default_explanation"].startswith("refused: the frontend holds 2"), out
+            assert c.conn.ping(), "the management port has its own edge"
+            held.sendall(body[5:])
+            reply = held.recv(65536)
+            assert reply.startswith(b"HTTP/1.1 200"), reply
+        wait_for(lambda: _get(c.query_url + "/metrics")[0] == 200, 10, "the edge to free up")
+
+
+def _get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
