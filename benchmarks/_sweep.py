@@ -75,8 +75,8 @@ def cpu_s(pid: int) -> float:
 def wrk_binary() -> str:
     path = shutil.which("wrk")
     if path is None:
-        raise ScenarioError("the overhead sweep needs wrk (Debian: apt-get install wrk; it is listed in "
-                            ".ci/system-packages.txt)")
+        raise ScenarioError("the overhead sweep needs wrk: run `make bench-deps` (it installs the "
+                            "Debian packages of .ci/bench-packages.txt, wrk among them)")
     return path
 
 
