@@ -214,6 +214,35 @@ class InFlight:
         self.idle = not replica.in_flight
 
 
+class Alarm:
+    """One timer for the earliest of the times it is armed for (armed again only for an
+    earlier one)."""
+
+    __slots__ = ("handle", "at")
+
+    def __init__(self) -> None:
+        self.handle: asyncio.Handle | None = None
+        self.at = 0.0
+
+    def arm(self, loop: Any, when: float, callback: Callable[..., None], *args: Any) -> None:
+        if self.handle is not None:
+            # (compare with our own copy of the time: uvloop's call_at returns a plain Handle,
+            # without when(), for a time already past)
+            if self.at <= when:
+                return
+            self.handle.cancel()
+        self.at = when
+        self.handle = loop.call_at(when, callback, *args)
+
+    def fired(self) -> None:
+        self.handle = None
+
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+
 class ModelQueue:
     """Queue and replicas of one model version, and the counters the metrics layer reads."""
 
@@ -231,11 +260,10 @@ class ModelQueue:
         #: replicas in round-robin order, and their sizers (what admission control reads)
         self.order: list[Replica] = []
         self.sizers: list = []
-        self.wait_timer: asyncio.Handle | None = None
-        self.wait_until = 0.0
-        #: when a busy replica is due its next batch (just before it answers), and the timer
-        self.pipe_timer: asyncio.Handle | None = None
-        self.pipe_at = 0.0
+        #: the delayed-batching bound of the batch waiting to fill
+        self.wait = Alarm()
+        #: when a busy replica is due its next batch (just before it answers)
+        self.pipe = Alarm()
         self.waiting_since = -1.0
         self.rr = 0
         # counters for the metrics layer (the core holds admitted / shed / expired)
@@ -423,10 +451,8 @@ class Scheduler:
         # now=-inf: every queued query comes out as "live", none as expired
         for q in mq.queue.pop_batch(float("-inf"), len(mq.queue), []):
             answer(q, (False, explanation))
-        for timer in (mq.wait_timer, mq.pipe_timer):
-            if timer is not None:
-                timer.cancel()
-        mq.wait_timer = mq.pipe_timer = None
+        mq.wait.cancel()
+        mq.pipe.cancel()
 
     # ---------------------------------------------------------------- queries
     def submit(self, key: ModelKey, q: Any) -> bool:
@@ -508,39 +534,24 @@ class Scheduler:
                 if not batch:
                     continue
                 force = False
-                if mq.wait_timer is not None:  # the wait it timed is over
-                    mq.wait_timer.cancel()
-                    mq.wait_timer = None
+                mq.wait.cancel()  # the wait it timed is over
                 mq.rr = (start + i + 1) % n
                 if not self._send_batch(mq, r, batch, now):
                     return  # the replica is gone; _drop_replica dispatched again
 
     def _arm_wait(self, mq: ModelQueue, when: float) -> None:
-        if mq.wait_timer is not None:
-            # (compare with our own copy of the time: uvloop's call_at returns a plain Handle,
-            # without when(), for a time already past)
-            if mq.wait_until <= when:
-                return
-            mq.wait_timer.cancel()
-        mq.wait_until = when
-        mq.wait_timer = self._loop.call_at(when, self._wait_done, mq)
-        mq.wait_until = when
+        mq.wait.arm(self._loop, when, self._wait_done, mq)
 
     def _arm_pipe(self, mq: ModelQueue, when: float) -> None:
-        if mq.pipe_timer is not None:
-            if mq.pipe_at <= when:
-                return
-            mq.pipe_timer.cancel()
-        mq.pipe_at = when
-        mq.pipe_timer = self._loop.call_at(when, self._pipe_due, mq)
+        mq.pipe.arm(self._loop, when, self._pipe_due, mq)
 
     def _pipe_due(self, mq: ModelQueue) -> None:
-        mq.pipe_timer = None
+        mq.pipe.fired()
         if self.models.get(mq.key) is mq:
             self._dispatch(mq)
 
     def _wait_done(self, mq: ModelQueue) -> None:
-        mq.wait_timer = None
+        mq.wait.fired()
         if self.models.get(mq.key) is mq:
             self._dispatch(mq, force=True)
 
