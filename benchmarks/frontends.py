@@ -35,7 +35,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from clipper_core.testing import ClipperProcess, post_json, wait_for  # noqa: E402
+from clipper_core.testing import ClipperProcess, free_port, post_json, wait_for  # noqa: E402
 
 LUA = """
 local n = 0
@@ -70,10 +70,6 @@ def sum_model(inputs):
     return [float(x.sum()) for x in inputs]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def need(binary: str) -> str:

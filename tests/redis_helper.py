@@ -4,20 +4,15 @@ pid."""
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 
 import pytest
 import redis
 
-from clipper_core.testing import wait_for
+from clipper_core.testing import free_port, wait_for
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:

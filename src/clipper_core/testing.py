@@ -146,6 +146,38 @@ class ClipperProcess:
         return post_json(f"{self.query_url}/{app}/update", body, timeout_s)
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (the OS's pick)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def kill_replicas(replicas: dict[str, int]) -> None:
+    """Test hygiene: SIGKILL the replica processes a crashed frontend or a failed test left
+    behind, ``{instance id: pid}``; only a process that still carries that instance id in its
+    environment (a pid may have been reused)."""
+    for iid, pid in replicas.items():
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                ours = f"CLIPPER_INSTANCE_ID={iid}".encode() in f.read().split(b"\0")
+        except OSError:
+            ours = False
+        if ours:
+            os.kill(pid, signal.SIGKILL)
+
+
 def wait_for(cond: Any, timeout_s: float = 30.0, what: str = "condition") -> Any:
     """Poll ``cond()`` every 50 ms until it returns something true, and return that; raise
     AssertionError naming ``what`` after ``timeout_s``."""

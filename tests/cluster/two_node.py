@@ -32,7 +32,7 @@ import time
 import docker
 
 from clipper_core.containers import images
-from clipper_core.testing import ClipperProcess, remove_swarm_services, wait_for
+from clipper_core.testing import ClipperProcess, free_port, remove_swarm_services, wait_for
 
 LABEL = "clipper.test=two-node"
 NODE_PACKAGES = "docker.io,iptables,ca-certificates,procps,iproute2,mount,socat"
@@ -64,12 +64,6 @@ def node_image(client) -> str:
     return tag
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_node(client, image: str, network: str, manager: str, token: str,

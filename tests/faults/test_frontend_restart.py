@@ -4,7 +4,6 @@ without a redeploy; a broken state directory stops `clipper start` with a clear 
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -12,39 +11,19 @@ import time
 
 import pytest
 
-from clipper_core.testing import ClipperProcess, wait_for as _wait
+from clipper_core.testing import (ClipperProcess, free_port, kill_replicas, process_alive,
+                                  wait_for as _wait)
 
 
 def plus_ten(inputs):
     return [float(x[0]) + 10 for x in inputs]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 
-def _kill_leftovers(replicas):
-    """Test hygiene: SIGKILL replica processes a failed test left behind (only those that
-    still carry the instance id we saw)."""
-    for iid, pid in replicas.items():
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                ours = f"CLIPPER_INSTANCE_ID={iid}".encode() in f.read().split(b"\0")
-        except OSError:
-            ours = False
-        if ours:
-            os.kill(pid, signal.SIGKILL)
+
+
 
 
 def _deploy(c, app="crash-app", model="crash", replicas=2):
@@ -74,7 +53,7 @@ def test_sigkill_restart_readopts_replicas_and_serves_within_10s(tmp_path):
         assert len(replicas) == 2
         first.kill()
         # the replicas run in their own session: they survive the crash
-        assert all(_alive(pid) for pid in replicas.values())
+        assert all(process_alive(pid) for pid in replicas.values())
         t0 = time.monotonic()
         second = ClipperProcess(state, extra_args=rpc)
         second.start()
@@ -104,13 +83,13 @@ def test_sigkill_restart_readopts_replicas_and_serves_within_10s(tmp_path):
         replicas.update(survivors)
         # a clean stop stops the adopted replicas too
         assert second.stop() == 0
-        _wait(lambda: not any(_alive(p) for p in survivors.values()),
+        _wait(lambda: not any(process_alive(p) for p in survivors.values()),
               what="every replica to exit after a clean stop")
     finally:
         for c in (second, first):
             if c is not None:
                 c.stop()
-        _kill_leftovers(replicas)
+        kill_replicas(replicas)
 
 
 def test_restart_on_another_rpc_port_replaces_the_survivors(tmp_path):
@@ -125,7 +104,7 @@ def test_restart_on_another_rpc_port_replaces_the_survivors(tmp_path):
         second = ClipperProcess(state)
         second.start()
         _wait(lambda: _serves_again(second), timeout_s=20.0, what="the app to answer")
-        _wait(lambda: not any(_alive(p) for p in replicas.values()),
+        _wait(lambda: not any(process_alive(p) for p in replicas.values()),
               what="the stale survivor to be stopped")
         now = second.conn.get_all_model_replicas(verbose=True)
         assert len(now) == 1 and now[0]["pid"] not in replicas.values()
@@ -134,7 +113,7 @@ def test_restart_on_another_rpc_port_replaces_the_survivors(tmp_path):
         for c in (second, first):
             if c is not None:
                 c.close()
-        _kill_leftovers(replicas)
+        kill_replicas(replicas)
 
 
 def _start_fails(state_dir, timeout_s=60):

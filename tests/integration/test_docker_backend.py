@@ -6,7 +6,6 @@ Every test removes only the containers carrying its own frontend's label."""
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 
@@ -16,18 +15,14 @@ import pytest
 from clipper_core.admin import ClipperAdminError
 from clipper_core.containers.base import ReplicaSpec, ReplicaStartError
 from clipper_core.containers.docker import DockerBackend
-from clipper_core.testing import (ClipperProcess, docker_containers, remove_docker_containers,
-                                  wait_for)
+from clipper_core.testing import (ClipperProcess, docker_containers, free_port,
+                                  remove_docker_containers, wait_for)
 
 
 def plus_ten(inputs):
     return [float(x[0]) + 10 for x in inputs]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

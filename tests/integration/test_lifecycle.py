@@ -13,8 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from clipper_core.admin import ClipperAdminError
-from clipper_core.testing import (ClipperProcess, post_json, remove_docker_containers,
-                                  remove_swarm_services, wait_for as _wait)
+from clipper_core.testing import (ClipperProcess, post_json, process_alive,
+                                  remove_docker_containers, remove_swarm_services,
+                                  wait_for as _wait)
 
 
 @pytest.fixture(scope="module", params=["local", "docker", "swarm"])
@@ -89,12 +90,6 @@ def raises_on_warmup(inputs):
 
 
 
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 class SteadyLoad:
@@ -344,7 +339,7 @@ def test_scale_up_and_down_under_steady_load_loses_nothing(clipper, unique):
     assert len(left) == 1 and left[0]["connected"]
     gone = [pid for iid, pid in three.items() if iid != left[0]["instance_id"]]
     assert len(gone) == 2
-    _wait(lambda: not any(_alive(p) for p in gone), what="scaled-down replicas to exit")
+    _wait(lambda: not any(process_alive(p) for p in gone), what="scaled-down replicas to exit")
     drained = [line for line in clipper.log().splitlines() if "draining replica" in line
                and any(iid in line for iid in three)]
     assert len(drained) == 2, drained
@@ -423,7 +418,7 @@ def test_delete_versions_and_stop_inactive(clipper, versioned, unique):
     assert len(v1) == 1
     c.delete_versioned_model(model, 1)
     assert f"{model}:1" not in c.get_all_models()
-    _wait(lambda: not _alive(v1[0]["pid"]), what="the deleted version's replica to exit")
+    _wait(lambda: not process_alive(v1[0]["pid"]), what="the deleted version's replica to exit")
     status, body = clipper.predict(app, {"input": [1.0], "version": "1"})
     assert status == 400 and "versions: 2, 3" in body["cause"]
     assert c.stop_inactive_model_versions([model]) == [f"{model}:2"]

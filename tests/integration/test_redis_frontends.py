@@ -16,8 +16,8 @@ import pytest
 
 from clipper_core.admin import ClipperAdminError
 from clipper_core.cluster import Cluster
-from clipper_core.testing import ClipperProcess, wait_for
-from redis_helper import RedisServer, free_port
+from clipper_core.testing import ClipperProcess, free_port, kill_replicas, wait_for
+from redis_helper import RedisServer
 
 
 @pytest.fixture(scope="module")
@@ -325,20 +325,9 @@ def test_killing_the_deployer_hands_deployment_over_and_no_query_fails(redis_ser
     finally:
         for f in fs:
             f.close()
-        _kill_leftovers(left)
+        kill_replicas(left)
 
 
-def _kill_leftovers(replicas):
-    """Test hygiene: SIGKILL the replica processes the killed frontend left behind (only
-    those that still carry the instance id we saw)."""
-    for iid, pid in replicas.items():
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                ours = f"CLIPPER_INSTANCE_ID={iid}".encode() in f.read().split(b"\0")
-        except OSError:
-            ours = False
-        if ours:
-            os.kill(pid, signal.SIGKILL)
 
 
 def _try(fn):

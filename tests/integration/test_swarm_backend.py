@@ -8,7 +8,6 @@ Every test removes only the services carrying its own frontend's label."""
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -16,18 +15,14 @@ import docker
 import pytest
 
 from clipper_core.admin import ClipperAdminError
-from clipper_core.testing import (ClipperProcess, remove_swarm_services, swarm_services,
-                                  wait_for)
+from clipper_core.testing import (ClipperProcess, free_port, remove_swarm_services,
+                                  swarm_services, wait_for)
 
 
 def plus_ten(inputs):
     return [float(x[0]) + 10 for x in inputs]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ import redis
 from clipper_core.errors import StateStoreError, StateStoreUnavailable
 from clipper_core.state import StateStore, open_store
 from clipper_core.state_redis import RedisStateStore
-from redis_helper import RedisServer, free_port
+from clipper_core.testing import free_port
+from redis_helper import RedisServer
 
 _db = itertools.count(1)
 
