@@ -9,7 +9,6 @@ with a row per input.  The framework is called once per batch.  ``load`` may fil
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ import numpy as np
 from clipper_rpc import Model, serve_model
 
 from . import frameworks
+from ._cli import replica_parser, setup_logging
 
 log = logging.getLogger("clipper.container")
 
@@ -105,18 +105,13 @@ class FrameworkModel(Model):
 def main(framework: str, load: Callable[[str, str, dict, str], Predict],
          argv: list[str] | None = None) -> int:
     fw = frameworks.get(framework)
-    ap = argparse.ArgumentParser(prog=f"python -m model_runtimes.{fw.module}")
+    ap = replica_parser(fw.module)
     ap.add_argument("--artifact", required=True, help="the saved model file")
     ap.add_argument("--format", default=None, help=f"one of {', '.join(fw.formats)} "
                     "(default: the file's extension)")
     ap.add_argument("--options", default="{}", help="runtime options as a JSON object")
-    ap.add_argument("--model-name", required=True)
-    ap.add_argument("--model-version", required=True)
-    ap.add_argument("--input-type", required=True)
-    ap.add_argument("--address", default=None)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     fmt = args.format or os.path.splitext(args.artifact)[1].lstrip(".")
     try:
         options = frameworks.check_options(fw, args.input_type, fmt, json.loads(args.options))

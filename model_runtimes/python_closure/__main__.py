@@ -7,12 +7,13 @@ it; ``--function module:attr`` serves an importable function instead.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import sys
 
 from clipper_rpc import serve
+
+from .._cli import replica_parser, setup_logging
 
 
 def load_function(closure: str | None, function: str | None):
@@ -31,17 +32,12 @@ def load_function(closure: str | None, function: str | None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m model_runtimes.python_closure")
+    ap = replica_parser("python_closure")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--closure", help="file holding the cloudpickled predict function")
     src.add_argument("--function", help="module:attribute of an importable predict function")
-    ap.add_argument("--model-name", required=True)
-    ap.add_argument("--model-version", required=True)
-    ap.add_argument("--input-type", required=True)
-    ap.add_argument("--address", default=None)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         fn = load_function(args.closure, args.function)
     except Exception as e:
