@@ -32,6 +32,7 @@ from redis.asyncio.lock import Lock
 
 from . import log
 from .errors import StateStoreUnavailable
+from .tasks import cancel_and_wait
 
 LEASE_KEY = "clipper:deployer"
 FRONTEND_PREFIX = "clipper:frontend:"
@@ -163,8 +164,7 @@ class Cluster:
         """Stop the renewals (and wait for a change of role under way): the lease and the
         announcement expire as if this frontend had died."""
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
             self._task = None
         if self._role_task is not None:
             await asyncio.gather(self._role_task, return_exceptions=True)

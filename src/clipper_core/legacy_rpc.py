@@ -36,6 +36,7 @@ from clipper_rpc.transport import RouterTransport
 
 from . import log
 from .config import is_loopback
+from .tasks import cancel_and_wait
 
 #: scheduler identities of v3 replicas: a zero byte first (zmq reserves those for its own
 #: 5-byte identities, and no peer may choose one), so they never collide with native ones
@@ -120,12 +121,7 @@ class LegacyRpcServer:
         return endpoint
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         self.transport.close()
 
     def peers(self) -> list[dict]:

@@ -18,6 +18,7 @@ from . import log
 from .log import RateLimitedLog
 from .errors import StateStoreError
 from .scheduler import Scheduler
+from .tasks import cancel_and_wait
 
 #: under the state directory: the frontend's key pair, the replicas' credentials and the
 #: extra client public keys an operator allows (one z85 key per line)
@@ -143,12 +144,7 @@ class RpcServer:
     async def close(self, shutdown_replicas: bool = True) -> None:
         """Close the socket; ``shutdown_replicas``: tell every replica to exit first (not
         when other frontends of the cluster go on using them)."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         if shutdown_replicas:
             shutdown = P.encode(P.Shutdown())
             for r in self.scheduler.replicas():

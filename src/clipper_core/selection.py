@@ -26,6 +26,7 @@ from .config import AppConfig
 from .errors import ClipperError
 from .policies import Policy, load_policy
 from .state import Store
+from .tasks import cancel_and_wait
 
 #: the state-store uid of an app's own (not per-user) policy state
 APP_UID = ""
@@ -432,8 +433,7 @@ class Selection:
 
     async def close(self, exists: Callable[[str], bool] | None = None) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
             self._task = None
         await self.flush(exists)
 

@@ -38,6 +38,7 @@ from .rpc import (CREDENTIALS as RPC_CREDENTIALS, KEYS_DIR as RPC_KEYS_DIR, RpcS
 from .scheduler import BatchingConfig, Scheduler
 from .selection import Selection
 from .state import open_store
+from .tasks import cancel_and_wait
 
 ENDPOINTS_FILE = "endpoints.json"
 
@@ -245,8 +246,7 @@ class ClipperServer:
             srv.close()
             gate.close()
         if getattr(self, "_watch", None) is not None:
-            self._watch.cancel()
-            await asyncio.gather(self._watch, return_exceptions=True)
+            await cancel_and_wait(self._watch)
         for runner in self._runners:
             await runner.shutdown()
         if hasattr(self, "scheduler"):

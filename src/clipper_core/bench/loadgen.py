@@ -46,6 +46,7 @@ from typing import Any
 
 import aiohttp
 
+from ..tasks import cancel_and_wait
 from .schedule import arrivals
 from .target import Target, answer_flags
 
@@ -383,12 +384,7 @@ class InProcessPool:
         self._stop.value = windows
 
     async def close(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
 
 
 class ProcessPool:

@@ -19,6 +19,7 @@ from typing import Callable
 
 from .. import log
 from ..config import ModelVersion
+from ..tasks import cancel_and_wait
 from .base import ReplicaBackend, ReplicaExit, ReplicaRef, ReplicaStartError, replica_spec
 
 Drain = Callable[[str], "asyncio.Future | None"]
@@ -223,11 +224,7 @@ class Supervisor:
                     await asyncio.wait_for(asyncio.shield(slot.exit), self.grace_s)
                 except asyncio.TimeoutError:
                     pass
-            slot.task.cancel()
-            try:
-                await slot.task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(slot.task)
             # a replica the task was starting when we stopped the slot
             if slot.ref is not None and (slot.exit is None or not slot.exit.done()):
                 await self.backend.stop(slot.ref, self.grace_s)
@@ -364,12 +361,7 @@ class Supervisor:
         slots = [s for ss in self._slots.values() for s in ss]
         self._slots.clear()
         await asyncio.gather(*(self._stop(s) for s in slots))
-        if self._exits_task is not None:
-            self._exits_task.cancel()
-            try:
-                await self._exits_task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._exits_task)
 
 
 def _short(d: dict) -> str:

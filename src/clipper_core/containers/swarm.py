@@ -44,6 +44,7 @@ from typing import Any
 
 from .. import log
 from ..errors import ConfigError
+from ..tasks import cancel_and_wait
 from . import images
 from .base import ReplicaRef, ReplicaSpec, ReplicaStartError
 from .registry import Registry
@@ -396,12 +397,7 @@ class SwarmBackend(DockerBackend):
 
     async def close(self) -> None:
         self._closed = True
-        if self._poller is not None:
-            self._poller.cancel()
-            try:
-                await self._poller
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._poller)
         await super().close()
         if self.registry is not None:
             await self._loop.run_in_executor(None, self.registry.close)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import orjson
 
 from .. import log
+from ..tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from ..server import ClipperServer
@@ -320,5 +321,4 @@ class Feed:
                 q.get_nowait()
             q.put_nowait(None)
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
