@@ -27,7 +27,7 @@ async def ensure_demo(server: "ClipperServer") -> None:
         server.add_app(DEMO_APP, "doubles", -1.0, 100_000)
     if DEMO_MODEL not in reg.current:
         blob = base64.b64encode(cloudpickle.dumps(demo_sum)).decode()
-        await server.deploy_closure(DEMO_MODEL, "1", "doubles", blob, num_replicas=1)
+        await server.deployments.deploy_closure(DEMO_MODEL, "1", "doubles", blob, num_replicas=1)
     if DEMO_MODEL not in reg.links.get(DEMO_APP, []):
         reg.link(DEMO_APP, DEMO_MODEL)
     log.server.info("demo app %r serves model %r", DEMO_APP, DEMO_MODEL)

@@ -62,7 +62,7 @@ def model_fields(runtime: dict) -> dict:
 
 
 def container_fields(server: "ClipperServer", containers: list[dict]) -> list[dict]:
-    """Add the original's replica fields to ``server.containers()`` entries."""
+    """Add the original's replica fields to ``server.deployments.containers()`` entries."""
     seen: dict[tuple, int] = {}
     models = server.registry.models
     for c in containers:
@@ -89,7 +89,7 @@ async def get_container(request: web.Request) -> web.Response:
     name = field(b, "model_name", str)
     version = str(field(b, "model_version", (str, int)))
     replica = field(b, "replica_id", (str, int))
-    for c in container_fields(server, server.containers()):
+    for c in container_fields(server, server.deployments.containers()):
         if (c["model_name"], c["model_version"]) != (name, version):
             continue
         if replica in (c["model_replica_id"], str(c["model_replica_id"]), c["instance_id"]):

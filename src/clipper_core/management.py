@@ -18,6 +18,7 @@ from .mgmt_guard import allow_hosts  # noqa: F401  (the server calls it once bou
 from .sched import COMPILED
 
 if TYPE_CHECKING:
+    from .deployment import DeploymentController
     from .server import ClipperServer
 
 SERVER = web.AppKey("server", object)
@@ -28,6 +29,10 @@ routes = web.RouteTableDef()
 
 def _server(request: web.Request) -> "ClipperServer":
     return request.app[SERVER]
+
+
+def _deployments(request: web.Request) -> "DeploymentController":
+    return request.app[SERVER].deployments
 
 
 async def _body(request: web.Request) -> dict:
@@ -154,7 +159,7 @@ def _deploy_options(b: dict) -> dict:
 @routes.post("/admin/deploy_python_closure")
 async def deploy_python_closure(request: web.Request) -> web.Response:
     b = await _body(request)
-    mv = await _server(request).deploy_closure(
+    mv = await _deployments(request).deploy_closure(
         field(b, "model_name", str), field(b, "model_version", (str, int)),
         field(b, "input_type", str), field(b, "closure", str), **_deploy_options(b))
     return json_response({"success": True, "model": mv.to_json()})
@@ -165,7 +170,7 @@ async def deploy_model(request: web.Request) -> web.Response:
     """Deploy a model saved in its framework's format (``artifact``: base64 of the file) with
     the ready-made runtime of ``framework`` (sklearn, xgboost, lightgbm, onnx, pytorch)."""
     b = await _body(request)
-    mv = await _server(request).deploy_model(
+    mv = await _deployments(request).deploy_model(
         field(b, "model_name", str), field(b, "model_version", (str, int)),
         field(b, "input_type", str), field(b, "framework", str), field(b, "artifact", str),
         field(b, "artifact_format", str, required=False),
@@ -177,7 +182,7 @@ async def deploy_model(request: web.Request) -> web.Response:
 async def deploy_image(request: web.Request) -> web.Response:
     """Run a container image (built on Clipper's base image) as a model version."""
     b = await _body(request)
-    mv = await _server(request).deploy_image(
+    mv = await _deployments(request).deploy_image(
         field(b, "model_name", str), field(b, "model_version", (str, int)),
         field(b, "input_type", str), field(b, "image", str), **_deploy_options(b))
     return json_response({"success": True, "model": mv.to_json()})
@@ -186,7 +191,7 @@ async def deploy_image(request: web.Request) -> web.Response:
 @routes.post("/admin/get_replica_logs")
 async def get_replica_logs(request: web.Request) -> web.Response:
     b = await _body(request)
-    logs = await _server(request).replica_logs(
+    logs = await _deployments(request).logs(
         field(b, "model_name", str), _version(b, required=False),
         field(b, "tail", int, required=False, default=200))
     return json_response({"replicas": logs})
@@ -223,14 +228,14 @@ async def get_linked_models(request: web.Request) -> web.Response:
 @routes.post("/admin/set_model_version")
 async def set_model_version(request: web.Request) -> web.Response:
     b = await _body(request)
-    mv = _server(request).set_model_version(field(b, "model_name", str), _version(b))
+    mv = _deployments(request).set_model_version(field(b, "model_name", str), _version(b))
     return json_response({"success": True, "model": mv.to_json()})
 
 
 @routes.post("/admin/set_num_replicas")
 async def set_num_replicas(request: web.Request) -> web.Response:
     b = await _body(request)
-    mv = await _server(request).set_num_replicas(
+    mv = await _deployments(request).set_num_replicas(
         field(b, "model_name", str), _version(b, required=False),
         field(b, "num_replicas", int))
     return json_response({"success": True, "model": mv.to_json()})
@@ -300,7 +305,7 @@ async def delete_versioned_model(request: web.Request) -> web.Response:
     """Stop a model version's replicas and forget it (not the current version, unless it
     is the model's last and no app links the model)."""
     b = await _body(request)
-    mv = await _server(request).delete_version(field(b, "model_name", str), _version(b))
+    mv = await _deployments(request).delete_version(field(b, "model_name", str), _version(b))
     return json_response({"success": True, "model": mv.to_json()})
 
 
@@ -308,7 +313,7 @@ async def delete_versioned_model(request: web.Request) -> web.Response:
 async def stop_inactive_model_versions(request: web.Request) -> web.Response:
     """Stop and forget every non-current version of the named models."""
     b = await _body(request)
-    stopped = await _server(request).stop_inactive_versions(_str_list(b, "model_names"))
+    stopped = await _deployments(request).stop_inactive_versions(_str_list(b, "model_names"))
     return json_response({"success": True, "stopped": stopped})
 
 
@@ -395,7 +400,7 @@ async def get_model(request: web.Request) -> web.Response:
 async def get_all_containers(request: web.Request) -> web.Response:
     s = _server(request)
     b = await _body(request)
-    cs = legacy_routes.container_fields(s, s.containers())
+    cs = legacy_routes.container_fields(s, s.deployments.containers())
     if _verbose(b):
         return json_response(cs)
     return json_response([f"{c['model_name']}:{c['model_version']}:{c['instance_id']}"

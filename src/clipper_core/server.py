@@ -395,34 +395,6 @@ class ClipperServer:
                           runtime or {"kind": "external"}, replicas, check_gpus(gpus))
         return self.registry.add_model(mv)
 
-    # the model lifecycle is the deployment controller's (see deployment.py)
-    def deploy_closure(self, *a: Any, **kw: Any):
-        return self.deployments.deploy_closure(*a, **kw)
-
-    def deploy_image(self, *a: Any, **kw: Any):
-        return self.deployments.deploy_image(*a, **kw)
-
-    def deploy_model(self, *a: Any, **kw: Any):
-        return self.deployments.deploy_model(*a, **kw)
-
-    def set_num_replicas(self, *a: Any, **kw: Any):
-        return self.deployments.set_num_replicas(*a, **kw)
-
-    def set_model_version(self, name: str, version: Any) -> ModelVersion:
-        return self.deployments.set_model_version(name, version)
-
-    def delete_version(self, *a: Any, **kw: Any):
-        return self.deployments.delete_version(*a, **kw)
-
-    def stop_inactive_versions(self, names: list):
-        return self.deployments.stop_inactive_versions(names)
-
-    def containers(self) -> list[dict]:
-        return self.deployments.containers()
-
-    def replica_logs(self, *a: Any, **kw: Any):
-        return self.deployments.logs(*a, **kw)
-
     def set_batching(self, name: str, version: str | None, **changes: Any) -> BatchingConfig:
         """Change a model version's batching parameters at run time (see
         :class:`BatchingConfig`).  ``batch_size`` is stored with the model and survives a

@@ -156,7 +156,7 @@ def sample(server: "ClipperServer", events: EventLog | None = None) -> dict:
                      connected=len(snap["replicas"]), up=mq.healthy_replicas())
         models.append(m)
     return {"t": time.monotonic(), "wall": time.time(), "latency_bounds": SECONDS_BUCKETS,
-            "apps": apps, "models": models, "replicas": server.containers(),
+            "apps": apps, "models": models, "replicas": server.deployments.containers(),
             "selection": stats.get("selection", {}), "cache": stats.get("cache"),
             "events": list(events.events) if events is not None else []}
 
