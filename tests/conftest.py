@@ -63,6 +63,8 @@ def swarm(docker_image):
 
     client = docker.from_env()
     state = client.info().get("Swarm", {}).get("LocalNodeState")
+    # swarm init creates the docker_gwbridge network, and leaving the swarm keeps it
+    had_gwbridge = bool(client.networks.list(names=["docker_gwbridge"]))
     client.close()
     mine = state == "inactive"
     if mine:
@@ -80,3 +82,6 @@ def swarm(docker_image):
         if mine:
             subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True,
                            timeout=60)
+            if not had_gwbridge:
+                subprocess.run(["docker", "network", "rm", "docker_gwbridge"],
+                               capture_output=True, timeout=60)
