@@ -149,6 +149,44 @@ def test_closure_service_answers_a_killed_task_is_replaced_and_stop_removes_it(s
     wait_for(lambda: not _containers(fid), timeout_s=15, what="the containers to go")
 
 
+def _keypair_with(braces="{{"):
+    import zmq
+    while True:
+        public, secret = zmq.curve_keypair()
+        if braces in public.decode() and braces in secret.decode():
+            return public.decode(), secret.decode()
+
+
+def test_curve_keys_holding_template_braces_reach_the_replica_verbatim(swarm, tmp_path):
+    """Swarm expands Go templates in a service's environment: a z85 key holding ``{{`` (one
+    replica in about sixty) must still reach the container as it is, not fail the deploy."""
+    import json
+
+    state = tmp_path / "state"
+    keys = state / "rpc"
+    keys.mkdir(parents=True, mode=0o700)
+    server_public, server_secret = _keypair_with()
+    public, secret = _keypair_with()
+    (keys / "server.json").write_text(json.dumps({"public": server_public,
+                                                  "secret": server_secret}))
+    (keys / "credentials.json").write_text(json.dumps(
+        {"server_public": server_public, "public": public, "secret": secret}))
+    c = ClipperProcess(str(state), extra_args=("--backend", "swarm"))
+    c.start()
+    try:
+        c.conn.register_application("sk", "doubles", -1.0, 2_000_000)
+        c.conn.deploy_python_closure("skm", 1, "doubles", plus_ten)
+        c.conn.link_model_to_app("sk", "skm")
+        assert _serves(c, "sk")
+        [container] = _containers(c.endpoints["frontend_id"])
+        env = dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])
+        assert (env["CLIPPER_RPC_SERVER_KEY"], env["CLIPPER_RPC_PUBLIC_KEY"],
+                env["CLIPPER_RPC_SECRET_KEY"]) == (server_public, public, secret)
+    finally:
+        c.stop()
+        remove_swarm_services(str(state))
+
+
 def test_unplaceable_gpu_replica_and_missing_image_are_clear_deploy_errors(sclipper):
     c = sclipper
     c.conn.register_application("sg", "doubles", -1.0, 1_000_000)

@@ -69,6 +69,15 @@ def swarm_manager(client: Any) -> str:
     return info.get("NodeID", "")
 
 
+
+def swarm_literal(value: str) -> str:
+    """``value`` as Swarm's service templates (Go's text/template, applied to a service's
+    environment) give it back verbatim: every ``{{`` becomes an action printing ``{{``.
+
+    A z85 CURVE key can hold ``{{``; unescaped, Swarm parses what follows as a template and
+    refuses the service (``expanding env failed``)."""
+    return value.replace("{{", '{{"{{"}}')
+
 class SwarmBackend(DockerBackend):
     """Replicas as swarm services (see the module docstring).  It shares the docker backend's
     client, runtime image and log reading; containers and die events are not its own."""
@@ -206,7 +215,8 @@ class SwarmBackend(DockerBackend):
             svc = self.client.services.create(
                 image, command=entrypoint, args=args or None, name=self._service_name(spec),
                 labels=labels, container_labels=labels,
-                env=[f"{k}={v}" for k, v in replica_env(spec, self.frontend_id).items()],
+                env=[f"{k}={swarm_literal(v)}"
+                     for k, v in replica_env(spec, self.frontend_id).items()],
                 init=True, networks=["host"], mode=ServiceMode("replicated", 1),
                 restart_policy=RestartPolicy(condition="none"),
                 stop_grace_period=int(3e9), resources=Resources(**res) if res else None,
