@@ -35,6 +35,7 @@ cdef class DeadlineQueue:
     @cython.locals(q=Query, batch=list)
     cpdef list pop_batch(self, double now, Py_ssize_t max_size, list expired,
                          double horizon=*)
+    cpdef double earliest_deadline(self)
     cpdef list items(self)
     @cython.locals(q=Query, oldest=double)
     cpdef double oldest_arrival(self)
@@ -115,5 +116,6 @@ cdef class Batcher:
     cpdef double dispatch_at(self, double now, Py_ssize_t size, bint busy=*,
                              double free_since=*, double lead=*)
     @cython.locals(q=Query, slo=double, latest=double, arrivals=double, batch=list,
-                   size=Py_ssize_t, n=Py_ssize_t, horizon=double)
+                   size=Py_ssize_t, n=Py_ssize_t, horizon=double, start=double,
+                   limit=Py_ssize_t, due=double)
     cpdef list take(self, double now, BatchSizer sizer, list expired)

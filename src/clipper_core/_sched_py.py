@@ -136,6 +136,11 @@ class DeadlineQueue:
                 batch.append(q)
         return batch
 
+    def earliest_deadline(self):
+        """The earliest queued deadline (perhaps of an answered query not dropped yet: never
+        later than the first live one); INF when the queue is empty."""
+        return self._heap[0][0] if self._heap else INF
+
     def items(self):
         """The queued queries, in no particular order (for inspection and tests; O(n))."""
         return [entry[2] for entry in self._heap]
@@ -195,7 +200,10 @@ class BatchSizer:
 
     AIMD (the Clipper paper's rule): while full batches come back under the budget, add
     ``step``; when a batch overruns its budget, multiply by ``backoff``.  A batch that was not
-    full says nothing about a larger size, so it never grows the size.  AIMD judges a batch
+    full says nothing about a larger size, so it never grows the size.  A batch larger than
+    the size (stretched over a backlog as far as its deadlines allowed, see
+    :meth:`Batcher.take`) that overran is judged by what the latency line expects of the
+    size itself.  AIMD judges a batch
     by what the model cost: the compute time the container reported with the result when it
     did, else the round trip.  The round trip also holds the frontend's own delays (CPU
     contention, a busy event loop), and shrinking batches for those lowers throughput just
@@ -280,6 +288,10 @@ class BatchSizer:
         if self.fixed:
             return
         cost = compute if compute >= 0.0 else latency
+        if cost > self.budget and batch_size > self.current and latency > 0.0:
+            # a stretched batch (see Batcher.take) overran: whether the size itself would
+            # have, the latency line says, scaled to the share of it that was the model's
+            cost = self.expected(self.current) * (cost / latency)
         if cost > self.budget:
             self._decrease()
         elif batch_size >= self.current and self.current < self.cap:
@@ -582,7 +594,15 @@ class Batcher:
         until :meth:`returned`.
 
         Queries the batch cannot answer in time (deadline passed, or due before the batch's
-        expected return) go to ``expired`` instead.  Sets ``last_budget``,
+        expected return) go to ``expired`` instead.
+
+        Over a backlog (more queued than ``sizer.current``) an adaptive batch is stretched:
+        it takes more queries, up to twice the size, while by the replica's measured latency
+        line it still comes back (``sizer.lead`` included) before the earliest deadline in
+        it.  A bigger batch costs less per query, so the model answers more of a backlog that
+        the AIMD size would leave to miss its deadlines (at 1x load, Poisson arrivals build
+        such backlogs all the time); the queries behind wait longer, but only as long as the
+        deadlines in front allow, and those are the earliest.  Sets ``last_budget``,
         ``budget_fraction`` of the tightest SLO in the batch: the time the batch may take
         (queueing and transfer need the rest); ``last_latest``, its latest deadline;
         ``last_arrivals``, the sum of its arrivals; ``last_horizon``, the expected return.
@@ -590,9 +610,20 @@ class Batcher:
         size = sizer.current
         horizon = now
         if self._fresh(sizer, now):
+            start = sizer.busy_until if sizer.busy_until > now else now
             n = len(self.queue)
-            horizon = (sizer.busy_until if sizer.busy_until > now else now) + sizer.expected(
-                n if n < size else size)
+            if n > size and not sizer.fixed:
+                self.queue.drop_expired(now, expired)
+                n = len(self.queue)
+                limit = 2 * size
+                if limit > n:
+                    limit = n
+                if limit > sizer.cap:
+                    limit = sizer.cap
+                due = self.queue.earliest_deadline() - (sizer.lead if sizer.lead > 0.0 else 0.0)
+                while size < limit and start + sizer.expected(size + 1) <= due:
+                    size += 1
+            horizon = start + sizer.expected(n if n < size else size)
         self.last_horizon = horizon
         batch = self.queue.pop_batch(now, size, expired, horizon)
         self.in_flight += len(batch)

@@ -49,11 +49,15 @@ def test_aimd_through_the_batcher_uses_the_queued_queries_slo(impl):
         while len(batcher.queue) < 2000:  # keep it saturated
             qid += 1
             assert batcher.admit(query(impl, qid, now, now + slo), now, [], []) == impl.ADMIT
+        size = s.current
         batch = batcher.take(now, s, [])
         assert batcher.last_budget == pytest.approx(0.5 * slo)
+        # over this backlog every batch is stretched, at most to twice the size, and only
+        # as far as it comes back by the earliest deadline in it (a + b * n <= slo)
+        assert size <= len(batch) <= min(2 * size, math.floor((slo - a) / b))
         lat = a + b * len(batch)
         s.observe(len(batch), lat, batcher.last_budget)
-        sizes.append(len(batch))
+        sizes.append(s.current)
         now += 1e-6  # queries stay fresh; time only orders events here
     steady = sizes[500:]
     assert max(steady) <= 380 + 2 and min(steady) >= int(0.9 * 380)

@@ -243,16 +243,18 @@ def test_batching_changes_at_run_time(impl):
     for _ in range(20):
         sim.submit()
     sim.reply("r")
-    assert [len(ids) for *_, ids in sim.sent] == [1, 3]  # AIMD: 1, then one step up
+    # AIMD: 1, then one step up to 3, stretched to twice that over the backlog of 20
+    assert [len(ids) for *_, ids in sim.sent] == [1, 6]
+    assert sim.replica("r").sizer.current == 3
     cfg = sim.mq.cfg.replace(batch_size=5, max_in_flight=2)
     sim.sched.configure(("m", "1"), cfg)
     # (a second batch goes just before the busy replica is expected to answer: here at
     # once, its measured latency being about nothing)
     sim.loop.advance(0.001)
-    assert [len(ids) for *_, ids in sim.sent] == [1, 3, 5], "a second batch in flight"
+    assert [len(ids) for *_, ids in sim.sent] == [1, 6, 5], "a second batch in flight"
     sim.reply("r")
     sim.loop.advance(0.001)
-    assert [len(ids) for *_, ids in sim.sent] == [1, 3, 5, 5]
+    assert [len(ids) for *_, ids in sim.sent] == [1, 6, 5, 5]  # a fixed size: no stretch
     assert len(sim.replica("r").in_flight) == 2
     assert sim.replica("r").sizer.current == 5 and sim.replica("r").sizer.fixed
     sim.sched.configure(("m", "1"), cfg.replace(batch_size=-1, aimd_cap=3))
