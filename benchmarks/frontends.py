@@ -10,7 +10,10 @@ request) in turn:
 
 - ``one``: the first frontend directly (the baseline);
 - ``one_lb``: nginx with the first frontend alone upstream (what the load balancer costs);
-- ``two_lb``: nginx with both frontends upstream.
+- ``two_lb``: nginx with both frontends upstream;
+- ``two_reuseport``: two more frontends of the cluster started with ``--reuse-port`` on one
+  query port, the kernel as the load balancer (SO_REUSEPORT; issue 14's "several edge
+  processes").
 
 Prints queries/s and latency of each and the ratios to the baseline, with the core count and
 load average beside them, and saves JSON in benchmarks/results/frontends.json.  Needs
@@ -115,8 +118,12 @@ def main() -> None:
     nginx = None
     try:
         time.sleep(0.3)
+        shared = free_port()
         fe = [ClipperProcess(extra_args=("--state", url, "--cache-bytes", "0"))
               for _ in range(2)]
+        fe += [ClipperProcess(extra_args=("--state", url, "--cache-bytes", "0",
+                                          "--query-port", str(shared), "--reuse-port"))
+               for _ in range(2)]
         for f in fe:
             procs.append(f.start())
         conn = fe[0].conn
@@ -124,10 +131,13 @@ def main() -> None:
         conn.deploy_python_closure("sum", 1, "doubles", sum_model,
                                    num_replicas=args.replicas)
         conn.link_model_to_app("bench", "sum")
-        for f in fe:
+        for f in fe:  # (the last two share a query port: ask each on its management port)
+            wait_for(lambda f=f: sum(r["connected"] for r in
+                                     f.conn.get_all_model_replicas(verbose=True))
+                     == args.replicas, 60, "every replica to serve every frontend")
             wait_for(lambda f=f: post_json(f"{f.query_url}/bench/predict",
                                            {"input": [1.0, 2.0]})[1].get("output") == 3.0,
-                     60, "both frontends to answer")
+                     60, "every frontend to answer")
         script = os.path.join(d, "post.lua")
         with open(script, "w") as fh:
             fh.write(LUA)
@@ -146,12 +156,14 @@ def main() -> None:
         results = {}
         results["one"] = wrk(f"{fe[0].query_url}/bench/predict", args.duration,
                              args.connections, script)
-        for name, ups in (("one_lb", fe[:1]), ("two_lb", fe)):
+        for name, ups in (("one_lb", fe[:1]), ("two_lb", fe[:2])):
             nginx, lb = balancer(ups)
             results[name] = wrk(f"{lb}/bench/predict", args.duration, args.connections, script)
             nginx.send_signal(signal.SIGQUIT)
             nginx.wait(10)
             nginx = None
+        results["two_reuseport"] = wrk(f"{fe[2].query_url}/bench/predict", args.duration,
+                                       args.connections, script)
     finally:
         if nginx is not None:
             nginx.kill()
@@ -166,7 +178,7 @@ def main() -> None:
            "replicas": args.replicas, "results": results,
            "ratio_to_one": {k: v["qps"] / base for k, v in results.items()}}
     for k, v in results.items():
-        print(f"{k:7s} {v['qps']:8.0f} q/s  p50 {v['p50_ms']:.2f} ms  p99 {v['p99_ms']:.2f} ms  "
+        print(f"{k:13s} {v["qps"]:8.0f} q/s  p50 {v['p50_ms']:.2f} ms  p99 {v['p99_ms']:.2f} ms  "
               f"x{v['qps'] / base:.2f} of one  non-2xx {v['non_2xx']}")
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()}")
     path = os.path.join(os.path.dirname(__file__), "results", "frontends.json")

@@ -51,7 +51,7 @@ def _start(args: argparse.Namespace) -> int:
             body_timeout_s=args.body_timeout,
             legacy_rpc_port=args.legacy_rpc_port, legacy_rpc_host=args.legacy_rpc_host,
             backend=args.backend, registry_port=args.registry_port, state=args.state,
-            deployer_lease_s=args.deployer_lease)
+            deployer_lease_s=args.deployer_lease, reuse_port=args.reuse_port)
     except ClipperError as e:
         print(f"clipper: {e.cause}", file=sys.stderr)
         return 2
@@ -505,6 +505,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-in-flight", type=int, default=8192,
                    help="requests held at once per port; beyond it a query gets its app's "
                         "default output, anything else 503 (default 8192)")
+    s.add_argument("--reuse-port", action="store_true",
+                   help="with --state redis://: share the query port with the other "
+                        "frontends of the cluster on this machine started with it too "
+                        "(SO_REUSEPORT: the kernel spreads connections over them, no load "
+                        "balancer needed) (default: off)")
     s.add_argument("--idle-timeout", type=float, default=15.0,
                    help="seconds a new connection has to send a complete request (slow or "
                         "no headers) before it is closed (default 15)")

@@ -122,6 +122,9 @@ class ServerConfig:
     max_connections: int = 10_000
     #: requests each HTTP port works on at once; more are answered 503 unread
     max_in_flight: int = 8192
+    #: several frontends of one cluster (state in Redis) on this machine share the query
+    #: port (SO_REUSEPORT: the kernel spreads the connections over them, no load balancer)
+    reuse_port: bool = False
     #: a connection that has not sent a complete request within this long is closed
     idle_timeout_s: float = 15.0
     #: a connection idle between requests for this long is closed (aiohttp's default)
@@ -189,6 +192,11 @@ class ServerConfig:
                 f"the model RPC without authentication lets anyone who reaches it answer "
                 f"for a model: binding it to {self.rpc_host} needs authentication on (drop "
                 "--insecure-rpc)")
+        if self.reuse_port and not (self.state or "").startswith("redis://"):
+            raise ConfigError(
+                "--reuse-port lets several frontends of one cluster share the query port; "
+                "they must share their state too: start each with --state redis://HOST:PORT/DB "
+                "(frontends with a state of their own would answer the same app differently)")
         for name in ("max_connections", "max_in_flight"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -13,7 +13,7 @@ from aiohttp import web
 from .errors import BadRequest, Unauthorized
 from .predict import check_uid
 from .http import MAX_BODY, error_middleware, field, json_object, json_response, read_json
-from . import cache, dashboard, legacy_routes, mgmt_guard, openapi, sched
+from . import cache, dashboard, frontend, legacy_routes, mgmt_guard, openapi, sched
 from .mgmt_guard import allow_hosts  # noqa: F401  (the server calls it once bound)
 from .sched import COMPILED
 
@@ -428,6 +428,9 @@ def make_app(server: "ClipperServer", token: str | None,
     if token:
         app[TOKEN] = token
     app.add_routes(routes)
+    # this frontend's own figures, also where the query port is shared (--reuse-port)
+    app[frontend.METRICS] = server.metrics
+    app.router.add_get("/metrics", frontend.metrics_text)
     app.add_routes(legacy_routes.routes)
     dashboard.setup(app, server)
     openapi.install(app, openapi.management_document())

@@ -143,6 +143,9 @@ def management_document() -> dict:
     return _doc("Clipper management API", {
         "/admin/ping": {"get": _op("liveness", ok={"type": "object"})},
         "/admin/server_info": {"get": _op("endpoints and build", ok={"type": "object"})},
+        "/metrics": {"get": _op("this frontend's Prometheus metrics (as on the query port, "
+                                "also where that port is shared)", ok={"type": "string"},
+                                ok_type="text/plain")},
         "/openapi.json": {"get": _op("this document", ok={"type": "object"})},
         "/admin/add_app": P("register an application", app_fields,
                             ("name", "input_type")),

@@ -153,7 +153,7 @@ class ClipperServer:
         query = await self._serve(make_query_app(self.processor, cfg.max_body_bytes,
                                                  self.metrics),
                                   cfg.query_host, cfg.query_port, max_query_conns,
-                                  on_refused=self.metrics.refused)
+                                  on_refused=self.metrics.refused, reuse_port=cfg.reuse_port)
         mgmt_app = make_mgmt_app(self, cfg.mgmt_token, cfg.mgmt_max_body_bytes)
         mgmt = await self._serve(mgmt_app, cfg.mgmt_host, cfg.mgmt_port, 64)
         allow_mgmt_hosts(mgmt_app, cfg.mgmt_host, mgmt)
@@ -218,7 +218,7 @@ class ClipperServer:
             await self.supervisor.detach()
 
     async def _serve(self, app: web.Application, host: str, port: int,
-                     max_connections: int, on_refused=None) -> int:
+                     max_connections: int, on_refused=None, reuse_port: bool = False) -> int:
         cfg = self.config
         # the edge (edge.py) holds the listener's connections and requests and decides what
         # is let in; it wraps aiohttp's protocol
@@ -232,7 +232,8 @@ class ClipperServer:
         await runner.setup()
         try:
             srv = await asyncio.get_running_loop().create_server(
-                gate.start(runner.server), host, port, backlog=1024, reuse_address=True)
+                gate.start(runner.server), host, port, backlog=1024, reuse_address=True,
+                reuse_port=reuse_port or None)
         except OSError as e:
             gate.close()
             raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None

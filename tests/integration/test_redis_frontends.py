@@ -348,6 +348,51 @@ def _start_fails(state_dir, *args):
         c.close()
 
 
+def _model_queries(f, label):
+    """Queries model ``label`` got on frontend ``f``, from its own management port's
+    /metrics (JSON): the query port may be shared."""
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(f"{f.management_url}/metrics",
+                                 headers={"Accept": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())["models"].get(label, {}).get("queries", 0)
+
+
+def test_frontends_of_a_cluster_share_one_query_port_with_reuse_port(redis_server):
+    """--reuse-port: two frontends listen on one query port (SO_REUSEPORT) and the kernel
+    spreads the connections over them; each answers with the model, and each one's own
+    figures stay readable on its management port."""
+    url = redis_server.url.rsplit("/", 1)[0] + "/7"  # a database of its own
+    port = free_port()
+    fs = [ClipperProcess(extra_args=("--state", url, "--query-port", str(port),
+                                     "--reuse-port")) for _ in range(2)]
+    try:
+        for f in fs:
+            f.start()
+        assert [f.query_url for f in fs] == [f"http://127.0.0.1:{port}"] * 2
+        a = fs[0]
+        a.conn.register_application("rp", "doubles", -1.0, 1_000_000)
+        a.conn.deploy_python_closure("rpm", 1, "doubles", plus_one)
+        a.conn.link_model_to_app("rp", "rpm")
+        for f in fs:
+            wait_for(lambda f=f: any(r["connected"] for r in
+                                     f.conn.get_all_model_replicas(verbose=True)),
+                     60, "the replica to serve both frontends")
+        n = 200
+        for i in range(n):  # a connection each: urllib does not keep one alive
+            assert answers(a, "rp", float(i), float(i) + 1)
+        counts = [_model_queries(f, "rpm:1") for f in fs]
+        assert sum(counts) == n and min(counts) > 0, counts
+    finally:
+        for f in fs:
+            f.close()
+    # frontends with a state of their own must not share a port
+    with tempfile.TemporaryDirectory() as d:
+        assert "--state redis://" in _start_fails(d, "--reuse-port")
+
+
 def test_bad_state_url_is_a_clear_error():
     with tempfile.TemporaryDirectory() as d:
         assert "names no known state store" in _start_fails(d, "--state", "mysql://x")
