@@ -178,7 +178,7 @@ def main() -> None:
            "replicas": args.replicas, "results": results,
            "ratio_to_one": {k: v["qps"] / base for k, v in results.items()}}
     for k, v in results.items():
-        print(f"{k:13s} {v["qps"]:8.0f} q/s  p50 {v['p50_ms']:.2f} ms  p99 {v['p99_ms']:.2f} ms  "
+        print(f"{k:13s} {v['qps']:8.0f} q/s  p50 {v['p50_ms']:.2f} ms  p99 {v['p99_ms']:.2f} ms  "
               f"x{v['qps'] / base:.2f} of one  non-2xx {v['non_2xx']}")
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()}")
     path = os.path.join(os.path.dirname(__file__), "results", "frontends.json")
