@@ -34,11 +34,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from clipper_core.testing import ClipperProcess, free_port, post_json, wait_for  # noqa: E402
+from clipper_core.testing import (ClipperProcess, RedisServer, free_port, post_json,  # noqa: E402
+                                  wait_for)
 
 LUA = """
 local n = 0
@@ -109,15 +109,11 @@ def main() -> None:
     args = ap.parse_args()
     tmp = tempfile.TemporaryDirectory(prefix="clipper-bench-frontends-")
     d = tmp.name
-    rport = free_port()
-    redis_proc = subprocess.Popen([need("redis-server"), "--port", str(rport), "--bind",
-                                   "127.0.0.1", "--dir", d, "--save", "", "--daemonize", "no"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{rport}/0"
+    redis_server = RedisServer().start()
+    url = redis_server.url
     procs: list = []
     nginx = None
     try:
-        time.sleep(0.3)
         shared = free_port()
         fe = [ClipperProcess(extra_args=("--state", url, "--cache-bytes", "0"))
               for _ in range(2)]
@@ -169,8 +165,7 @@ def main() -> None:
             nginx.kill()
         for f in procs:
             f.close()
-        redis_proc.terminate()
-        redis_proc.wait(10)
+        redis_server.close()
         tmp.cleanup()
     base = results["one"]["qps"]
     out = {"cpu_count": os.cpu_count(), "loadavg_before_after": os.getloadavg(),

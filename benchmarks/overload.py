@@ -26,6 +26,7 @@ swing 1.5-2x; rerun on a quiet one to quote them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -45,7 +46,8 @@ sys.path.insert(0, HERE)
 
 import _models  # noqa: E402
 
-from clipper_core.testing import ClipperProcess, post_json  # noqa: E402
+from clipper_core.testing import (ClipperProcess, RedisServer, free_port,  # noqa: E402
+                                  post_json, wait_for)
 
 SCENARIO = os.path.join(HERE, "scenarios", "overload.toml")
 RESULTS = os.path.join(HERE, "results", "scenarios")
@@ -103,15 +105,44 @@ def oha(url: str, body: bytes, *, duration_s: float, connections: int,
     return summary
 
 
-def counters(clipper: ClipperProcess, app: str) -> dict[str, float]:
-    with urllib.request.urlopen(f"{clipper.query_url}/stats", timeout=30) as r:
-        stats = json.loads(r.read())
-    a = stats["apps"].get(app, {})
-    out = {k: float(a.get(k, 0)) for k in ("prediction", "default", "shed", "error")}
-    out["refused"] = float(a.get("refused", 0))  # the edge's refusals (before parsing)
-    bs = [m.get("batch_size") or {} for m in stats["models"].values()]
-    out["batches"] = float(sum(b.get("count", 0) for b in bs))
-    out["batched"] = float(sum(b.get("sum", 0) for b in bs))
+@contextlib.contextmanager
+def clippers(n: int):
+    """One Clipper, or ``n`` frontends of one cluster (state in a Redis of their own) sharing
+    one query port with ``--reuse-port``: the kernel spreads the connections over them."""
+    if n <= 1:
+        with ClipperProcess() as c:
+            yield [c]
+        return
+    with RedisServer() as redis_server:
+        port = str(free_port())
+        fs = [ClipperProcess(extra_args=("--state", redis_server.url, "--query-port", port,
+                                         "--reuse-port")) for _ in range(n)]
+        try:
+            for f in fs:
+                f.start()
+            yield fs
+        finally:
+            for f in fs:
+                f.close()
+
+
+def counters(clippers: list[ClipperProcess], app: str) -> dict[str, float]:
+    """The server's counters for ``app``, summed over the frontends (each read on its own
+    management port: the query port may be shared)."""
+    out = dict.fromkeys(("prediction", "default", "shed", "error", "refused", "batches",
+                         "batched"), 0.0)
+    for clipper in clippers:
+        req = urllib.request.Request(f"{clipper.management_url}/metrics",
+                                     headers={"Accept": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            stats = json.loads(r.read())
+        a = stats["apps"].get(app, {})
+        for k in ("prediction", "default", "shed", "error", "refused"):
+            out[k] += float(a.get(k, 0))  # refused: the edge's refusals (before parsing)
+        for m in stats["models"].values():
+            b = m.get("batch_size") or {}
+            out["batches"] += float(b.get("count", 0))
+            out["batched"] += float(b.get("sum", 0))
     return out
 
 
@@ -148,12 +179,21 @@ def run_row(doc: dict, row: dict, saturation: dict) -> dict[str, Any]:
     fn, x = _models.build(dict(row["model"]))
     body = json.dumps({"input": x}).encode()
     app = "ovl"
-    with ClipperProcess() as clipper:
+    n_frontends = int(row.get("frontends", 1))
+    if n_frontends > 1 and row.get("capacity_qps") == "saturation" and "qps" not in saturation:
+        raise SystemExit(f"row {row['name']!r}: the saturation rate is one frontend's; measure "
+                         "it in a one-frontend row before this one")
+    with clippers(n_frontends) as fronts:
+        clipper = fronts[0]
         conn = clipper.conn
         conn.register_application(app, "doubles", DEFAULT_OUTPUT, int(slo_ms * 1000),
                                   cache_enabled=False)
         conn.deploy_python_closure(app, 1, "doubles", fn, batch_size=int(row.get("batch_size", -1)))
         conn.link_model_to_app(app, app)
+        for f in fronts:  # the replica serves every frontend
+            wait_for(lambda f=f: any(r["connected"] for r in
+                                     f.conn.get_all_model_replicas(verbose=True)),
+                     60, "the replica to serve every frontend")
         status, answer = clipper.predict(app, {"input": x})
         if status != 200 or answer.get("default") is not False:
             raise RuntimeError(f"the model does not answer: HTTP {status} {answer!r}")
@@ -173,11 +213,11 @@ def run_row(doc: dict, row: dict, saturation: dict) -> dict[str, Any]:
             cap = saturation["qps"]
         rate = float(cap) * float(row.get("rate_x", 1.0))
         oha(url, body, duration_s=warmup, connections=conns, rate=rate)
-        c0 = counters(clipper, app)
+        c0 = counters(fronts, app)
         t0 = time.monotonic()
         res = oha(url, body, duration_s=duration, connections=conns, rate=rate)
         elapsed = time.monotonic() - t0
-        c1 = counters(clipper, app)
+        c1 = counters(fronts, app)
         after_ms, after_preds = after_latency(clipper, app, int(doc.get("after_queries", 50)))
     lat = res["latencies"]
     n = len(lat)
@@ -264,9 +304,9 @@ def main(argv: list[str] | None = None) -> int:
                             capture_output=True, text=True).stdout.strip()
     print(f"== overload ({doc.get('description', '')}) commit {commit} ==")
     print(text)
-    print(f"goodput = predictions answered within SLO + slack per second (a prediction told "
-          f"from a default by the answer's size); x capacity = goodput / the row's capacity; default % "
-          f"includes sheds; refused % = refused at the edge before parsing")
+    print("goodput = predictions answered within SLO + slack per second (a prediction told "
+          "from a default by the answer's size); x capacity = goodput / the row's capacity; default % "
+          "includes sheds; refused % = refused at the edge before parsing")
     print(f"machine: {machine}")
     out = ns.out or os.path.join(RESULTS, f"overload{'.quick' if ns.quick else ''}"
                                  f"{'.hog' if hog else ''}.json")

@@ -282,3 +282,61 @@ def remove_frontend_images(state_dir: str, timeout_s: float = 20.0) -> list:
     finally:
         client.close()
     return removed
+
+
+class RedisServer:
+    """A real redis-server child process (Debian's) on a free port with a temp dir, stopped by
+    pid; its data survives a kill (append-only file, fsync always), so that it can be killed
+    and started again on the same port and dir.  Closes as a context manager."""
+
+    def __init__(self) -> None:
+        import shutil
+
+        self.binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not os.access(self.binary, os.X_OK):
+            raise RuntimeError("redis-server is not installed: `apt-get install redis-server` "
+                               "(it is listed in .ci/system-packages.txt, which `make test` "
+                               "installs)")
+        self.dir = tempfile.TemporaryDirectory(prefix="clipper-redis-")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "RedisServer":
+        import redis
+
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
+             self.dir.name, "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+             "--daemonize", "no", "--protected-mode", "yes"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        r = redis.Redis.from_url(self.url)
+
+        def up() -> bool:
+            try:
+                return bool(r.ping())
+            except redis.ConnectionError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("redis-server exited at start") from None
+                return False
+        try:
+            wait_for(up, 10, "redis-server to answer PING")
+        finally:
+            r.close()
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def close(self) -> None:
+        self.kill()
+        self.dir.cleanup()
+
+    def __enter__(self) -> "RedisServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -16,8 +16,8 @@ import pytest
 
 from clipper_core.admin import ClipperAdminError
 from clipper_core.cluster import Cluster
-from clipper_core.testing import ClipperProcess, free_port, kill_replicas, wait_for
-from redis_helper import RedisServer
+from clipper_core.testing import (ClipperProcess, RedisServer, free_port, kill_replicas,
+                                  wait_for)
 
 
 @pytest.fixture(scope="module")

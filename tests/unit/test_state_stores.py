@@ -10,8 +10,7 @@ import redis
 from clipper_core.errors import StateStoreError, StateStoreUnavailable
 from clipper_core.state import StateStore, open_store
 from clipper_core.state_redis import RedisStateStore
-from clipper_core.testing import free_port
-from redis_helper import RedisServer
+from clipper_core.testing import RedisServer, free_port
 
 _db = itertools.count(1)
 
