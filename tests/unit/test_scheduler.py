@@ -102,10 +102,13 @@ def test_aimd_under_saturating_load_stays_within_the_budget(impl):
         current.append(sizer.current)
     sim.loop.advance(1.0)
     climbed = next(i for i, n in enumerate(current) if n >= best - step)
-    assert climbed < 300
+    assert climbed < 400  # (one step per full batch, and the batches are larger than the size)
     steady = current[climbed:]
     assert max(steady) <= best + step and min(steady) >= int(0.9 * best)
-    assert max(n for n, _ in sim.mq.recent) <= best + step
+    # over this backlog a batch grows past the AIMD size, as far as its deadlines allow:
+    # at most twice the size, and back within the SLO
+    assert max(n for n, _ in sim.mq.recent) <= 2 * (best + step)
+    assert all(lat <= slo for n, lat in sim.mq.recent)
     assert all(lat <= 0.5 * slo for n, lat in sim.mq.recent if n <= best)
     # every query was answered by its deadline: by the model or, shed, at once
     answers = sim.answers()
