@@ -35,7 +35,6 @@ cdef class DeadlineQueue:
     @cython.locals(q=Query, batch=list)
     cpdef list pop_batch(self, double now, Py_ssize_t max_size, list expired,
                          double horizon=*)
-    cpdef double earliest_deadline(self)
     cpdef list items(self)
     @cython.locals(q=Query, oldest=double)
     cpdef double oldest_arrival(self)
@@ -116,9 +115,5 @@ cdef class Batcher:
     cpdef double dispatch_at(self, double now, Py_ssize_t size, bint busy=*,
                              double free_since=*, double lead=*)
     @cython.locals(q=Query, slo=double, latest=double, arrivals=double, batch=list,
-                   size=Py_ssize_t, n=Py_ssize_t, horizon=double, start=double)
+                   size=Py_ssize_t, n=Py_ssize_t, horizon=double)
     cpdef list take(self, double now, BatchSizer sizer, list expired)
-    @cython.locals(cur=long, most=long, look=long, cand=list, count=Py_ssize_t,
-                   best_k=Py_ssize_t, best=Py_ssize_t, fit=Py_ssize_t, k=Py_ssize_t,
-                   room=Py_ssize_t, due=double, m=Py_ssize_t)
-    cdef list _window(self, double now, double start, BatchSizer sizer, list expired)

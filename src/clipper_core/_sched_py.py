@@ -136,11 +136,6 @@ class DeadlineQueue:
                 batch.append(q)
         return batch
 
-    def earliest_deadline(self):
-        """The earliest queued deadline (perhaps of an answered query not dropped yet: never
-        later than the first live one); INF when the queue is empty."""
-        return self._heap[0][0] if self._heap else INF
-
     def items(self):
         """The queued queries, in no particular order (for inspection and tests; O(n))."""
         return [entry[2] for entry in self._heap]
@@ -200,10 +195,7 @@ class BatchSizer:
 
     AIMD (the Clipper paper's rule): while full batches come back under the budget, add
     ``step``; when a batch overruns its budget, multiply by ``backoff``.  A batch that was not
-    full says nothing about a larger size, so it never grows the size.  A batch larger than
-    the size (grown over a backlog as far as its deadlines allowed, see
-    :meth:`Batcher._window`) that overran is judged by its cost less what the latency line
-    says the extra queries added.  AIMD judges a batch
+    full says nothing about a larger size, so it never grows the size.  AIMD judges a batch
     by what the model cost: the compute time the container reported with the result when it
     did, else the round trip.  The round trip also holds the frontend's own delays (CPU
     contention, a busy event loop), and shrinking batches for those lowers throughput just
@@ -288,10 +280,6 @@ class BatchSizer:
         if self.fixed:
             return
         cost = compute if compute >= 0.0 else latency
-        if cost > self.budget and batch_size > self.current:
-            # a batch larger than the size (see Batcher._window) overran: would the size
-            # itself have?  Its cost less what the latency line says the extra queries add
-            cost -= self.expected(batch_size) - self.expected(self.current)
         if cost > self.budget:
             self._decrease()
         elif batch_size >= self.current and self.current < self.cap:
@@ -594,30 +582,19 @@ class Batcher:
         until :meth:`returned`.
 
         Queries the batch cannot answer in time (deadline passed, or due before the batch's
-        expected return) go to ``expired`` instead.
-
-        Over a backlog (more queued than ``sizer.current``; adaptive sizes only) the batch is
-        chosen by :meth:`_window` instead: the most queries that come back in time.
-
-        Sets ``last_budget``, ``budget_fraction`` of the tightest SLO in the batch: the time
-        the batch may take (queueing and transfer need the rest); ``last_latest``, its latest
-        deadline; ``last_arrivals``, the sum of its arrivals; ``last_horizon``, the expected
-        return.
+        expected return) go to ``expired`` instead.  Sets ``last_budget``,
+        ``budget_fraction`` of the tightest SLO in the batch: the time the batch may take
+        (queueing and transfer need the rest); ``last_latest``, its latest deadline;
+        ``last_arrivals``, the sum of its arrivals; ``last_horizon``, the expected return.
         """
         size = sizer.current
         horizon = now
-        batch = None
         if self._fresh(sizer, now):
-            start = sizer.busy_until if sizer.busy_until > now else now
             n = len(self.queue)
-            if n > size and not sizer.fixed:
-                batch = self._window(now, start, sizer, expired)
-                horizon = start + sizer.expected(len(batch))
-            else:
-                horizon = start + sizer.expected(n if n < size else size)
+            horizon = (sizer.busy_until if sizer.busy_until > now else now) + sizer.expected(
+                n if n < size else size)
         self.last_horizon = horizon
-        if batch is None:
-            batch = self.queue.pop_batch(now, size, expired, horizon)
+        batch = self.queue.pop_batch(now, size, expired, horizon)
         self.in_flight += len(batch)
         if batch:
             slo = INF
@@ -634,52 +611,3 @@ class Batcher:
             self.last_latest = latest
             self.last_arrivals = arrivals
         return batch
-
-    def _window(self, now, start, sizer, expired):
-        """The batch for a backlog: of the next ``3 * current`` queries in deadline order,
-        the run of consecutive ones (at most ``2 * current``) that answers the most of them
-        by their deadlines (never fewer than the AIMD size alone would), by the replica's latency line (what a batch takes from the
-        frontend's view, the answer's way back included), the replica starting at ``start``.  The earlier queries before the run go to ``expired``
-        (counted ``late``), the later ones back to the queue.
-
-        A batch costs less per query the larger it is, so over a backlog a batch may grow
-        past the AIMD size as far as the deadlines in it allow; and when the queries at the
-        head have too little time left for more than a small batch, leaving them out (they
-        get the default output now, instead of taking a batch's place at the model) answers
-        more of the rest.  At 1x load, Poisson arrivals build such backlogs all the time; on
-        virtual time (5 ms + 0.5 ms per item, SLO 20 ms) the goodput at 1x rose from 885/s
-        to 940/s, and at 2x from 952/s to 1,090/s.
-        """
-        cur = sizer.current
-        most = 2 * cur
-        if most > sizer.cap:
-            most = sizer.cap
-        look = 3 * cur
-        if look > sizer.cap:
-            look = sizer.cap
-        # those due before a batch of the AIMD size would come back are late at once, as
-        # they are without a backlog: so the first run is the batch the size alone gives
-        cand = self.queue.pop_batch(now, look, expired, start + sizer.expected(cur))
-        count = len(cand)
-        best_k = 0
-        best = 0
-        fit = 0  # the largest batch back by cand[k]'s deadline: it never shrinks as k grows
-        for k in range(count):
-            room = count - k
-            if room > most:
-                room = most
-            if room <= best:
-                break  # the runs further on have fewer queries left
-            due = cand[k].deadline
-            while fit < room and start + sizer.expected(fit + 1) <= due:
-                fit += 1
-            m = fit if fit < room else room
-            if m > best:
-                best_k = k
-                best = m
-        for k in range(best_k):
-            self.queue.late += 1
-            expired.append(cand[k])
-        for k in range(best_k + best, count):
-            self.queue.requeue(cand[k])
-        return cand[best_k:best_k + best]

@@ -49,63 +49,14 @@ def test_aimd_through_the_batcher_uses_the_queued_queries_slo(impl):
         while len(batcher.queue) < 2000:  # keep it saturated
             qid += 1
             assert batcher.admit(query(impl, qid, now, now + slo), now, [], []) == impl.ADMIT
-        size = s.current
         batch = batcher.take(now, s, [])
         assert batcher.last_budget == pytest.approx(0.5 * slo)
-        # over this backlog every batch is stretched, at most to twice the size, and only
-        # as far as it comes back by the earliest deadline in it (a + b * n <= slo)
-        assert size <= len(batch) <= min(2 * size, math.floor((slo - a) / b))
         lat = a + b * len(batch)
         s.observe(len(batch), lat, batcher.last_budget)
-        sizes.append(s.current)
+        sizes.append(len(batch))
         now += 1e-6  # queries stay fresh; time only orders events here
     steady = sizes[500:]
     assert max(steady) <= 380 + 2 and min(steady) >= int(0.9 * 380)
-
-
-@settings(max_examples=300, deadline=None)
-@given(current=st.integers(1, 16), busy=st.floats(0.0, 0.01),
-       slack=st.lists(st.floats(0.0, 0.05), min_size=0, max_size=60))
-def test_a_backlog_batch_answers_the_most_in_time_and_loses_no_query(impl, current, busy,
-                                                                      slack):
-    """Over a backlog the batch is a run of consecutive queries in deadline order that all
-    come back in time by the latency line, at most twice the AIMD size, never fewer in time
-    than the AIMD size alone takes; the queries before the run are late (answered with the
-    default at once), the rest stay queued."""
-    a, b, now = 0.002, 0.0005, 10.0  # the replica's latency line: 2 ms + 0.5 ms per query
-
-    def setup():
-        batcher = impl.Batcher(10_000, 0.0, 0.5)
-        s = sizer(impl, budget=1.0)
-        for n in (1, 8, 1, 8):
-            s.observe(n, a + b * n)
-        s.current = current
-        s.busy_until = now + busy
-        qs = [query(impl, i, now - 0.01, now + d) for i, d in enumerate(slack)]
-        for q in qs:
-            batcher.queue.push(q)
-        return batcher, s, qs
-
-    batcher, s, qs = setup()
-    start = now + busy
-    expired = []
-    batch = batcher.take(now, s, expired)
-    queued = batcher.queue.items()
-    ids = sorted([q.query_id for q in batch] + [q.query_id for q in expired]
-                 + [q.query_id for q in queued])
-    assert ids == list(range(len(qs))), "every query is in the batch, late or still queued"
-    assert len(batch) <= 2 * current
-    back = start + s.expected(len(batch))
-    assert all(q.deadline >= back - 1e-12 for q in batch), "every query back in time"
-    if batch:
-        first = min(q.deadline for q in batch)
-        assert all(q.deadline <= first for q in expired), "only queries before the run are late"
-        assert all(q.deadline >= max(x.deadline for x in batch) for q in queued)
-    # the AIMD size alone: the first `current` live queries due after such a batch is back
-    batcher, s, _ = setup()
-    plain = batcher.queue.pop_batch(now, current, [], start + s.expected(current))
-    plain_back = start + s.expected(len(plain))
-    assert len(batch) >= sum(1 for q in plain if q.deadline >= plain_back)
 
 
 def test_overrun_backs_off_by_a_tenth(impl):
