@@ -263,11 +263,43 @@ def table(results: list[dict], slo_ms: float, slack_ms: float) -> str:
     return "\n".join([line(head), *(line(r) for r in rows)])
 
 
+def fixed_sweep(doc: dict, rows: list[dict], results: list[dict],
+                saturation: dict) -> dict | None:
+    """The ``[fixed_sweep]`` table: its row again with each fixed batch size of
+    ``batch_sizes``; returns the adaptive row's goodput as a share of the best fixed size's
+    (issue 14: within 10 % at 1x), or None when the scenario has no sweep or its row did not
+    run."""
+    sweep = doc.get("fixed_sweep")
+    if not sweep:
+        return None
+    name = sweep["row"]
+    adaptive = next((r for r in results if r["case"] == name), None)
+    row = next((r for r in rows if r["name"] == name), None)
+    if adaptive is None or row is None:
+        return None
+    fixed = []
+    for bs in sweep["batch_sizes"]:
+        log(f"row {name}, fixed batch size {bs}")
+        r = run_row(doc, {**row, "name": f"{name}, batch size {bs}", "batch_size": int(bs)},
+                    saturation)
+        log(f"  goodput {r['goodput']:.0f}/s")
+        fixed.append({"batch_size": int(bs), "goodput": r["goodput"],
+                      "within_share": r["within_share"], "p99_ms": r["p99_ms"]})
+    best = max(fixed, key=lambda f: f["goodput"])
+    ratio = adaptive["goodput"] / best["goodput"] if best["goodput"] else None
+    cells = ", ".join(f"{f['batch_size']}: {f['goodput']:.0f}/s" for f in fixed)
+    text = (f"fixed batch sizes on {name!r}: {cells}; adaptive {adaptive['goodput']:.0f}/s = "
+            f"{ratio:.2f} of the best fixed size ({best['batch_size']})")
+    return {"row": name, "fixed": fixed, "best": best, "adaptive_goodput": adaptive["goodput"],
+            "adaptive_to_best": ratio, "text": text}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("scenario", nargs="?", default=SCENARIO)
     ap.add_argument("--quick", action="store_true", help="the scenario's [quick] settings")
-    ap.add_argument("--rows", help="only these rows (comma-separated names)")
+    ap.add_argument("--row", action="append", metavar="NAME",
+                    help="only this row (repeat for several; names hold commas)")
     ap.add_argument("--cpu-hog", action="store_true", help="a busy loop on one core beside Clipper")
     ap.add_argument("--out", help="results file (default benchmarks/results/scenarios/overload.json)")
     ns = ap.parse_args(argv)
@@ -278,9 +310,11 @@ def main(argv: list[str] | None = None) -> int:
         doc.update(quick)
     hog = ns.cpu_hog or bool(doc.get("cpu_hog", False))
     rows = doc["rows"]
-    if ns.rows:
-        wanted = {r.strip() for r in ns.rows.split(",")}
-        rows = [r for r in rows if r["name"] in wanted]
+    if ns.row:
+        unknown = set(ns.row) - {r["name"] for r in rows}
+        if unknown:
+            raise SystemExit(f"no row named {sorted(unknown)} in {ns.scenario}")
+        rows = [r for r in rows if r["name"] in ns.row]
     find_oha()
     load_before = os.getloadavg()
     saturation: dict = {}
@@ -295,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         r = results[-1]
         log(f"  {r['rate']:.0f} q/s: within {100 * (r['within_share'] or 0):.2f} %, p99 "
             f"{r['p99_ms'] or 0:.1f} ms, goodput {r['goodput']:.0f}/s")
+    fixed = fixed_sweep(doc, rows, results, saturation)
     load_after = os.getloadavg()
     slo, slack = float(doc.get("slo_ms", 20)), float(doc.get("slack_ms", 5))
     text = table(results, slo, slack)
@@ -307,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     print("goodput = predictions answered within SLO + slack per second (a prediction told "
           "from a default by the answer's size); x capacity = goodput / the row's capacity; default % "
           "includes sheds; refused % = refused at the edge before parsing")
+    if fixed is not None:
+        print(fixed["text"])
     print(f"machine: {machine}")
     out = ns.out or os.path.join(RESULTS, f"overload{'.quick' if ns.quick else ''}"
                                  f"{'.hog' if hog else ''}.json")
@@ -314,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(out, "w") as f:
         json.dump({"commit": commit, "settings": doc, "machine": machine, "table": text,
                    "rows": results, "saturation_qps": saturation.get("qps"),
+                   "fixed_sweep": fixed,
                    "loadavg_before": load_before, "loadavg_after": load_after}, f, indent=1,
                   default=float)
     print(f"results: {os.path.relpath(out)}")
