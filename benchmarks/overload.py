@@ -208,8 +208,12 @@ def run_row(doc: dict, row: dict, saturation: dict) -> dict[str, Any]:
                     "saturation_connections", 64)), rate=None)
                 s = oha(url, body, duration_s=duration, connections=int(doc.get(
                     "saturation_connections", 64)), rate=None)
-                saturation["qps"] = float(s["summary"]["requestsPerSec"])
-                log(f"saturation: {saturation['qps']:.0f} answers/s (closed loop)")
+                # predictions only: refusals (unread ones cost next to nothing) are not what
+                # the frontend can serve
+                preds = (s["sizes"] > 0) & (s["sizes"] <= pred_max)
+                saturation["qps"] = float(np.sum(preds)) / duration
+                log(f"saturation: {saturation['qps']:.0f} predictions/s (closed loop; "
+                    f"{len(s['sizes']) / duration:.0f} answers/s)")
             cap = saturation["qps"]
         rate = float(cap) * float(row.get("rate_x", 1.0))
         oha(url, body, duration_s=warmup, connections=conns, rate=rate)

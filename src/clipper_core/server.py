@@ -153,7 +153,10 @@ class ClipperServer:
         query = await self._serve(make_query_app(self.processor, cfg.max_body_bytes,
                                                  self.metrics),
                                   cfg.query_host, cfg.query_port, max_query_conns,
-                                  on_refused=self.metrics.refused, reuse_port=cfg.reuse_port)
+                                  on_refused=self.metrics.refused, reuse_port=cfg.reuse_port,
+                                  # unread refusals (edge.py) answer from the registry
+                                  app_lookup=self.processor.registry.apps.get,
+                                  new_query_id=self.processor.new_query_id)
         mgmt_app = make_mgmt_app(self, cfg.mgmt_token, cfg.mgmt_max_body_bytes)
         mgmt = await self._serve(mgmt_app, cfg.mgmt_host, cfg.mgmt_port, 64)
         allow_mgmt_hosts(mgmt_app, cfg.mgmt_host, mgmt)
@@ -218,13 +221,15 @@ class ClipperServer:
             await self.supervisor.detach()
 
     async def _serve(self, app: web.Application, host: str, port: int,
-                     max_connections: int, on_refused=None, reuse_port: bool = False) -> int:
+                     max_connections: int, on_refused=None, reuse_port: bool = False,
+                     app_lookup=None, new_query_id=None) -> int:
         cfg = self.config
         # the edge (edge.py) holds the listener's connections and requests and decides what
         # is let in; it wraps aiohttp's protocol
         gate = edge.Edge(name=f"{host}:{port}", max_connections=max_connections,
                          max_in_flight=cfg.max_in_flight, idle_timeout_s=cfg.idle_timeout_s,
-                         keepalive_timeout_s=cfg.keepalive_timeout_s, on_refused=on_refused)
+                         keepalive_timeout_s=cfg.keepalive_timeout_s, on_refused=on_refused,
+                         app_lookup=app_lookup, new_query_id=new_query_id)
         gate.install(app)
         app[BODY_TIMEOUT] = cfg.body_timeout_s
         runner = web.AppRunner(app, access_log=None, handle_signals=False,

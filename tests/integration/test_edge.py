@@ -198,7 +198,7 @@ def test_the_rest_of_an_unread_body_does_not_age_the_next_request(clipper, serve
             if line.lower().startswith(b"content-length:"):
                 length = int(line.split(b":")[1])
         out = json.loads(f.read(length))
-        assert status == 200 and out["default"] is False, out
+        assert status == 200 and out["default"] is False, out["default_explanation"]
 
 
 OIP_BODY = json.dumps({"inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 2],
@@ -275,3 +275,60 @@ def _get(url):
             return r.status, dict(r.headers), r.read()
     except urllib.error.HTTPError as e:
         return e.code, dict(e.headers), e.read()
+
+
+def test_an_overloaded_frontend_refuses_whole_queries_unread_and_recovers():
+    """64 users in a closed loop against an app whose SLO is 2 ms (a 1 ms wait budget, so a
+    0.25 ms lag target): the event loop lags far more than that, and part of the queries are
+    answered with the default output before aiohttp reads them, counted as refused; every
+    answer is well-formed JSON, and once the load stops a query is answered by the model."""
+    import asyncio
+
+    from clipper_core.testing import ClipperProcess, wait_for
+
+    with ClipperProcess() as c:
+        c.conn.register_application("hot", "doubles", -1.0, 2000, cache_enabled=False)
+        c.conn.deploy_python_closure("hotm", 1, "doubles", lambda xs: [0.0 for _ in xs])
+        c.conn.link_model_to_app("hot", "hotm")
+        u = urlsplit(c.query_url)
+        body = b'{"input": [1.0, 2.0]}'
+        req = (f"POST /hot/predict HTTP/1.1\r\nHost: {u.hostname}\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+               ).encode() + body
+        answers = []
+
+        async def user(until):
+            r, w = await asyncio.open_connection(u.hostname, u.port)
+            try:
+                while time.monotonic() < until:
+                    w.write(req)  # one write: the request arrives whole
+                    head = await r.readuntil(b"\r\n\r\n")
+                    assert head.startswith(b"HTTP/1.1 200"), head
+                    n = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                             if line.lower().startswith(b"content-length:"))
+                    answers.append(json.loads(await r.readexactly(n)))
+            finally:
+                w.close()
+
+        async def load():
+            until = time.monotonic() + 2.5
+            await asyncio.gather(*(user(until) for _ in range(64)))
+
+        asyncio.run(load())
+        unread = [a for a in answers
+                  if a["default"] and a["default_explanation"].startswith("refused unread")]
+        assert unread, f"no unread refusal in {len(answers)} answers"
+        assert all(a["output"] == -1.0 and isinstance(a["query_id"], int) for a in unread)
+        assert all(set(a) >= {"query_id", "output", "default"} for a in answers)
+        _, refused = figures(c, "hot", "hotm")
+        assert refused >= len(unread), "unread refusals are counted as refused"
+        # the share of queries let in grows back by LAG_RECOVERY_PER_S (5) a second: after
+        # 0.3 s without load the next query is let in ...
+        time.sleep(0.3)
+        status, out = c.predict("hot", {"input": [1.0, 2.0]})
+        assert status == 200 and not out.get("default_explanation", "").startswith(
+            "refused unread"), out
+        # ... and once the batch latency measured under the load is stale (1 s), the model
+        # answers again
+        wait_for(lambda: c.predict("hot", {"input": [1.0, 2.0]})[1]["default"] is False,
+                 timeout_s=10, what="the model to answer after the load")

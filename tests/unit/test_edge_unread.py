@@ -1,0 +1,141 @@
+"""Unread refusals at the edge: which bytes are one whole single-input query that can be
+answered without aiohttp (``whole_predict``), and the share of queries let in following the
+event loop's lag (AIMD on the probes), on a virtual clock."""
+
+from hypothesis import given, settings, strategies as st
+
+from clipper_core.edge import LAG_BACKOFF, LAG_RECOVERY_PER_S, Edge, whole_predict
+
+
+def request(path=b"/app/predict", body=b'{"input": [1.0]}', version=b"HTTP/1.1",
+            headers=(), length=None):
+    head = [b"POST " + path + b" " + version, b"Host: x", b"Content-Type: application/json",
+            b"Content-Length: %d" % (len(body) if length is None else length), *headers]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+def test_a_whole_single_input_query_is_recognised():
+    assert whole_predict(request()) == ("app", False)
+    assert whole_predict(request(path=b"/app/predict/")) == ("app", False)  # the original's
+    assert whole_predict(request(path=b"/app/predict?x=1")) == ("app", False)
+    assert whole_predict(request(headers=[b"Connection: close"])) == ("app", True)
+    assert whole_predict(request(version=b"HTTP/1.0")) == ("app", True)
+    assert whole_predict(request(version=b"HTTP/1.0",
+                                 headers=[b"Connection: keep-alive"])) == ("app", False)
+    assert whole_predict(request(headers=[b"content-LENGTH : 16"], length=16)) is None, \
+        "two Content-Length headers"
+
+
+def test_anything_else_takes_the_aiohttp_path():
+    whole = request()
+    assert whole_predict(whole[:-1]) is None, "the body is still coming"
+    assert whole_predict(whole + whole) is None, "a pipelined request behind it"
+    assert whole_predict(whole[:whole.index(b"\r\n\r\n")]) is None, "headers not done"
+    assert whole_predict(request(body=b'{"input_batch": [[1.0], [2.0]]}')) is None
+    assert whole_predict(request(headers=[b"Transfer-Encoding: chunked"])) is None
+    assert whole_predict(request(headers=[b"Expect: 100-continue"])) is None
+    assert whole_predict(request(length=3)) is None
+    assert whole_predict(request(headers=[b"no colon here"])) is None
+    assert whole_predict(whole.replace(b"Content-Length: 16", b"Content-Length: x")) is None
+    assert whole_predict(whole.replace(b"POST", b"GET ", 1)) is None
+    assert whole_predict(request(version=b"HTTP/2.0")) is None
+    for path in (b"/v2/models/m/infer", b"/app/update", b"/predict", b"//predict",
+                 b"/a/b/predict", b"/\xff/predict"):
+        assert whole_predict(request(path=path)) is None, path
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_any_bytes_give_an_answer_or_none_never_an_error(data):
+    out = whole_predict(data)
+    assert out is None or (isinstance(out[0], str) and isinstance(out[1], bool))
+
+
+@settings(max_examples=200, deadline=None)
+@given(app=st.text("abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=30),
+       body=st.binary(max_size=200).filter(lambda b: b'"input_batch"' not in b),
+       cut=st.integers(0, 10_000))
+def test_only_the_exact_whole_request_is_recognised(app, body, cut):
+    whole = request(path=b"/" + app.encode() + b"/predict", body=body)
+    assert whole_predict(whole) == (app, False)
+    part = whole[:cut % len(whole)]
+    assert whole_predict(part) is None
+
+
+class Loop:
+    """What the edge's probes use of an event loop: a clock and call_soon, run by hand."""
+
+    def __init__(self):
+        self.now = 100.0
+        self.soon = []
+
+    def time(self):
+        return self.now
+
+    def call_soon(self, cb, *args):
+        self.soon.append((cb, args))
+
+    def run_ready(self, after_s):
+        """The ready queue runs ``after_s`` later (the loop's lag)."""
+        self.now += after_s
+        ready, self.soon = self.soon, []
+        for cb, args in ready:
+            cb(*args)
+
+
+def edge(loop):
+    e = Edge(app_lookup=lambda name: None, new_query_id=lambda: 1)
+    e.loop = loop
+    return e
+
+
+def test_the_share_let_in_backs_off_while_the_loop_lags_and_grows_back_after():
+    loop = Loop()
+    e = edge(loop)
+    e.probe(loop.now)
+    loop.run_ready(0.050)  # before any query: no target, nothing refused
+    assert e.admit_share == 1.0
+    e.note_slo(0.020, loop.now)  # a 20 ms SLO: a 10 ms wait budget, a 2.5 ms lag target
+    assert e.lag_target_s == 0.0025
+    for _ in range(10):
+        loop.now += 0.001
+        e.probe(loop.now)
+        loop.run_ready(0.004)  # lags 4 ms
+    assert abs(e.admit_share - LAG_BACKOFF ** 10) < 1e-9
+    low = e.admit_share
+    assert not loop.soon
+    e.probe(loop.now)
+    e.probe(loop.now)  # one probe at a time
+    assert len(loop.soon) == 1
+    loop.run_ready(0.0001)  # the lag is gone: the share grows back with time
+    loop.now += 0.002
+    e.probe(loop.now)
+    loop.run_ready(0.0001)
+    assert abs(e.admit_share - min(1.0, low + LAG_RECOVERY_PER_S * 0.0022)) < 1e-9
+    loop.now += 1.0  # (an idle second counts too)
+    e.probe(loop.now)
+    loop.run_ready(0.0001)
+    assert e.admit_share == 1.0
+
+
+def test_after_the_load_stops_the_first_query_finds_the_share_grown_back():
+    loop = Loop()
+    e = edge(loop)
+    e.note_slo(0.020, loop.now)
+    for _ in range(30):  # the last probe before the pause still lagged
+        loop.now += 0.001
+        e.probe(loop.now)
+        loop.run_ready(0.004)
+    assert e.admit_share < 0.1
+    loop.now += 0.5  # no query for half a second
+    e.probe(loop.now)  # the next one's first bytes, before its own probe comes back
+    assert e.admit_share == 1.0
+
+
+def test_without_the_apps_the_edge_never_probes():
+    loop = Loop()
+    e = Edge()
+    e.loop = loop
+    e.note_slo(0.020, loop.now)
+    e.probe(loop.now)
+    assert not loop.soon and e.admit_share == 1.0
