@@ -86,10 +86,14 @@ def wants_json(accept: str | None) -> bool:
 
 async def metrics_text(request: web.Request) -> web.Response:
     """Prometheus exposition (``GET /metrics``), or JSON (:func:`wants_json`)."""
-    accept = request.headers.get("Accept")
+    return metrics_response(request.app[METRICS], request.headers.get("Accept"))
+
+
+def metrics_response(metrics: Metrics, accept: str | None) -> web.Response:
+    """``metrics`` as ``GET /metrics`` answers them for a client that sent ``accept``."""
     if wants_json(accept):
-        return json_response(request.app[METRICS].stats())
-    body, content_type = request.app[METRICS].exposition(accept)
+        return json_response(metrics.stats())
+    body, content_type = metrics.exposition(accept)
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 

@@ -61,6 +61,14 @@ def _version(body: dict, required: bool = True) -> str | None:
     return None if v is None else str(v)
 
 
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """This frontend's own figures, as on the query port (where, with --reuse-port, a request
+    reaches whichever frontend the kernel picked)."""
+    return frontend.metrics_response(request.app[SERVER].metrics,
+                                     request.headers.get("Accept"))
+
+
 @routes.get("/admin/ping")
 async def ping(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
@@ -428,9 +436,6 @@ def make_app(server: "ClipperServer", token: str | None,
     if token:
         app[TOKEN] = token
     app.add_routes(routes)
-    # this frontend's own figures, also where the query port is shared (--reuse-port)
-    app[frontend.METRICS] = server.metrics
-    app.router.add_get("/metrics", frontend.metrics_text)
     app.add_routes(legacy_routes.routes)
     dashboard.setup(app, server)
     openapi.install(app, openapi.management_document())

@@ -57,6 +57,15 @@ def _doc(title: str, paths: dict) -> dict:
 
 # ---------------------------------------------------------------------------- query API
 
+def _metrics_op(summary: str) -> dict:
+    """``GET /metrics``: Prometheus text when Accept names text/plain or OpenMetrics (or is
+    absent); the JSON of /stats for Accept: application/json or */* (what the original
+    Clipper's client sends)."""
+    op = _op(summary, ok={"type": "string"}, ok_type="text/plain")
+    op["responses"]["200"]["content"].update(_json({"type": "object"}))
+    return op
+
+
 def query_document() -> dict:
     prediction = {"type": "object", "required": ["query_id", "default"],
                   "properties": {"query_id": {"type": "integer"}, "output": ANY,
@@ -85,10 +94,7 @@ def query_document() -> dict:
     update = _op("feedback: the true label of an input", {"input": ANY, "label": ANY, "uid": UID},
                  {"type": "object"}, required=("input", "label"), busy=True)
     config = _op("Triton model configuration", ok={"type": "object"})
-    # Prometheus text when Accept names text/plain or OpenMetrics (or is absent); the JSON of
-    # /stats for Accept: application/json or */* (what the original Clipper's client sends)
-    metrics = _op("Prometheus metrics", ok={"type": "string"}, ok_type="text/plain")
-    metrics["responses"]["200"]["content"].update(_json({"type": "object"}))
+    metrics = _metrics_op("Prometheus metrics")
     stats = _op("Triton inference statistics", ok={"type": "object"})
     return _doc("Clipper query API", {
         "/{app}/predict": {"parameters": app, "post": predict},
@@ -143,9 +149,8 @@ def management_document() -> dict:
     return _doc("Clipper management API", {
         "/admin/ping": {"get": _op("liveness", ok={"type": "object"})},
         "/admin/server_info": {"get": _op("endpoints and build", ok={"type": "object"})},
-        "/metrics": {"get": _op("this frontend's Prometheus metrics (as on the query port, "
-                                "also where that port is shared)", ok={"type": "string"},
-                                ok_type="text/plain")},
+        "/metrics": {"get": _metrics_op("this frontend's Prometheus metrics (as on the query "
+                                        "port, also where that port is shared)")},
         "/openapi.json": {"get": _op("this document", ok={"type": "object"})},
         "/admin/add_app": P("register an application", app_fields,
                             ("name", "input_type")),
