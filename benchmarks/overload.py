@@ -47,7 +47,7 @@ sys.path.insert(0, HERE)
 import _models  # noqa: E402
 
 from clipper_core.testing import (ClipperProcess, RedisServer, free_port,  # noqa: E402
-                                  post_json, wait_for)
+                                  frontends, post_json, wait_for)
 
 SCENARIO = os.path.join(HERE, "scenarios", "overload.toml")
 RESULTS = os.path.join(HERE, "results", "scenarios")
@@ -113,17 +113,9 @@ def clippers(n: int):
         with ClipperProcess() as c:
             yield [c]
         return
-    with RedisServer() as redis_server:
-        port = str(free_port())
-        fs = [ClipperProcess(extra_args=("--state", redis_server.url, "--query-port", port,
-                                         "--reuse-port")) for _ in range(n)]
-        try:
-            for f in fs:
-                f.start()
-            yield fs
-        finally:
-            for f in fs:
-                f.close()
+    with RedisServer() as redis_server, frontends(
+            n, redis_server.url, ("--query-port", str(free_port()), "--reuse-port")) as fs:
+        yield fs
 
 
 def counters(clippers: list[ClipperProcess], app: str) -> dict[str, float]:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, Iterator
 
 from .admin import ClipperConnection
 
@@ -340,3 +341,17 @@ class RedisServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def frontends(n: int, state_url: str, extra_args: tuple = ()) -> Iterator[list]:
+    """``n`` frontends of one cluster (their state in the Redis at ``state_url``), each a
+    :class:`ClipperProcess` with ``extra_args``; all closed on leaving."""
+    fs = [ClipperProcess(extra_args=("--state", state_url, *extra_args)) for _ in range(n)]
+    try:
+        for f in fs:
+            f.start()
+        yield fs
+    finally:
+        for f in fs:
+            f.close()

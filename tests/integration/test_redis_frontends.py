@@ -18,6 +18,7 @@ from clipper_core.admin import ClipperAdminError
 from clipper_core.cluster import Cluster
 from clipper_core.testing import (ClipperProcess, RedisServer, free_port, kill_replicas,
                                   wait_for)
+from clipper_core.testing import frontends as running_frontends
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +30,8 @@ def redis_server():
 
 @pytest.fixture(scope="module")
 def frontends(redis_server):
-    fs = [ClipperProcess(extra_args=("--state", redis_server.url)) for _ in range(2)]
-    try:
-        for f in fs:
-            f.start()
+    with running_frontends(2, redis_server.url) as fs:
         yield fs
-    finally:
-        for f in fs:
-            f.close()
 
 
 def plus_one(inputs):
@@ -366,11 +361,7 @@ def test_frontends_of_a_cluster_share_one_query_port_with_reuse_port(redis_serve
     figures stay readable on its management port."""
     url = redis_server.url.rsplit("/", 1)[0] + "/7"  # a database of its own
     port = free_port()
-    fs = [ClipperProcess(extra_args=("--state", url, "--query-port", str(port),
-                                     "--reuse-port")) for _ in range(2)]
-    try:
-        for f in fs:
-            f.start()
+    with running_frontends(2, url, ("--query-port", str(port), "--reuse-port")) as fs:
         assert [f.query_url for f in fs] == [f"http://127.0.0.1:{port}"] * 2
         a = fs[0]
         a.conn.register_application("rp", "doubles", -1.0, 1_000_000)
@@ -385,9 +376,6 @@ def test_frontends_of_a_cluster_share_one_query_port_with_reuse_port(redis_serve
             assert answers(a, "rp", float(i), float(i) + 1)
         counts = [_model_queries(f, "rpm:1") for f in fs]
         assert sum(counts) == n and min(counts) > 0, counts
-    finally:
-        for f in fs:
-            f.close()
     # frontends with a state of their own must not share a port
     with tempfile.TemporaryDirectory() as d:
         assert "--state redis://" in _start_fails(d, "--reuse-port")
