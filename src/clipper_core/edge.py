@@ -441,6 +441,8 @@ class Edge:
         answer) with its app's default output straight from ``conn``, if it is one whole
         single-input query (:func:`whole_predict`) of an app with a default output, and
         not among the ``admit_share`` let through."""
+        if conn.transport.get_write_buffer_size():
+            return False  # a client not reading its answers: aiohttp's flow control holds it
         req = whole_predict(data)
         if req is None:
             return False
