@@ -61,11 +61,12 @@ def swarm(docker_image):
 
     import docker
 
+    from clipper_core.testing import gwbridge_exists, leave_swarm
+
     client = docker.from_env()
     state = client.info().get("Swarm", {}).get("LocalNodeState")
-    # swarm init creates the docker_gwbridge network, and leaving the swarm keeps it
-    had_gwbridge = bool(client.networks.list(names=["docker_gwbridge"]))
     client.close()
+    had_gwbridge = gwbridge_exists()
     mine = state == "inactive"
     if mine:
         p = subprocess.run(["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"],
@@ -80,8 +81,4 @@ def swarm(docker_image):
         yield docker_image
     finally:
         if mine:
-            subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True,
-                           timeout=60)
-            if not had_gwbridge:
-                subprocess.run(["docker", "network", "rm", "docker_gwbridge"],
-                               capture_output=True, timeout=60)
+            leave_swarm(remove_gwbridge=not had_gwbridge)

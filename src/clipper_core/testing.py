@@ -355,3 +355,20 @@ def frontends(n: int, state_url: str, extra_args: tuple = ()) -> Iterator[list]:
     finally:
         for f in fs:
             f.close()
+
+
+def gwbridge_exists() -> bool:
+    """Whether the engine has the ``docker_gwbridge`` network (``docker swarm init`` creates
+    it when missing, and leaving the swarm keeps it)."""
+    p = subprocess.run(["docker", "network", "ls", "-q", "--filter", "name=^docker_gwbridge$"],
+                       capture_output=True, text=True, timeout=60)
+    return bool(p.stdout.strip())
+
+
+def leave_swarm(remove_gwbridge: bool) -> None:
+    """Leave the swarm this process initialised; with ``remove_gwbridge`` (it was not there
+    before the init) also remove the ``docker_gwbridge`` network the init created."""
+    subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True, timeout=60)
+    if remove_gwbridge:
+        subprocess.run(["docker", "network", "rm", "docker_gwbridge"], capture_output=True,
+                       timeout=60)

@@ -32,7 +32,8 @@ import time
 import docker
 
 from clipper_core.containers import images
-from clipper_core.testing import ClipperProcess, free_port, remove_swarm_services, wait_for
+from clipper_core.testing import (ClipperProcess, free_port, gwbridge_exists, leave_swarm,
+                                  remove_swarm_services, wait_for)
 
 LABEL = "clipper.test=two-node"
 NODE_PACKAGES = "docker.io,iptables,ca-certificates,procps,iproute2,mount,socat"
@@ -100,8 +101,9 @@ def main() -> int:
                                      labels={"clipper.test": "two-node"})
         made["network"] = net
         manager = client.networks.get(net.id).attrs["IPAM"]["Config"][0]["Gateway"]
+        had_gwbridge = gwbridge_exists()
         sh("docker", "swarm", "init", "--advertise-addr", manager)
-        made["swarm"] = True
+        made["swarm"] = not had_gwbridge  # (True: remove the docker_gwbridge it made)
         token = sh("docker", "swarm", "join-token", "-q", "worker")
         port = free_port()
         made["node"] = start_node(client, node_img, net.name, manager, token, port)
@@ -165,8 +167,8 @@ def main() -> int:
             c.close()
         if "node" in made:
             subprocess.run(["docker", "rm", "-f", "-v", made["node"]], capture_output=True)
-        if made.get("swarm"):
-            subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True)
+        if "swarm" in made:
+            leave_swarm(remove_gwbridge=made["swarm"])
         if "network" in made:
             made["network"].remove()
         client.close()
