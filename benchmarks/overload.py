@@ -196,12 +196,18 @@ def run_row(doc: dict, row: dict, saturation: dict) -> dict[str, Any]:
         cap = row.get("capacity_qps")
         if cap == "saturation":
             if "qps" not in saturation:
-                oha(url, body, duration_s=warmup, connections=int(doc.get(
+                # through an app of the same model with a 1 s SLO: the frontend's overload
+                # control (a quarter of the tightest wait budget served in the last second)
+                # then leaves the closed loop alone, and this is what the frontend can serve
+                conn.register_application(app + "-sat", "doubles", DEFAULT_OUTPUT, 1_000_000,
+                                          cache_enabled=False)
+                conn.link_model_to_app(app + "-sat", app)
+                sat_url = f"{clipper.query_url}/{app}-sat/predict"
+                oha(sat_url, body, duration_s=warmup, connections=int(doc.get(
                     "saturation_connections", 64)), rate=None)
-                s = oha(url, body, duration_s=duration, connections=int(doc.get(
+                s = oha(sat_url, body, duration_s=duration, connections=int(doc.get(
                     "saturation_connections", 64)), rate=None)
-                # predictions only: refusals (unread ones cost next to nothing) are not what
-                # the frontend can serve
+                # predictions only: refusals are not what the frontend can serve
                 preds = (s["sizes"] > 0) & (s["sizes"] <= pred_max)
                 saturation["qps"] = float(np.sum(preds)) / duration
                 log(f"saturation: {saturation['qps']:.0f} predictions/s (closed loop; "
