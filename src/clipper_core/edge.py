@@ -236,8 +236,6 @@ class Edge:
         self._credit = 0.0
         self._probe_at = -1.0
         self._probing = False
-        #: queries answered with their default output before aiohttp read them
-        self.refused_unread = 0
         self.factory: Callable[[], Any] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._conns: dict[Any, EdgeConnection] = {}  # transport -> connection
@@ -454,7 +452,6 @@ class Edge:
             self._credit -= 1.0
             return False
         self.refused += 1
-        self.refused_unread += 1
         if self.on_refused is not None:
             self.on_refused(app.name)
         why = (f"refused unread: the frontend is overloaded (its event loop lags "
