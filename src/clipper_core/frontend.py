@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import orjson
 from aiohttp import web
 
 from . import edge, openapi
-from .errors import BadRequest, InvalidInput, MissingField
+from .config import AppConfig
+from .errors import BadRequest, ClipperError, InvalidInput, MissingField
 from .http import (MAX_BODY, error_middleware, json_object, json_response, parse_json,
                    read_body, read_json)
 from .metrics import Metrics
 from .oip import OipApi
-from .predict import MAX_BATCH_INPUTS, QueryProcessor
+from .inputs import PARSERS
+from .predict import MAX_BATCH_INPUTS, Outcome, QueryProcessor
 from .triton import TritonApi
 
 PROCESSOR = web.AppKey("processor", QueryProcessor)
@@ -52,6 +55,59 @@ async def predict(request: web.Request) -> web.Response:
     if batch:
         return json_response({"batch_predictions": [o.to_json() for o in outcomes]})
     return json_response(outcomes[0].to_json())
+
+
+class DirectPredict:
+    """``POST /{app}/predict`` without aiohttp: the edge's ``direct`` hook (see edge.py,
+    "Whole queries").  It takes a whole request whose body is exactly ``{"input": x}`` for
+    an app served by :meth:`QueryProcessor.ask_one`, and answers it as :func:`predict`
+    would, counted in the same metrics; it declines anything else (other fields, a batch,
+    JSON or an input that does not parse: aiohttp's path answers those, errors included)."""
+
+    __slots__ = ("proc", "metrics")
+
+    def __init__(self, proc: QueryProcessor, metrics: Metrics) -> None:
+        self.proc = proc
+        self.metrics = metrics
+
+    def __call__(self, conn: edge.EdgeConnection, app: AppConfig, body: bytes,
+                 arrived: float, close: bool) -> bool:
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return False
+        if type(obj) is not dict or len(obj) != 1 or "input" not in obj:
+            return False
+        try:
+            x = PARSERS[app.input_type](obj["input"], app.name)
+        except ClipperError:
+            return False
+        return self.proc.ask_one(app, x, arrived, _Answer(self.metrics, conn, app.name, arrived,
+                                                          close))
+
+
+class _Answer:
+    """Writes one direct query's answer on its connection and counts it."""
+
+    __slots__ = ("metrics", "conn", "app", "arrived", "close")
+
+    def __init__(self, metrics: Metrics, conn: edge.EdgeConnection, app: str, arrived: float,
+                 close: bool) -> None:
+        self.metrics = metrics
+        self.conn = conn
+        self.app = app
+        self.arrived = arrived
+        self.close = close
+
+    def __call__(self, outcome: Outcome | None, err: ClipperError | None) -> None:
+        conn = self.conn
+        if err is None:
+            self.metrics.record(self.app, [outcome], conn.edge.loop.time() - self.arrived)
+            conn.respond(200, orjson.dumps(outcome.to_json(), option=orjson.OPT_SERIALIZE_NUMPY),
+                         self.close)
+        else:
+            self.metrics.failed(self.app, 1, err)
+            conn.respond(err.status, orjson.dumps(err.to_json()), self.close, err.headers)
 
 
 async def update(request: web.Request) -> web.Response:

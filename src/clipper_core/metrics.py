@@ -140,14 +140,19 @@ class Metrics:
         t0 = time.perf_counter()
         try:
             outcomes = await answers
-        except Overloaded:
-            self._app(app).shed += n
-            raise
-        except ClipperError:
-            self._app(app).error += n
+        except ClipperError as e:
+            self.failed(app, n, e)
             raise
         self.record(app, outcomes, time.perf_counter() - t0)
         return outcomes
+
+    def failed(self, app: str, n: int, e: Exception) -> None:
+        """``n`` queries of ``app`` answered with the error ``e`` (``shed`` when admission
+        control refused them, else ``error``)."""
+        if isinstance(e, Overloaded):
+            self._app(app).shed += n
+        else:
+            self._app(app).error += n
 
     def refused(self, app: str) -> None:
         """One query refused at the edge, before its body was parsed."""

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Any
+from typing import Any, Callable
 
 from . import log
 from .cache import PredictionCache, key_prefix
 from .config import DEFAULT_CACHE_BYTES, MAX_JSON_DEPTH, AppConfig, json_depth
-from .errors import InvalidInput, Overloaded, PredictionTimeout, brief
+from .errors import ClipperError, InvalidInput, Overloaded, PredictionTimeout, brief
 from .inputs import PARSERS, describe, input_key
 from .registry import Registry
 from .scheduler import Scheduler, answer
@@ -132,6 +132,56 @@ class _Waiter:
         if self.left == 0 and not self.future.done():
             self.future.set_result(None)
 
+
+
+class _One:
+    """One query of :meth:`QueryProcessor.ask_one`: waits for its answer (a waiter of its
+    :class:`SharedAnswer`) or its deadline (``timer``), then calls ``done``."""
+
+    __slots__ = ("proc", "app", "key", "q", "done", "timer")
+
+    def __init__(self, proc: "QueryProcessor", app: AppConfig, key: tuple, q: Query,
+                 done: Any) -> None:
+        self.proc = proc
+        self.app = app
+        self.key = key
+        self.q = q
+        self.done = done
+        self.timer = None
+
+    def count_down(self, n: int) -> None:  # the answer came
+        self.timer.cancel()
+        self.finish(False)
+
+    def give_up(self) -> None:  # the deadline came first
+        q = self.q
+        ws = q.future.waiters
+        ws.pop(self, None)
+        if not ws:
+            q.answered = True  # nobody waits for it any more: never compute it
+        self.finish(False)
+
+    def finish(self, shed: bool) -> None:
+        proc, app, key, q = self.proc, self.app, self.key, self.q
+        fut = q.future
+        out = err = None
+        if fut.done():
+            ok, val = fut.result()
+        else:
+            ok, val = False, proc._explain_miss(key, app.slo_micros / 1e3)
+        if ok:
+            proc.counts["prediction"] += 1
+            out = Outcome(q.query_id, val, False, None, (f"{key[0]}:{key[1]}",))
+        else:
+            try:
+                out = proc._default(app, q.query_id, val, shed)
+            except ClipperError as e:
+                err = e
+        proc.selection.get(app).count_selected(key[0], 1)
+        try:
+            self.done(out, err)
+        except Exception:  # the answer's writer must not stop the batch's other answers
+            log.server.exception("cannot answer query %d of app %s", q.query_id, app.name)
 
 
 class QueryProcessor:
@@ -291,6 +341,33 @@ class QueryProcessor:
         self.counts["prediction"] += len(out) - len(waits)  # the cache hits
         self.selection.get(app).count_selected(key[0], len(out))
         return out
+
+    def ask_one(self, app: AppConfig, x: Any, arrival: float,
+                done: "Callable[[Outcome | None, ClipperError | None], None]") -> bool:
+        """The query path of one parsed input ``x`` of a single-model ``app`` that does not
+        use the cache, without a coroutine: ``done(outcome, None)`` (or ``done(None,
+        error)`` when there is neither a prediction nor a default output) is called exactly
+        once, by the deadline counted from ``arrival``, as :meth:`predict` would answer.
+        False (nothing done) for an app that does not take this path; it takes
+        :meth:`predict`'s.  (The edge answers whole ``/predict`` requests this way.)"""
+        if app.policy != "single" or app.cache_enabled:
+            return False
+        key = self.route(app, None)
+        if key is None:
+            return False
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if arrival > now:
+            arrival = now
+        fut = SharedAnswer(loop, self)
+        q = Query(next(self._ids), x, arrival, arrival + app.slo_micros / 1e6, fut)
+        one = _One(self, app, key, q, done)
+        if self.scheduler.submit(key, q):
+            fut.waiters[one] = 1
+            one.timer = loop.call_at(q.deadline, one.give_up)
+        else:
+            one.finish(self._refused(key, q))
+        return True
 
     def _refused(self, key: tuple, q: Query) -> bool:
         """Answer a query the scheduler did not accept; True when admission control refused

@@ -24,7 +24,7 @@ from .cluster import Cluster
 from .containers.supervisor import Supervisor
 from .deployment import DeploymentController
 from .errors import ConfigError, StateStoreError
-from .frontend import make_app as make_query_app
+from .frontend import DirectPredict, make_app as make_query_app
 from .http import BODY_TIMEOUT
 from .legacy_rpc import LegacyRpcServer
 from .limits import raise_open_file_limit
@@ -41,6 +41,9 @@ from .state import open_store
 from .tasks import cancel_and_wait
 
 ENDPOINTS_FILE = "endpoints.json"
+#: aiohttp's own keep-alive timeout: longer than any the edge keeps (it closes idle
+#: connections itself), so that aiohttp never closes one
+AIOHTTP_KEEPALIVE_S = 10 * 365 * 86400.0
 
 
 class ClipperServer:
@@ -156,7 +159,8 @@ class ClipperServer:
                                   on_refused=self.metrics.refused, reuse_port=cfg.reuse_port,
                                   # unread refusals (edge.py) answer from the registry
                                   app_lookup=self.processor.registry.apps.get,
-                                  new_query_id=self.processor.new_query_id)
+                                  new_query_id=self.processor.new_query_id,
+                                  direct=DirectPredict(self.processor, self.metrics))
         mgmt_app = make_mgmt_app(self, cfg.mgmt_token, cfg.mgmt_max_body_bytes)
         mgmt = await self._serve(mgmt_app, cfg.mgmt_host, cfg.mgmt_port, 64)
         allow_mgmt_hosts(mgmt_app, cfg.mgmt_host, mgmt)
@@ -222,18 +226,20 @@ class ClipperServer:
 
     async def _serve(self, app: web.Application, host: str, port: int,
                      max_connections: int, on_refused=None, reuse_port: bool = False,
-                     app_lookup=None, new_query_id=None) -> int:
+                     app_lookup=None, new_query_id=None, direct=None) -> int:
         cfg = self.config
         # the edge (edge.py) holds the listener's connections and requests and decides what
         # is let in; it wraps aiohttp's protocol
         gate = edge.Edge(name=f"{host}:{port}", max_connections=max_connections,
                          max_in_flight=cfg.max_in_flight, idle_timeout_s=cfg.idle_timeout_s,
                          keepalive_timeout_s=cfg.keepalive_timeout_s, on_refused=on_refused,
-                         app_lookup=app_lookup, new_query_id=new_query_id)
+                         app_lookup=app_lookup, new_query_id=new_query_id, direct=direct)
         gate.install(app)
         app[BODY_TIMEOUT] = cfg.body_timeout_s
+        # the edge closes idle keep-alive connections (aiohttp does not see the requests
+        # the edge answers itself, and would close a busy connection as idle)
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                               keepalive_timeout=cfg.keepalive_timeout_s)
+                               keepalive_timeout=AIOHTTP_KEEPALIVE_S)
         await runner.setup()
         try:
             srv = await asyncio.get_running_loop().create_server(

@@ -1,65 +1,98 @@
-"""Unread refusals at the edge: which bytes are one whole single-input query that can be
-answered without aiohttp (``whole_predict``), and the share of queries let in following the
-event loop's lag (AIMD on the probes), on a virtual clock."""
+"""The edge's own reading of requests, on a virtual clock: which bytes are one whole request
+(``whole_request``), the only ones it may answer without aiohttp (refused unread, or served
+by the direct path); and the share of queries let in following the event loop's lag (AIMD on
+the probes)."""
 
 from hypothesis import given, settings, strategies as st
 
-from clipper_core.edge import LAG_BACKOFF, LAG_RECOVERY_PER_S, Edge, whole_predict
+from clipper_core.edge import (LAG_BACKOFF, LAG_RECOVERY_PER_S, Edge, response_head,
+                               whole_request)
 
 
 def request(path=b"/app/predict", body=b'{"input": [1.0]}', version=b"HTTP/1.1",
-            headers=(), length=None):
-    head = [b"POST " + path + b" " + version, b"Host: x", b"Content-Type: application/json",
+            headers=(), length=None, method=b"POST"):
+    head = [method + b" " + path + b" " + version, b"Host: x", b"Content-Type: application/json",
             b"Content-Length: %d" % (len(body) if length is None else length), *headers]
     return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
-def test_a_whole_single_input_query_is_recognised():
-    assert whole_predict(request()) == ("app", False)
-    assert whole_predict(request(path=b"/app/predict/")) == ("app", False)  # the original's
-    assert whole_predict(request(path=b"/app/predict?x=1")) == ("app", False)
-    assert whole_predict(request(headers=[b"Connection: close"])) == ("app", True)
-    assert whole_predict(request(version=b"HTTP/1.0")) == ("app", True)
-    assert whole_predict(request(version=b"HTTP/1.0",
-                                 headers=[b"Connection: keep-alive"])) == ("app", False)
-    assert whole_predict(request(headers=[b"content-LENGTH : 16"], length=16)) is None, \
+def predict_of(data):
+    """(app, close) of a whole /predict request; None for any other bytes."""
+    req = whole_request(data)
+    return None if req is None or req[0] is None else (req[0], req[1])
+
+
+def test_a_whole_query_is_recognised():
+    assert predict_of(request()) == ("app", False)
+    assert predict_of(request(path=b"/app/predict/")) == ("app", False)  # the original's
+    assert predict_of(request(path=b"/app/predict?x=1")) == ("app", False)
+    assert predict_of(request(headers=[b"Connection: close"])) == ("app", True)
+    assert predict_of(request(version=b"HTTP/1.0")) == ("app", True)
+    assert predict_of(request(version=b"HTTP/1.0",
+                              headers=[b"Connection: keep-alive"])) == ("app", False)
+    assert predict_of(request(headers=[b"content-LENGTH : 16"], length=16)) is None, \
         "two Content-Length headers"
+    whole = request(headers=[b"X-Request-Start: t=1700000000.5"])
+    app, close, body_at, start = whole_request(whole)
+    assert whole[body_at:] == b'{"input": [1.0]}' and start == b"t=1700000000.5"
 
 
-def test_anything_else_takes_the_aiohttp_path():
-    whole = request()
-    assert whole_predict(whole[:-1]) is None, "the body is still coming"
-    assert whole_predict(whole + whole) is None, "a pipelined request behind it"
-    assert whole_predict(whole[:whole.index(b"\r\n\r\n")]) is None, "headers not done"
-    assert whole_predict(request(body=b'{"input_batch": [[1.0], [2.0]]}')) is None
-    assert whole_predict(request(headers=[b"Transfer-Encoding: chunked"])) is None
-    assert whole_predict(request(headers=[b"Expect: 100-continue"])) is None
-    assert whole_predict(request(length=3)) is None
-    assert whole_predict(request(headers=[b"no colon here"])) is None
-    assert whole_predict(whole.replace(b"Content-Length: 16", b"Content-Length: x")) is None
-    assert whole_predict(whole.replace(b"POST", b"GET ", 1)) is None
-    assert whole_predict(request(version=b"HTTP/2.0")) is None
+def test_other_whole_requests_are_recognised_as_not_queries():
     for path in (b"/v2/models/m/infer", b"/app/update", b"/predict", b"//predict",
-                 b"/a/b/predict", b"/\xff/predict"):
-        assert whole_predict(request(path=path)) is None, path
+                 b"/a/b/predict"):
+        req = whole_request(request(path=path))
+        assert req is not None and req[0] is None, path
+    get = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert whole_request(get) == (None, False, len(get), None)
+    assert predict_of(request(method=b"GET")) is None
+
+
+def test_anything_else_is_not_one_whole_request():
+    whole = request()
+    assert whole_request(whole[:-1]) is None, "the body is still coming"
+    assert whole_request(whole + whole) is None, "a pipelined request behind it"
+    assert whole_request(whole[:whole.index(b"\r\n\r\n")]) is None, "headers not done"
+    assert whole_request(request(headers=[b"Transfer-Encoding: chunked"])) is None
+    assert whole_request(request(headers=[b"Expect: 100-continue"])) is None
+    assert whole_request(request(headers=[b"Upgrade: websocket"])) is None
+    assert whole_request(request(length=3)) is None
+    assert whole_request(request(length=-1)) is None
+    assert whole_request(request(headers=[b"no colon here"])) is None
+    assert whole_request(whole.replace(b"Content-Length: 16", b"Content-Length: x")) is None
+    assert whole_request(whole.replace(b"POST", b"BREW", 1)) is None
+    assert whole_request(request(version=b"HTTP/2.0")) is None
+    assert whole_request(request(path=b"/\xff/predict")) is None
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=400))
 def test_any_bytes_give_an_answer_or_none_never_an_error(data):
-    out = whole_predict(data)
-    assert out is None or (isinstance(out[0], str) and isinstance(out[1], bool))
+    out = whole_request(data)
+    assert out is None or ((out[0] is None or isinstance(out[0], str))
+                           and isinstance(out[1], bool) and 0 < out[2] <= len(data))
 
 
 @settings(max_examples=200, deadline=None)
 @given(app=st.text("abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=30),
-       body=st.binary(max_size=200).filter(lambda b: b'"input_batch"' not in b),
-       cut=st.integers(0, 10_000))
+       body=st.binary(max_size=200), cut=st.integers(0, 10_000))
 def test_only_the_exact_whole_request_is_recognised(app, body, cut):
     whole = request(path=b"/" + app.encode() + b"/predict", body=body)
-    assert whole_predict(whole) == (app, False)
+    assert predict_of(whole) == (app, False)
+    assert whole[whole_request(whole)[2]:] == body
     part = whole[:cut % len(whole)]
-    assert whole_predict(part) is None
+    assert whole_request(part) is None
+
+
+def test_a_direct_answer_is_well_formed_http():
+    import email.parser
+    head = response_head(503, 12, True, {"Retry-After": "1"})
+    status, rest = head.split(b"\r\n", 1)
+    assert status == b"HTTP/1.1 503 Service Unavailable" and head.endswith(b"\r\n\r\n")
+    hdrs = email.parser.BytesHeaderParser().parsebytes(rest)
+    assert hdrs["Content-Length"] == "12" and hdrs["Retry-After"] == "1"
+    assert hdrs["Connection"] == "close" and hdrs["Content-Type"] == "application/json"
+    assert hdrs["Date"].endswith("GMT")
+    assert b"Connection" not in response_head(200, 0, False)
 
 
 class Loop:
