@@ -64,6 +64,8 @@ cdef class BatchSizer:
                   double rtt=*)
     @cython.locals(mn=double, ml=double, var=double, slope=double, est=double, floor=double)
     cpdef double expected(self, long batch_size)
+    @cython.locals(full=double)
+    cpdef double fixed_share(self)
     cpdef overrun(self)
     @cython.locals(new=long)
     cdef void _decrease(self)
@@ -113,7 +115,7 @@ cdef class Batcher:
     @cython.locals(queue=DeadlineQueue, n=Py_ssize_t, target=Py_ssize_t, end=double,
                    more=double, back=double)
     cpdef double dispatch_at(self, double now, Py_ssize_t size, bint busy=*,
-                             double free_since=*, double lead=*)
+                             double free_since=*, double lead=*, double fixed_share=*)
     @cython.locals(q=Query, slo=double, latest=double, arrivals=double, batch=list,
                    size=Py_ssize_t, n=Py_ssize_t, horizon=double)
     cpdef list take(self, double now, BatchSizer sizer, list expired)

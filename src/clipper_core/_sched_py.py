@@ -310,6 +310,15 @@ class BatchSizer:
         floor = 0.1 * ml if ml > 1e-5 else 1e-6  # never zero: callers divide by it
         return est if est > floor else floor
 
+    def fixed_share(self):
+        """The share of a batch's expected latency at the current size that a batch of one
+        takes too (1.0: a fixed cost per batch; near 0: a cost per query); 0.0 before any
+        measurement."""
+        full = self.expected(self.current)
+        if full <= 0.0:
+            return 0.0
+        return self.expected(1) / full
+
     def overrun(self):
         """A batch missed its RPC timeout: back off as for an overrun, without a sample."""
         if not self.fixed:
@@ -319,6 +328,11 @@ class BatchSizer:
         new = int(self.current * self.backoff)
         self.current = new if new >= 1 else 1
         self.decreases += 1
+
+
+#: the share of a batch's room that :meth:`Batcher.dispatch_at` may expect to stay empty and
+#: still wait for the rest
+FILL_SLACK = 0.15
 
 
 class Batcher:
@@ -510,7 +524,7 @@ class Batcher:
         self._returned_at = now
         self._since_return = 0
 
-    def dispatch_at(self, now, size, busy=False, free_since=-INF, lead=-1.0):
+    def dispatch_at(self, now, size, busy=False, free_since=-INF, lead=-1.0, fixed_share=0.0):
         """When to send the next batch of at most ``size`` to a replica (``busy``: one that
         still works on a batch and is expected to answer at ``free_since``; else free since
         ``free_since``): ``now``, or a later time to wait until for the batch to fill, never
@@ -526,7 +540,9 @@ class Batcher:
         early halves the batches and the goodput).  From that time on it is decided as for
         a free replica.  Without a measured ``lead`` (a container that does not report its
         compute time), a busy replica gets only a full batch, at once, and otherwise waits
-        for its answer (``inf``).
+        for its answer (``inf``); so it does when most answered queries come back within
+        ``batch_wait`` (``comeback``) and ``fixed_share`` (:meth:`BatchSizer.fixed_share`)
+        is at least a half.
 
         A query is never held back when waiting cannot fill the batch.  What can still come
         is read from what was observed: at most ``population() - in_flight`` queries can be
@@ -541,9 +557,13 @@ class Batcher:
         if not n:
             return now
         if busy:
-            if lead < 0.0:
+            if lead < 0.0 or (n < size and self.comeback >= 0.5 and fixed_share >= 0.5):
                 # a second batch in flight keeps the replica busy, but only a full one: a
-                # partial one would split the queries that could still go together
+                # partial one would split the queries that could still go together.  Also
+                # when the answered come back at once (a closed loop of users) to a model
+                # whose batch costs about the same whatever its size: its answer's users
+                # then join these in one batch, where pipelining would keep two half
+                # batches taking turns for good (a third of the throughput at 16 users)
                 return now if n >= size else INF
             free_since -= lead
             if free_since > now:
@@ -570,7 +590,11 @@ class Batcher:
             back = self.comeback * self._returned_n - self._since_return
             if back > more:
                 more = back
-        if n + more < target - 1e-6:  # (comeback * n is inexact)
+        # what is expected is inexact (``comeback`` is a mean): a batch a few queries short
+        # of full (FILL_SLACK of it, whole queries) counts as filled; else the first of 16
+        # users to come back would go alone, and a batch of one would take turns with the
+        # other 15 for good
+        if n + more < target - int(FILL_SLACK * target) - 1e-6:
             self.early += 1
             return now
         self.held += 1

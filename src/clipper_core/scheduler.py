@@ -518,7 +518,8 @@ class Scheduler:
                     # (an idle replica's busy_until is when it answered its last batch; a
                     # busy one's, when it is expected to answer)
                     s = r.sizer
-                    when = core.dispatch_at(now, s.current, busy, s.busy_until, s.lead)
+                    when = core.dispatch_at(now, s.current, busy, s.busy_until, s.lead,
+                                            s.fixed_share() if busy else 0.0)
                     if when > now:
                         if busy:
                             if when < math.inf:
