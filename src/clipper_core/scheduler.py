@@ -684,13 +684,15 @@ class Scheduler:
             return self.on_error(identity, P.Error(
                 msg.batch_id, "ProtocolError",
                 f"the replica returned {len(msg.outputs)} outputs for a batch of {n}"), done)
+        # taken before the answers: resolving a future may write the answer out at once (the
+        # edge's direct path), which is not the replica's round trip
+        latency = self._stopwatch() - fl.started
         for q, out in zip(queries, msg.outputs):
             if not q.answered:
                 q.answered = True
                 fut = q.future
                 if not fut.done():
                     fut.set_result((True, out))
-        latency = self._stopwatch() - fl.started
         compute = msg.compute_us / 1e6
         r.batches += 1
         if not fl.timed_out:  # a timeout already backed off; one overrun, one decrease
