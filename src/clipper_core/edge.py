@@ -534,19 +534,18 @@ class Edge:
         conn.active += 1
         conn.direct = True
         try:
-            if self.verdict(slo_s, arrived, now) is not None or not self.direct(
-                    conn, app, body, arrived, close):
-                # refused (aiohttp's path refuses it the same way) or declined
-                conn.direct = False
-                conn.active -= 1
-                self.in_flight -= 1
-                return False
-        except BaseException:
+            # refused (aiohttp's path refuses it the same way) or declined: aiohttp's path
+            taken = self.verdict(slo_s, arrived, now) is None and self.direct(
+                conn, app, body, arrived, close)
+        except Exception as e:  # a fault of the direct path must not cost the query
+            self._log.warning("%s: the direct path failed on a query of app %s (%s: %s); it "
+                              "takes aiohttp's path", self.name, app.name, type(e).__name__, e)
+            taken = False
+        if not taken and conn.direct:
             conn.direct = False
             conn.active -= 1
             self.in_flight -= 1
-            raise
-        return True
+        return taken
 
     def refuse_unread(self, conn: EdgeConnection, app: Any, body: bytes, close: bool,
                       now: float) -> bool:

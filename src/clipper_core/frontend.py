@@ -80,7 +80,7 @@ class DirectPredict:
             return False
         try:
             x = PARSERS[app.input_type](obj["input"], app.name)
-        except ClipperError:
+        except (ClipperError, RecursionError):  # aiohttp's path answers the error
             return False
         return self.proc.ask_one(app, x, arrived, _Answer(self.metrics, conn, app.name, arrived,
                                                           close))

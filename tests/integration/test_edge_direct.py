@@ -159,6 +159,9 @@ def test_what_the_direct_path_declines_aiohttp_answers(clipper, apps):
     assert status == 400 and out["error"] == "invalid_input" and "aiohttp" in hdrs["server"]
     status, hdrs, out = ask(clipper, app, {"input_batch": [[0.0, 1.0], [0.0, 2.0]]})
     assert status == 200 and [p["output"] for p in out["batch_predictions"]] == [1.0, 2.0]
+    deep = json.loads("[" * 500 + "1.0" + "]" * 500)  # within JSON's depth limit
+    status, hdrs, out = ask(clipper, app, {"input": deep})
+    assert status == 400 and out["error"] in ("invalid_input", "bad_request"), out
     s, f = connect(clipper)
     with s, f:
         s.sendall(request(clipper, app, {"input": [0.0, 1.0]}).replace(b"]}", b"]x"))
