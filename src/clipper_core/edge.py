@@ -616,9 +616,11 @@ def whole_request(data: bytes) -> tuple[str | None, bool, int, bytes | None] | N
     start = None
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
-        if not sep:
+        # strict, as aiohttp's parser is: a name is a token (no whitespace before the
+        # colon, no folded line), so that the edge never frames a request differently
+        if not sep or not name or name.strip() != name or b" " in name or b"\t" in name:
             return None
-        name = name.strip().lower()
+        name = name.lower()
         if name == b"content-length":
             if length >= 0:
                 return None

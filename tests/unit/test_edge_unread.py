@@ -58,6 +58,10 @@ def test_anything_else_is_not_one_whole_request():
     assert whole_request(request(length=3)) is None
     assert whole_request(request(length=-1)) is None
     assert whole_request(request(headers=[b"no colon here"])) is None
+    # framed as aiohttp frames it, or not at all: whitespace before a colon, a folded line
+    assert whole_request(request(headers=[b"X-A : 1"])) is None
+    assert whole_request(request(headers=[b"X-A: 1", b" folded: 2"])) is None
+    assert whole_request(request(headers=[b"X-A:1", b"X-B:\t2 "])) is not None
     assert whole_request(whole.replace(b"Content-Length: 16", b"Content-Length: x")) is None
     assert whole_request(whole.replace(b"POST", b"BREW", 1)) is None
     assert whole_request(request(version=b"HTTP/2.0")) is None
