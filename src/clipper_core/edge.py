@@ -622,14 +622,10 @@ def whole_request(data: bytes) -> tuple[str | None, bool, int, bytes | None] | N
             return None
         name = name.lower()
         if name == b"content-length":
-            if length >= 0:
+            value = value.strip(b" \t")
+            if length >= 0 or not value.isdigit():  # (int() would take "+1", "1_0")
                 return None
-            try:
-                length = int(value)
-            except ValueError:
-                return None
-            if length < 0:
-                return None
+            length = int(value)
         elif name in (b"transfer-encoding", b"expect", b"upgrade"):
             return None
         elif name == b"connection":

@@ -57,6 +57,9 @@ def test_anything_else_is_not_one_whole_request():
     assert whole_request(request(headers=[b"Upgrade: websocket"])) is None
     assert whole_request(request(length=3)) is None
     assert whole_request(request(length=-1)) is None
+    for odd in (b"+16", b"1_6", b"16 16", b"0x10", b""):
+        assert whole_request(whole.replace(b"Content-Length: 16",
+                                           b"Content-Length: " + odd)) is None, odd
     assert whole_request(request(headers=[b"no colon here"])) is None
     # framed as aiohttp frames it, or not at all: whitespace before a colon, a folded line
     assert whole_request(request(headers=[b"X-A : 1"])) is None
