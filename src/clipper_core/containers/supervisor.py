@@ -124,7 +124,21 @@ class Supervisor:
         spec = replica_spec(slot.mv, self.rpc_address, slot.instance_id, slot.index,
                             self.rpc_credentials)
         assert spec is not None
-        ref = await self.backend.start(spec)
+        # a start goes on in the backend (a thread creating a container or a service) when
+        # the task awaiting it is cancelled (its slot stopped meanwhile): what it started
+        # must be stopped then, or it runs on with no slot to stop it
+        start = asyncio.ensure_future(self.backend.start(spec))
+        try:
+            ref = await asyncio.shield(start)
+        except asyncio.CancelledError:
+            try:
+                ref = await start
+            except Exception:
+                raise asyncio.CancelledError from None
+            log.container.info("replica %s of %s:%s started as its slot was stopped; "
+                               "stopping it", slot.instance_id, slot.mv.name, slot.mv.version)
+            await self.backend.stop(ref, self.grace_s)
+            raise
         self._adopt(slot, ref)
         log.container.info("started replica %s of %s:%s (%s)", slot.instance_id, slot.mv.name,
                            slot.mv.version, _short(self.backend.describe(ref)))
