@@ -8,8 +8,8 @@ from aiohttp import web
 from . import edge, openapi
 from .config import AppConfig
 from .errors import BadRequest, ClipperError, InvalidInput, MissingField
-from .http import (MAX_BODY, error_middleware, json_object, json_response, parse_json,
-                   read_body, read_json)
+from .http import (MAX_BODY, error_middleware, json_object, json_response, log_failure,
+                   parse_json, read_body, read_json)
 from .metrics import Metrics
 from .oip import OipApi
 from .inputs import PARSERS
@@ -107,6 +107,7 @@ class _Answer:
                          self.close)
         else:
             self.metrics.failed(self.app, 1, err)
+            log_failure("POST", f"/{self.app}/predict", err)
             conn.respond(err.status, orjson.dumps(err.to_json()), self.close, err.headers)
 
 

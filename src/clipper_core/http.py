@@ -95,11 +95,17 @@ def log_error(request: web.Request, e: ClipperError, status: int | None = None) 
     """Log a typed error once: a server fault as an error; a refused request (a client's
     fault, or overload) rate-limited, since one line per refusal would let a client (or a
     flood) grow the log at will."""
+    log_failure(request.method, request.path, e, status)
+
+
+def log_failure(method: str, path: str, e: ClipperError, status: int | None = None) -> None:
+    """:func:`log_error` for a request known by its method and path (the edge's direct
+    path has no aiohttp request)."""
     status = e.status if status is None else status
     if status >= 500 and not isinstance(e, Overloaded):
-        log.server.error("%s %s: %s", request.method, request.path, e.cause)
+        log.server.error("%s %s: %s", method, path, e.cause)
     else:
-        _REFUSED.info("%s %s -> %d %s", request.method, request.path, status, e.cause)
+        _REFUSED.info("%s %s -> %d %s", method, path, status, e.cause)
 
 
 @web.middleware

@@ -141,6 +141,8 @@ def test_a_direct_query_its_model_cannot_answer_in_time_gets_the_default_on_time
     assert "server" not in direct[1]
     assert direct[0] == ref[0] and direct[2]["error"] == ref[2]["error"], (direct, ref)
     assert direct[0] >= 500
+    # and logged as aiohttp's path logs it: a server-side failure, once per query
+    assert clipper.log().count(f"POST /{nodefault}/predict: ") >= 2
 
 
 def test_connection_close_is_honoured(clipper, apps):
