@@ -72,6 +72,8 @@ class DirectPredict:
 
     def __call__(self, conn: edge.EdgeConnection, app: AppConfig, body: bytes,
                  arrived: float, close: bool) -> bool:
+        if not self.proc.takes_one(app):
+            return False  # before parsing: aiohttp's path parses it again
         try:
             obj = orjson.loads(body)
         except orjson.JSONDecodeError:

@@ -342,6 +342,11 @@ class QueryProcessor:
         self.selection.get(app).count_selected(key[0], len(out))
         return out
 
+    @staticmethod
+    def takes_one(app: AppConfig) -> bool:
+        """Whether ``app``'s queries can take :meth:`ask_one` (one model, no cache)."""
+        return app.policy == "single" and not app.cache_enabled
+
     def ask_one(self, app: AppConfig, x: Any, arrival: float,
                 done: "Callable[[Outcome | None, ClipperError | None], None]") -> bool:
         """The query path of one parsed input ``x`` of a single-model ``app`` that does not
@@ -350,7 +355,7 @@ class QueryProcessor:
         once, by the deadline counted from ``arrival``, as :meth:`predict` would answer.
         False (nothing done) for an app that does not take this path; it takes
         :meth:`predict`'s.  (The edge answers whole ``/predict`` requests this way.)"""
-        if app.policy != "single" or app.cache_enabled:
+        if not self.takes_one(app):
             return False
         key = self.route(app, None)
         if key is None:
