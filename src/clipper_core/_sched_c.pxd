@@ -91,6 +91,10 @@ cdef class Batcher:
     cdef Py_ssize_t _returned_n, _since_return, _came_back
     cdef double _returned_at
     cdef public double comeback
+    cdef public double refill
+    cdef public double refill_delay
+    cdef bint _refill_open
+    cdef double _first_at, _last_at, _gap_s, _gap_n, _delay_s, _delay_n
     cdef public unsigned long long early
     cdef public unsigned long long held
 
@@ -112,10 +116,13 @@ cdef class Batcher:
     cpdef double arrival_rate(self, double now)
     @cython.locals(share=double)
     cpdef returned(self, Py_ssize_t n, double now)
-    @cython.locals(queue=DeadlineQueue, n=Py_ssize_t, target=Py_ssize_t, end=double,
-                   more=double, back=double)
+    @cython.locals(queue=DeadlineQueue, n=Py_ssize_t, target=Py_ssize_t, pop=Py_ssize_t,
+                   end=double, more=double, back=double)
+    cdef void _time_refill(self)
+    cdef bint _one_round(self, double cost)
     cpdef double dispatch_at(self, double now, Py_ssize_t size, bint busy=*,
-                             double free_since=*, double lead=*, double fixed_share=*)
+                             double free_since=*, double lead=*, double fixed_share=*,
+                             double cost=*)
     @cython.locals(q=Query, slo=double, latest=double, arrivals=double, batch=list,
                    size=Py_ssize_t, n=Py_ssize_t, horizon=double)
     cpdef list take(self, double now, BatchSizer sizer, list expired)

@@ -383,6 +383,21 @@ class Batcher:
         self._since_return = 0
         self._came_back = 0
         self.comeback = 1.0
+        #: how the answered users ask again: the first after ``refill_delay`` s, the others
+        #: ``refill`` s apart (-1.0 until measured; the frontend answers and reads them one
+        #: by one), from the arrivals after an answer until as many came as it answered, or
+        #: until the next answer: sums over recent answers (decayed), so that a ms-grained
+        #: clock averages out.  A closed loop's users all ask again in about
+        #: ``refill_delay + refill * population()``.
+        self.refill = -1.0
+        self.refill_delay = 0.0
+        self._refill_open = False
+        self._first_at = 0.0
+        self._last_at = 0.0
+        self._gap_s = 0.0
+        self._gap_n = 0.0
+        self._delay_s = 0.0
+        self._delay_n = 0.0
         #: how many batches dispatch_at let go before their wait bound because waiting could
         #: not fill them, and how many it held back
         self.early = 0
@@ -486,6 +501,12 @@ class Batcher:
         self._since_return += 1
         if now - self._returned_at < self.batch_wait:
             self._came_back += 1
+        if self._refill_open:
+            if self._since_return == 1:
+                self._first_at = now
+            self._last_at = now
+            if self._since_return >= self._returned_n:
+                self._time_refill()
         n = len(queue) + self.in_flight
         if n > self._pop_cur:
             self._pop_cur = n
@@ -519,12 +540,37 @@ class Batcher:
         if self._returned_n > 0:
             share = self._came_back / self._returned_n
             self.comeback += 0.2 * ((share if share < 1.0 else 1.0) - self.comeback)
+        if self._refill_open and self._since_return > 0:
+            self._time_refill()
+        self._refill_open = n > 0
         self._returned_n = n
         self._came_back = 0
         self._returned_at = now
         self._since_return = 0
 
-    def dispatch_at(self, now, size, busy=False, free_since=-INF, lead=-1.0, fixed_share=0.0):
+    def _time_refill(self):
+        self._refill_open = False
+        self._delay_s = 0.8 * self._delay_s + (self._first_at - self._returned_at)
+        self._delay_n = 0.8 * self._delay_n + 1.0
+        self.refill_delay = self._delay_s / self._delay_n
+        if self._since_return > 1:
+            self._gap_s = 0.8 * self._gap_s + (self._last_at - self._first_at)
+            self._gap_n = 0.8 * self._gap_n + (self._since_return - 1)
+            self.refill = self._gap_s / self._gap_n
+
+    def _one_round(self, cost):
+        """Whether all the users ask again (:attr:`refill`) within ``cost``,
+        the replica's time for a batch (assumed while either is not known, 0.0): then
+        the answered users are worth waiting for, to join the waiting ones in one batch
+        before the replica could have finished another.  Users slower to ask again than
+        that (many of them, or a busy frontend) are served in turns instead: while the
+        replica computes one group's batch, the frontend answers the other group and reads
+        its next queries, and the replica never waits for them."""
+        return self.refill < 0.0 or cost <= 0.0 or (
+            self.refill_delay + self.refill * self.population() < cost)
+
+    def dispatch_at(self, now, size, busy=False, free_since=-INF, lead=-1.0, fixed_share=0.0,
+                    cost=0.0):
         """When to send the next batch of at most ``size`` to a replica (``busy``: one that
         still works on a batch and is expected to answer at ``free_since``; else free since
         ``free_since``): ``now``, or a later time to wait until for the batch to fill, never
@@ -541,29 +587,33 @@ class Batcher:
         a free replica.  Without a measured ``lead`` (a container that does not report its
         compute time), a busy replica gets only a full batch, at once, and otherwise waits
         for its answer (``inf``); so it does when most answered queries come back within
-        ``batch_wait`` (``comeback``) and ``fixed_share`` (:meth:`BatchSizer.fixed_share`)
-        is at least a half.
+        ``batch_wait`` (``comeback``), ``fixed_share`` (:meth:`BatchSizer.fixed_share`) is
+        at least a half, and the users come back in one round (:meth:`_one_round` of
+        ``cost``, the replica's expected time for a full batch).
 
         A query is never held back when waiting cannot fill the batch.  What can still come
         is read from what was observed: at most ``population() - in_flight`` queries can be
         queued at once (a closed loop of c users sends no more until answered: once every
-        one of them waits, the batch is as full as it gets); of those, the users answered
-        within the last ``batch_wait`` who have not asked again yet are expected back
-        shortly (their ``comeback`` share), and others come at the observed arrival rate,
-        about ``arrival_rate() * (end - now)`` before the wait would end.
+        one of them waits, the batch is as full as it gets; users who do not come back in
+        one round are served in two turns, half of them per batch); of those, the users
+        answered within the last ``batch_wait`` who have not asked again yet are expected
+        back shortly (their ``comeback`` share), and others come at the observed arrival
+        rate, about ``arrival_rate() * (end - now)`` before the wait would end.
         """
         queue = self.queue
         n = len(queue)
         if not n:
             return now
         if busy:
-            if lead < 0.0 or (n < size and self.comeback >= 0.5 and fixed_share >= 0.5):
+            if lead < 0.0 or (n < size and self.comeback >= 0.5 and fixed_share >= 0.5
+                              and self._one_round(cost)):
                 # a second batch in flight keeps the replica busy, but only a full one: a
                 # partial one would split the queries that could still go together.  Also
                 # when the answered come back at once (a closed loop of users) to a model
-                # whose batch costs about the same whatever its size: its answer's users
-                # then join these in one batch, where pipelining would keep two half
-                # batches taking turns for good (a third of the throughput at 16 users)
+                # whose batch costs about the same whatever its size, sooner than the
+                # replica could finish a batch: its answer's users then join these in one
+                # batch, where pipelining would keep two half batches taking turns for
+                # good (a third of the throughput at 16 users)
                 return now if n >= size else INF
             free_since -= lead
             if free_since > now:
@@ -573,7 +623,12 @@ class Batcher:
         if self.batch_wait <= 0.0:
             return now
         self._roll(now)
-        target = self.population() - self.in_flight
+        pop = self.population()
+        target = pop - self.in_flight
+        if target > pop // 2 and self.comeback >= 0.5 and not self._one_round(cost):
+            # users who come back in turns: half of them make a batch, the other half the
+            # next one, pipelined behind it
+            target = pop // 2
         if target > size:
             target = size
         if n >= target:

@@ -519,7 +519,8 @@ class Scheduler:
                     # busy one's, when it is expected to answer)
                     s = r.sizer
                     when = core.dispatch_at(now, s.current, busy, s.busy_until, s.lead,
-                                            s.fixed_share() if busy else 0.0)
+                                            s.fixed_share() if busy else 0.0,
+                                            s.expected(s.current))
                     if when > now:
                         if busy:
                             if when < math.inf:
