@@ -80,6 +80,31 @@ def rpc_keys(state_dir: str, cluster: dict | None = None) -> tuple[ServerKeys, C
     return keys, creds
 
 
+#: under the state directory's ``rpc/``: the Unix socket of the replicas on this machine
+LOCAL_SOCKET = "replicas.ipc"
+#: the longest path a Unix socket address holds (sun_path, less its terminating zero)
+_SUN_PATH_MAX = 107
+
+
+def local_rpc_address(state_dir: str) -> str | None:
+    """The ``ipc://`` endpoint for the replicas this frontend starts as local processes:
+    ``<state dir>/rpc/replicas.ipc``, in the directory that holds the RPC keys (mode 0700:
+    nobody else can even reach the socket; CURVE still applies on it).  Its path stays the
+    same across restarts, so replicas left running by a crashed frontend reconnect to the
+    next one.  None when the path is too long for a Unix socket (the replicas then use the
+    TCP endpoint) or the directory cannot be made."""
+    d = os.path.join(os.path.abspath(state_dir), KEYS_DIR)
+    path = os.path.join(d, LOCAL_SOCKET)
+    if len(os.fsencode(path)) > _SUN_PATH_MAX:
+        return None
+    try:
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        os.chmod(d, 0o700)
+    except OSError:
+        return None
+    return "ipc://" + path
+
+
 def new_cluster_keys() -> str:
     """Fresh RPC keys for a cluster of frontends (JSON): one server key pair that every
     frontend's RPC socket uses, and the credentials of every replica."""
@@ -98,12 +123,14 @@ class RpcServer:
 
     def __init__(self, address: str, scheduler_factory, *, heartbeat_interval_s: float = 1.0,
                  heartbeat_timeout_s: float = 5.0, keys: ServerKeys | None = None,
-                 max_message_bytes: int = -1, route=None) -> None:
+                 max_message_bytes: int = -1, route=None,
+                 local_address: str | None = None) -> None:
         ctx = zmq.Context.instance()
         #: None: unauthenticated (``--insecure-rpc``, loopback only)
         self.auth = ServerAuth(keys, ctx) if keys is not None else None
         self.transport = RouterTransport(address, self._on_message, ctx, auth=self.auth,
-                                         max_message_bytes=max_message_bytes)
+                                         max_message_bytes=max_message_bytes,
+                                         local_address=local_address)
         #: what reaches a replica goes through here: ``route`` (the legacy endpoint's) sends
         #: the v3 replicas' messages through their own port
         self._send = self.transport.send if route is None else route(self.transport.send)
@@ -134,6 +161,12 @@ class RpcServer:
     @property
     def endpoint(self) -> str:
         return self.transport.endpoint
+
+    @property
+    def local_endpoint(self) -> str:
+        """The endpoint for replicas on this machine (see :func:`local_rpc_address`), or
+        "" when they use :attr:`endpoint`."""
+        return self.transport.local_endpoint
 
     def start(self) -> str:
         endpoint = self.transport.bind()

@@ -34,7 +34,7 @@ from .policies import make_policy
 from .predict import QueryProcessor
 from .registry import Registry
 from .rpc import (CREDENTIALS as RPC_CREDENTIALS, KEYS_DIR as RPC_KEYS_DIR, RpcServer,
-                  new_cluster_keys, rpc_keys)
+                  local_rpc_address, new_cluster_keys, rpc_keys)
 from .scheduler import BatchingConfig, Scheduler
 from .selection import Selection
 from .state import open_store
@@ -103,7 +103,11 @@ class ClipperServer:
             heartbeat_interval_s=cfg.heartbeat_interval_s,
             heartbeat_timeout_s=cfg.heartbeat_timeout_s, keys=rpc_keys_,
             max_message_bytes=cfg.rpc_max_message_bytes,
-            route=self.legacy_rpc.route if self.legacy_rpc else None)
+            route=self.legacy_rpc.route if self.legacy_rpc else None,
+            # local processes reach this frontend through a Unix socket; not with several
+            # frontends, whose replicas connect to every frontend's listed TCP endpoint
+            local_address=(local_rpc_address(cfg.state_dir)
+                           if cfg.backend == "local" and not self.store.shared else None))
         self.scheduler = self.rpc.scheduler
         self.selection = Selection(self.store)
         self.cache = PredictionCache(cfg.cache_bytes)
@@ -139,7 +143,7 @@ class ClipperServer:
                                           registry_port=cfg.registry_port,
                                           rpc_host=cfg.rpc_host, state_dir=cfg.state_dir)
         self.supervisor = Supervisor(
-            self.backend, rpc_endpoint, store=self.store,
+            self.backend, self.rpc.local_endpoint or rpc_endpoint, store=self.store,
             on_exit=lambda iid, why: self.scheduler.remove_replica(iid, why),
             rpc_credentials=rpc_creds, any_address=self.store.shared)
         self.supervisor.start()
@@ -167,6 +171,8 @@ class ClipperServer:
         self.endpoints = {"query": f"http://{_host(cfg.query_host)}:{query}",
                           "management": f"http://{_host(cfg.mgmt_host)}:{mgmt}",
                           "rpc": rpc_endpoint, "pid": os.getpid(),
+                          **({"rpc_local": self.rpc.local_endpoint}
+                             if self.rpc.local_endpoint else {}),
                           **({"legacy_rpc": legacy_endpoint} if legacy_endpoint else {}),
                           "backend": cfg.backend, "frontend_id": self.frontend_id,
                           "state_dir": os.path.abspath(cfg.state_dir)}

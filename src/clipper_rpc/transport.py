@@ -87,8 +87,13 @@ class RouterTransport:
     def __init__(self, address: str, on_message: FrameHandler,
                  ctx: zmq.Context | None = None, *, max_drain: int = 4096,
                  auth: "ServerAuth | None" = None, max_message_bytes: int = -1,
-                 rcv_hwm: int = 1000) -> None:
+                 rcv_hwm: int = 1000, local_address: str | None = None) -> None:
         self._ctx = ctx or zmq.Context.instance()
+        #: a second endpoint on the same socket, for replicas on this machine: an ``ipc://``
+        #: path (a Unix socket: cheaper per message than loopback TCP), bound after
+        #: ``address``; ``local_endpoint`` is "" when there is none or it cannot be bound
+        self._local_address = local_address
+        self.local_endpoint = ""
         self._auth = auth
         self._max_message_bytes = max_message_bytes
         self._rcv_hwm = rcv_hwm
@@ -126,6 +131,13 @@ class RouterTransport:
             addr = addr[:-2] + ":*"
         sock.bind(addr)
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        if self._local_address:
+            try:
+                sock.bind(self._local_address)
+                self.local_endpoint = self._local_address
+            except zmq.ZMQError as e:  # the replicas on this machine use ``endpoint``
+                log.warning("cannot bind the local RPC endpoint %s (%s); replicas on this "
+                            "machine connect to %s", self._local_address, e, self.endpoint)
         self._sock = sock
         self._fd = sock.getsockopt(zmq.FD)
         self._loop.add_reader(self._fd, self._drain)

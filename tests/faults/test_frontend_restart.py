@@ -92,13 +92,45 @@ def test_sigkill_restart_readopts_replicas_and_serves_within_10s(tmp_path):
         kill_replicas(replicas)
 
 
-def test_restart_on_another_rpc_port_replaces_the_survivors(tmp_path):
+def test_restart_on_another_rpc_port_readopts_local_replicas_through_their_socket(tmp_path):
+    """Local replicas connect through <state dir>/rpc/replicas.ipc, which the next frontend
+    binds again: they find it whatever its TCP port."""
     state = str(tmp_path / "state")
-    first = ClipperProcess(state)  # RPC on a random port: survivors cannot find the next one
+    first = ClipperProcess(state)  # RPC on a random TCP port
     first.start()
     second = None
     replicas = {}
     try:
+        assert first.endpoints["rpc_local"] == f"ipc://{state}/rpc/replicas.ipc"
+        replicas = _deploy(first, replicas=1)
+        first.kill()
+        second = ClipperProcess(state)
+        second.start()
+        assert second.endpoints["rpc"] != first.endpoints["rpc"]
+        _wait(lambda: _serves_again(second), timeout_s=10.0, what="the app to answer")
+        conn = second.conn
+        _wait(lambda: [r for r in conn.get_all_model_replicas(verbose=True) if r["connected"]],
+              what="the replica to reconnect")
+        now = conn.get_all_model_replicas(verbose=True)
+        assert {r["instance_id"]: r["pid"] for r in now} == replicas
+        assert "re-adopted replica" in second.log()
+    finally:
+        for c in (second, first):
+            if c is not None:
+                c.close()
+        kill_replicas(replicas)
+
+
+def test_restart_on_another_rpc_port_replaces_the_survivors(tmp_path):
+    # a state directory too deep for a Unix socket's path (107 bytes): the replicas connect
+    # to the RPC's random TCP port, and survivors cannot find the next frontend
+    state = str(tmp_path / ("state-" + "x" * 100))
+    first = ClipperProcess(state)
+    first.start()
+    second = None
+    replicas = {}
+    try:
+        assert "rpc_local" not in first.endpoints
         replicas = _deploy(first, replicas=1)
         first.kill()
         second = ClipperProcess(state)
