@@ -40,6 +40,8 @@ _RCVMORE = int(zmq.RCVMORE)
 _RCVTIMEO = int(zmq.RCVTIMEO)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+#: what :class:`RouterTransport` hands each message to: the peer's identity and the frames
+FrameHandler = Callable[[bytes, list], None]
 #: frames at least this large are sent without a copy; smaller ones are copied, which is
 #: cheaper than tracking a zero-copy frame (pyzmq's own threshold)
 COPY_THRESHOLD = zmq.COPY_THRESHOLD
