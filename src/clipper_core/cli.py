@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -80,6 +81,11 @@ def _start(args: argparse.Namespace) -> int:
             stopping.cancel()
             await server.stop()
             return 2
+        # everything allocated so far lives as long as the process: out of the cyclic
+        # collector's sight, a full collection no longer walks it (40 ms with every
+        # query in flight waiting, 0.2 % of the answers of an overload run late by it)
+        gc.collect()
+        gc.freeze()
         q = server.endpoints["query"]
         print(f"Clipper is running: queries on {q}, management on "
               f"{server.endpoints['management']}. Ctrl-C stops it.", flush=True)
