@@ -491,17 +491,22 @@ class Scheduler:
         expired.clear()
 
     # ---------------------------------------------------------------- dispatch
-    def _dispatch(self, mq: ModelQueue, force: bool = False) -> None:
+    def _dispatch(self, mq: ModelQueue, force: bool = False, due: float = 0.0) -> None:
         """Give replicas batches: every idle replica first (round robin), then, up to
         ``max_in_flight``, to a busy one just before it answers (``Batcher.dispatch_at``), so
         that it has its next batch at hand when it is free.  ``force``: the delayed-batching
         timer ran out, the first batch to an idle replica goes without waiting for it to
-        fill."""
+        fill.  ``due``: the time the timer that calls it was armed for, which has come even
+        when the clock reads earlier (uvloop's reads whole milliseconds and fires a timer
+        due within half of one at once: without it, the timer would be armed again, and
+        fire again, until the clock turned)."""
         queue = mq.queue
         order = mq.order
         if not len(queue) or not order:
             return
         now = self._clock()
+        if due > now:
+            now = due
         core = mq.core
         n = len(order)
         start = mq.rr
@@ -548,9 +553,10 @@ class Scheduler:
         mq.pipe.arm(self._loop, when, self._pipe_due, mq)
 
     def _pipe_due(self, mq: ModelQueue) -> None:
+        due = mq.pipe.at
         mq.pipe.fired()
         if self.models.get(mq.key) is mq:
-            self._dispatch(mq)
+            self._dispatch(mq, due=due)
 
     def _wait_done(self, mq: ModelQueue) -> None:
         mq.wait.fired()

@@ -76,6 +76,34 @@ class VirtualLoop:
         self.run_until(self.now + dt)
 
 
+class MillisecondLoop(VirtualLoop):
+    """A loop whose clock reads whole milliseconds, as uvloop's does (libuv's cached
+    ``uv_now``), and whose timers are armed for a whole number of milliseconds from that
+    reading, rounded: one due within half a millisecond fires at the next iteration (1 us
+    later here), while the clock may still read earlier than the time it was armed for.
+    ``fired`` counts the timers that fired."""
+
+    def __init__(self, start=1000.0):
+        super().__init__(start)
+        self.fired = 0
+
+    def time(self):
+        return int(self.now * 1000) / 1000
+
+    def call_at(self, when, cb, *args):
+        t = self.time()
+        ms = round(max(when - t, 0.0) * 1000)
+        at = max(self.now + 1e-6, t + ms / 1000)
+
+        def fire(*a):
+            self.fired += 1
+            cb(*a)
+
+        h = Handle(at, fire, args)
+        heapq.heappush(self._timers, (at, next(self._seq), h))
+        return h
+
+
 class Future:
     """The part of asyncio.Future the scheduler uses; a second result is an error."""
 
@@ -114,8 +142,8 @@ class Sim:
     hand (``pending`` holds its batches; they report 100 us of compute).
     """
 
-    def __init__(self, impl, cfg=None, slo=0.1, capacity=20_000):
-        self.loop = VirtualLoop()
+    def __init__(self, impl, cfg=None, slo=0.1, capacity=20_000, loop=None):
+        self.loop = loop or VirtualLoop()
         self.impl = impl
         self.sched = Scheduler(self._send, queue_capacity=capacity, clock=self.loop.time,
                                loop=self.loop, impl=impl)
