@@ -21,6 +21,7 @@ from it.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 from typing import Any, Callable
 
@@ -134,11 +135,74 @@ class _Waiter:
 
 
 
+class _Deadlines:
+    """The deadlines of :meth:`QueryProcessor.ask_one`'s queries on one loop timer, armed
+    for the earliest: a heap of ``(deadline, seq, _One)``, where an answered query's entry
+    is skipped when it comes up.  A timer per query, armed and then cancelled, cost uvloop
+    2 us, four times a heap push."""
+
+    __slots__ = ("loop", "heap", "seq", "handle", "at", "live")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.heap: list = []
+        self.seq = itertools.count()
+        self.handle: asyncio.TimerHandle | None = None
+        self.at = 0.0
+        #: entries whose query still waits (the others wait for their deadline to be popped)
+        self.live = 0
+
+    def add(self, when: float, one: "_One") -> None:
+        heapq.heappush(self.heap, (when, next(self.seq), one))
+        self.live += 1
+        if self.handle is None or when < self.at:
+            self._arm(when)
+        elif len(self.heap) > 4 * self.live + 1024:
+            # long SLOs: drop the answered queries' entries rather than hold them that long
+            self.heap = [e for e in self.heap if e[2].q is not None]
+            heapq.heapify(self.heap)
+
+    def answered(self) -> None:
+        self.live -= 1
+
+    def _arm(self, when: float) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        self.at = when
+        self.handle = self.loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self.handle = None
+        # the time it was armed for has come, even when uvloop's millisecond clock reads
+        # earlier (see Scheduler._dispatch)
+        now = self.loop.time()
+        if self.at > now:
+            now = self.at
+        # (self.heap each time: an answer written here may serve the next request on its
+        # connection, whose query is added, and may compact the heap into a new list)
+        while self.heap and self.heap[0][0] <= now:
+            one = heapq.heappop(self.heap)[2]
+            if one.q is not None:
+                self.live -= 1
+                try:
+                    one.give_up()
+                except Exception:  # one query's fault must not stop the others' deadlines
+                    log.server.exception("answering a query at its deadline failed")
+        while self.heap and self.heap[0][2].q is None:
+            heapq.heappop(self.heap)
+        if self.heap:
+            self._arm(self.heap[0][0])
+        elif self.handle is not None:  # armed by a query added meanwhile, now answered
+            self.handle.cancel()
+            self.handle = None
+
+
 class _One:
     """One query of :meth:`QueryProcessor.ask_one`: waits for its answer (a waiter of its
-    :class:`SharedAnswer`) or its deadline (``timer``), then calls ``done``."""
+    :class:`SharedAnswer`) or its deadline (an entry of :class:`_Deadlines`), then calls
+    ``done``; ``q`` is None once it did."""
 
-    __slots__ = ("proc", "app", "key", "q", "done", "timer")
+    __slots__ = ("proc", "app", "key", "q", "done")
 
     def __init__(self, proc: "QueryProcessor", app: AppConfig, key: tuple, q: Query,
                  done: Any) -> None:
@@ -147,10 +211,9 @@ class _One:
         self.key = key
         self.q = q
         self.done = done
-        self.timer = None
 
     def count_down(self, n: int) -> None:  # the answer came
-        self.timer.cancel()
+        self.proc._deadlines.answered()
         self.finish(False)
 
     def give_up(self) -> None:  # the deadline came first
@@ -178,8 +241,10 @@ class _One:
             except ClipperError as e:
                 err = e
         proc.selection.get(app).count_selected(key[0], 1)
+        done = self.done
+        self.q = self.done = None  # its deadline's entry holds nothing more
         try:
-            self.done(out, err)
+            done(out, err)
         except Exception:  # the answer's writer must not stop the batch's other answers
             log.server.exception("cannot answer query %d of app %s", q.query_id, app.name)
 
@@ -198,6 +263,8 @@ class QueryProcessor:
         self.selection = selection if selection is not None else Selection(registry.store)
         self._ids = itertools.count(1)
         self.counts = {"prediction": 0, "default": 0, "feedback": 0}
+        #: the deadlines of ask_one's queries (made in the loop that serves them)
+        self._deadlines: _Deadlines | None = None
 
     def route(self, app: AppConfig, version: str | None) -> tuple | None:
         """(model, version) that answers a single-model ``app``, or None when no model is
@@ -369,7 +436,10 @@ class QueryProcessor:
         one = _One(self, app, key, q, done)
         if self.scheduler.submit(key, q):
             fut.waiters[one] = 1
-            one.timer = loop.call_at(q.deadline, one.give_up)
+            deadlines = self._deadlines
+            if deadlines is None or deadlines.loop is not loop:
+                deadlines = self._deadlines = _Deadlines(loop)
+            deadlines.add(q.deadline, one)
         else:
             one.finish(self._refused(key, q))
         return True
