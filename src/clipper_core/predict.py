@@ -31,7 +31,7 @@ from .config import DEFAULT_CACHE_BYTES, MAX_JSON_DEPTH, AppConfig, json_depth
 from .errors import ClipperError, InvalidInput, Overloaded, PredictionTimeout, brief
 from .inputs import PARSERS, describe, input_key
 from .registry import Registry
-from .scheduler import Scheduler, answer
+from .scheduler import Alarm, Scheduler, answer
 from .sched import Query
 from .selection import MAX_UID_CHARS, AppSelection, Selection
 
@@ -136,28 +136,26 @@ class _Waiter:
 
 
 class _Deadlines:
-    """The deadlines of :meth:`QueryProcessor.ask_one`'s queries on one loop timer, armed
-    for the earliest: a heap of ``(deadline, seq, _One)``, where an answered query's entry
-    is skipped when it comes up.  A timer per query, armed and then cancelled, cost uvloop
-    2 us, four times a heap push."""
+    """The deadlines of :meth:`QueryProcessor.ask_one`'s queries on one loop timer (an
+    :class:`~clipper_core.scheduler.Alarm`) for the earliest: a heap of ``(deadline, seq,
+    _One)``, where an answered query's entry is skipped when it comes up.  A timer per
+    query, armed and then cancelled, cost uvloop 2 us, four times a heap push."""
 
-    __slots__ = ("loop", "heap", "seq", "handle", "at", "live")
+    __slots__ = ("loop", "heap", "seq", "alarm", "live")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.heap: list = []
         self.seq = itertools.count()
-        self.handle: asyncio.TimerHandle | None = None
-        self.at = 0.0
+        self.alarm = Alarm()
         #: entries whose query still waits (the others wait for their deadline to be popped)
         self.live = 0
 
     def add(self, when: float, one: "_One") -> None:
         heapq.heappush(self.heap, (when, next(self.seq), one))
         self.live += 1
-        if self.handle is None or when < self.at:
-            self._arm(when)
-        elif len(self.heap) > 4 * self.live + 1024:
+        self.alarm.arm(self.loop, when, self._fire)
+        if len(self.heap) > 4 * self.live + 1024:
             # long SLOs: drop the answered queries' entries rather than hold them that long
             self.heap = [e for e in self.heap if e[2].q is not None]
             heapq.heapify(self.heap)
@@ -165,19 +163,14 @@ class _Deadlines:
     def answered(self) -> None:
         self.live -= 1
 
-    def _arm(self, when: float) -> None:
-        if self.handle is not None:
-            self.handle.cancel()
-        self.at = when
-        self.handle = self.loop.call_at(when, self._fire)
-
     def _fire(self) -> None:
-        self.handle = None
+        due = self.alarm.at
+        self.alarm.fired()
         # the time it was armed for has come, even when uvloop's millisecond clock reads
         # earlier (see Scheduler._dispatch)
         now = self.loop.time()
-        if self.at > now:
-            now = self.at
+        if due > now:
+            now = due
         # (self.heap each time: an answer written here may serve the next request on its
         # connection, whose query is added, and may compact the heap into a new list)
         while self.heap and self.heap[0][0] <= now:
@@ -191,10 +184,9 @@ class _Deadlines:
         while self.heap and self.heap[0][2].q is None:
             heapq.heappop(self.heap)
         if self.heap:
-            self._arm(self.heap[0][0])
-        elif self.handle is not None:  # armed by a query added meanwhile, now answered
-            self.handle.cancel()
-            self.handle = None
+            self.alarm.arm(self.loop, self.heap[0][0], self._fire)
+        else:  # armed by a query added meanwhile, and answered since
+            self.alarm.cancel()
 
 
 class _One:

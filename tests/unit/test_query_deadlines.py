@@ -34,7 +34,7 @@ def test_deadlines_fire_in_order_on_time_and_skip_the_answered():
         assert [n for n, _ in fired] == ["a", "c", "d", "e"]
         for (name, at), dt in zip(fired, (0.02, 0.06, 0.08, 0.10)):
             assert t0 + dt - 0.002 <= at <= t0 + dt + 0.05, (name, at - t0)
-        assert d.live == 0 and not d.heap and d.handle is None
+        assert d.live == 0 and not d.heap and d.alarm.handle is None
 
     asyncio.run(main())
 
