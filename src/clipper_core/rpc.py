@@ -39,8 +39,7 @@ def rpc_keys(state_dir: str, cluster: dict | None = None) -> tuple[ServerKeys, C
     replicas started by hand."""
     d = os.path.join(state_dir, KEYS_DIR)
     try:
-        os.makedirs(d, mode=0o700, exist_ok=True)
-        os.chmod(d, 0o700)
+        _private_dir(d)
         creds_path = os.path.join(d, CREDENTIALS)
         if cluster is not None:
             sk = cluster["server"]
@@ -98,11 +97,16 @@ def local_rpc_address(state_dir: str) -> str | None:
     if len(os.fsencode(path)) > _SUN_PATH_MAX:
         return None
     try:
-        os.makedirs(d, mode=0o700, exist_ok=True)
-        os.chmod(d, 0o700)
+        _private_dir(d)
     except OSError:
         return None
     return "ipc://" + path
+
+
+def _private_dir(d: str) -> None:
+    """Make ``d`` (the RPC keys' directory) if needed, readable by its owner only."""
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    os.chmod(d, 0o700)
 
 
 def new_cluster_keys() -> str:
