@@ -164,10 +164,7 @@ class _Deadlines:
         self.live -= 1
 
     def _fire(self) -> None:
-        due = self.alarm.at
-        self.alarm.fired()
-        # the time it was armed for has come, even when uvloop's millisecond clock reads
-        # earlier (see Scheduler._dispatch)
+        due = self.alarm.fired()
         now = self.loop.time()
         if due > now:
             now = due
@@ -194,7 +191,7 @@ class _One:
     :class:`SharedAnswer`) or its deadline (an entry of :class:`_Deadlines`), then calls
     ``done``; ``q`` is None once it did."""
 
-    __slots__ = ("proc", "app", "key", "q", "done")
+    __slots__ = ("proc", "app", "key", "q", "done", "deadlines")
 
     def __init__(self, proc: "QueryProcessor", app: AppConfig, key: tuple, q: Query,
                  done: Any) -> None:
@@ -203,9 +200,10 @@ class _One:
         self.key = key
         self.q = q
         self.done = done
+        self.deadlines: _Deadlines | None = None  # where its deadline waits
 
     def count_down(self, n: int) -> None:  # the answer came
-        self.proc._deadlines.answered()
+        self.deadlines.answered()
         self.finish(False)
 
     def give_up(self) -> None:  # the deadline came first
@@ -431,6 +429,7 @@ class QueryProcessor:
             deadlines = self._deadlines
             if deadlines is None or deadlines.loop is not loop:
                 deadlines = self._deadlines = _Deadlines(loop)
+            one.deadlines = deadlines
             deadlines.add(q.deadline, one)
         else:
             one.finish(self._refused(key, q))

@@ -234,8 +234,11 @@ class Alarm:
         self.at = when
         self.handle = loop.call_at(when, callback, *args)
 
-    def fired(self) -> None:
+    def fired(self) -> float:
+        """The timer fired: returns the time it was armed for (come, even where uvloop's
+        millisecond clock reads earlier; see Scheduler._dispatch)."""
         self.handle = None
+        return self.at
 
     def cancel(self) -> None:
         if self.handle is not None:
@@ -553,8 +556,7 @@ class Scheduler:
         mq.pipe.arm(self._loop, when, self._pipe_due, mq)
 
     def _pipe_due(self, mq: ModelQueue) -> None:
-        due = mq.pipe.at
-        mq.pipe.fired()
+        due = mq.pipe.fired()
         if self.models.get(mq.key) is mq:
             self._dispatch(mq, due=due)
 
