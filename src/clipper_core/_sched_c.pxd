@@ -32,9 +32,9 @@ cdef class DeadlineQueue:
     cpdef requeue(self, Query query)
     @cython.locals(head=Query, n=Py_ssize_t)
     cpdef Py_ssize_t drop_expired(self, double now, list expired)
-    @cython.locals(q=Query, batch=list)
+    @cython.locals(q=Query, batch=list, full=Py_ssize_t, size=Py_ssize_t)
     cpdef list pop_batch(self, double now, Py_ssize_t max_size, list expired,
-                         double horizon=*)
+                         double horizon=*, double per_query=*)
     cpdef list items(self)
     @cython.locals(q=Query, oldest=double)
     cpdef double oldest_arrival(self)
@@ -116,13 +116,13 @@ cdef class Batcher:
     cpdef double arrival_rate(self, double now)
     @cython.locals(share=double)
     cpdef returned(self, Py_ssize_t n, double now)
-    @cython.locals(queue=DeadlineQueue, n=Py_ssize_t, target=Py_ssize_t, pop=Py_ssize_t,
-                   end=double, more=double, back=double)
     cdef void _time_refill(self)
     cdef bint _one_round(self, double cost)
+    @cython.locals(queue=DeadlineQueue, n=Py_ssize_t, target=Py_ssize_t, pop=Py_ssize_t,
+                   end=double, more=double, back=double, rate=double)
     cpdef double dispatch_at(self, double now, Py_ssize_t size, bint busy=*,
                              double free_since=*, double lead=*, double fixed_share=*,
                              double cost=*)
     @cython.locals(q=Query, slo=double, latest=double, arrivals=double, batch=list,
-                   size=Py_ssize_t, n=Py_ssize_t, horizon=double)
+                   size=Py_ssize_t, n=Py_ssize_t, horizon=double, per_query=double)
     cpdef list take(self, double now, BatchSizer sizer, list expired)

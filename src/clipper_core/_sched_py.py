@@ -113,13 +113,22 @@ class DeadlineQueue:
                     expired.append(head)
         return n
 
-    def pop_batch(self, now, max_size, expired, horizon=-INF):
+    def pop_batch(self, now, max_size, expired, horizon=-INF, per_query=0.0):
         """Pop up to ``max_size`` live queries in deadline order: only real queries, never
         padding.  Queries whose deadline passed are appended to ``expired`` instead (never
-        dispatched), and so are those due by ``horizon`` (when the batch would come back:
-        they cannot make it, counted in ``late``); answered ones are dropped."""
+        dispatched), and so are those due by the batch's return (they cannot make it,
+        counted in ``late``); answered ones are dropped.
+
+        ``horizon`` is when a batch of ``min(len(self), max_size)`` would come back, and
+        ``per_query`` what each query adds to it: every query left out (late, answered)
+        makes the batch smaller, and brings its return that much earlier for the ones
+        after it.  Reckoned with the batch that was first asked for, the oldest query
+        that could still make it would be dropped too."""
         heap = self._heap
         batch = []
+        full = len(heap)
+        if full > max_size:
+            full = max_size
         while heap and len(batch) < max_size:
             q = heappop(heap)[2]
             self._popped(q)
@@ -127,9 +136,13 @@ class DeadlineQueue:
                 self.expired += 1
                 if not q.answered:
                     expired.append(q)
-            elif q.answered:
                 continue
-            elif q.deadline <= horizon:
+            if q.answered:
+                continue
+            size = len(batch) + 1 + len(heap)
+            if size > max_size:
+                size = max_size
+            if q.deadline <= horizon - per_query * (full - size):
                 self.late += 1
                 expired.append(q)
             else:
@@ -598,7 +611,10 @@ class Batcher:
         one round are served in two turns, half of them per batch); of those, the users
         answered within the last ``batch_wait`` who have not asked again yet are expected
         back shortly (their ``comeback`` share), and others come at the observed arrival
-        rate, about ``arrival_rate() * (end - now)`` before the wait would end.
+        rate, about ``arrival_rate() * (end - now)`` before the wait would end.  Nor is a
+        query held back, when queries come on their own (``comeback`` under a half), once
+        more are queued than come during the batch's fixed cost (``fixed_share * cost``, a
+        batch of one's expected time): waiting then costs the replica more than it fills.
         """
         queue = self.queue
         n = len(queue)
@@ -634,13 +650,23 @@ class Batcher:
         if n >= target:
             self.early += 1
             return now
+        rate = self.arrival_rate(now)
+        if self.comeback < 0.5 and cost > 0.0 and n >= rate * fixed_share * cost:
+            # queries that come on their own (an open loop): a wait of w for rate * w more
+            # pays only while fewer are queued than come during the batch's fixed cost (the
+            # expected time of a batch of one).  With a cost a + b * n per batch of n, the
+            # rate (n + rate * w) / (w + a + b * (n + rate * w)) beats n / (a + b * n) just
+            # when n < rate * a: past it, the replica waiting loses more than the larger
+            # batch gains
+            self.early += 1
+            return now
         end = queue.oldest_arrival()
         if free_since > end:
             end = free_since
         end += self.batch_wait
         if end <= now:
             return now
-        more = self.arrival_rate(now) * (end - now)
+        more = rate * (end - now)
         if now - self._returned_at < self.batch_wait:
             back = self.comeback * self._returned_n - self._since_return
             if back > more:
@@ -668,12 +694,16 @@ class Batcher:
         """
         size = sizer.current
         horizon = now
+        per_query = 0.0
         if self._fresh(sizer, now):
             n = len(self.queue)
-            horizon = (sizer.busy_until if sizer.busy_until > now else now) + sizer.expected(
-                n if n < size else size)
+            if n > size:
+                n = size
+            horizon = (sizer.busy_until if sizer.busy_until > now else now) + sizer.expected(n)
+            if n > 1:
+                per_query = sizer.expected(n) - sizer.expected(n - 1)
         self.last_horizon = horizon
-        batch = self.queue.pop_batch(now, size, expired, horizon)
+        batch = self.queue.pop_batch(now, size, expired, horizon, per_query)
         self.in_flight += len(batch)
         if batch:
             slo = INF

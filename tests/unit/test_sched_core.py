@@ -347,6 +347,78 @@ def test_take_sheds_queries_the_batch_cannot_answer_in_time(impl):
     assert b.last_horizon == pytest.approx(1.0 + s.expected(4))
 
 
+def test_take_reckons_with_the_smaller_batch_left_after_late_queries(impl):
+    """A late query leaves the batch smaller, which comes back sooner: the next query is
+    judged by that return, not by the full batch's (which would drop it too)."""
+    b = impl.Batcher(100, 0.0, 0.5)
+    s = sizer(impl, fixed=10, budget=1.0)
+    s.observe(2, 0.006, 1.0)
+    s.observe(10, 0.010, 1.0)  # 5 ms + 0.5 ms per query
+    s.busy_until = 1.0
+    for i, slack in enumerate([0.0096, 0.0097, 0.0098, 0.02, 0.02, 0.02, 0.02, 0.02, 0.02,
+                               0.02]):
+        b.queue.push(query(impl, i, 0.99, 1.0 + slack))
+    expired = []
+    batch = b.take(1.0, s, expired)
+    assert b.last_horizon == pytest.approx(1.010)  # a batch of 10
+    # without query 0, a batch of 9 is back at 1.0095: query 1 (due at 1.0097) makes it
+    assert [q.query_id for q in expired] == [0]
+    assert [q.query_id for q in batch] == list(range(1, 10))
+    assert b.queue.late == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(slacks=st.lists(st.floats(0.0, 0.03), max_size=60), size=st.integers(1, 40),
+       a=st.floats(0.0, 0.01), per=st.floats(0.0, 0.001))
+def test_every_query_taken_makes_it_back_in_time(impl, slacks, size, a, per):
+    """Whatever the deadlines: each query of a batch is due after the batch comes back
+    (at the expected latency of the batch that went), the late ones are the others, and
+    the batch is in deadline order."""
+    b = impl.Batcher(1000, 0.0, 0.5)
+    s = sizer(impl, budget=1.0)
+    s.observe(1, a + per, 1.0)
+    s.observe(41, a + 41 * per, 1.0)
+    for i, slack in enumerate(slacks):
+        b.queue.push(query(impl, i, 0.0, 1.0 + slack))
+    expired = []
+    batch = b.take(1.0, s, expired)
+    back = 1.0 + s.expected(len(batch))
+    assert all(q.deadline > back - 1e-9 for q in batch)
+    assert len(batch) + len(expired) == min(len(slacks), len(batch) + len(expired))
+    assert [q.deadline for q in batch] == sorted(q.deadline for q in batch)
+    assert len(batch) <= size or len(batch) <= s.current
+    assert all(q.deadline <= 1.0 + s.expected(min(len(slacks), s.current)) + 1e-9
+               for q in expired)
+
+
+def test_an_open_loop_batch_goes_once_waiting_costs_more_than_it_fills(impl):
+    """Queries that come on their own at 1 per ms, 10 at most in the system, and 8 queued
+    for a free replica.  Delayed batching would wait for the 2 that come within its 2 ms
+    bound; with a model whose batch costs 6 ms alone, that wait loses more than a larger
+    batch gains (8 queued, more than the 6 that come during the fixed cost): the batch goes
+    at once.  With a fixed cost of 10 ms (10 come meanwhile) it still waits."""
+    b = impl.Batcher(1000, 0.002, 0.5)
+    s = sizer(impl, fixed=64)
+    now = 0.0
+    qid = 0
+    for _ in range(50):  # 0.5 s of arrivals, a batch every 10 ms, answered at once
+        for _ in range(10):
+            qid += 1
+            b.admit(query(impl, qid, now, now + 1.0), now, [], [])
+            now += 0.001
+        b.returned(len(b.take(now, s, [])), now)
+    assert b.comeback < 0.5 and b.arrival_rate(now) == pytest.approx(1000, rel=0.05)
+    assert b.population() == 10
+    for _ in range(8):  # a burst
+        qid += 1
+        b.admit(query(impl, qid, now, now + 1.0), now, [], [])
+        now += 1e-5
+    cost = 0.0375  # a full batch of 64
+    assert b.dispatch_at(now, 64, fixed_share=0.006 / cost, cost=cost) == now
+    assert b.dispatch_at(now, 64, fixed_share=0.010 / cost, cost=cost) > now
+    assert b.dispatch_at(now, 64) > now, "unmeasured: delayed batching waits as before"
+
+
 def test_a_stale_measurement_lets_a_probe_through(impl):
     b = impl.Batcher(100, 0.0, 0.5)
     s = measured(impl, 1, 0.4, busy_until=0.0)  # slow once: 400 ms against a 100 ms SLO

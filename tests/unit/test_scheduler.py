@@ -318,3 +318,34 @@ def test_shutdown_answers_everything_queued_and_in_flight(impl):
         assert q.future.result() == (False, "Clipper is shutting down") or \
             q.future.result()[1].startswith("replica lost")
     assert not sim.sched.models and not sim.sched._batches
+
+
+def test_the_next_batch_goes_before_the_answers_are_written(impl):
+    """An answer first sends the replica its next batch, then resolves the answered
+    queries' futures (writing an answer out costs the event loop tens of us; the replica
+    would wait for all of them), and a query it answered is not sent again even while its
+    future is unresolved."""
+    sim = Sim(impl, BatchingConfig(batch_size=2, batch_wait_s=0.0, max_in_flight=1))
+    sim.add_replica("r", latency=None)
+    first = [sim.submit()[0]]  # an idle replica takes it alone
+    queued = [sim.submit()[0] for _ in range(2)]
+    assert [ids for *_, ids in sim.sent] == [[q.query_id for q in first]]
+    seen = []
+
+    class Recording:
+        def __init__(self):
+            self.value = None
+
+        def done(self):
+            return self.value is not None
+
+        def set_result(self, value):
+            seen.append((len(sim.sent), value))
+            self.value = value
+
+    for q in first:
+        q.future = Recording()
+    assert sim.reply("r") is True
+    assert sim.sent[-1][3] == [q.query_id for q in queued]
+    assert seen == [(2, (True, 2.0 * q.query_id)) for q in first], \
+        "the answers were written after the next batch went"
