@@ -185,7 +185,9 @@ class Replica:
         return {"batch_size": s.current, "latency_s": s.latency, "suspect": self._suspect,
                 "draining": self._draining, "in_flight": len(self.in_flight),
                 "batches": self.batches, "errors": self.errors, "timeouts": self.timeouts,
-                "aimd_increases": s.increases, "aimd_decreases": s.decreases}
+                "aimd_increases": s.increases, "aimd_decreases": s.decreases,
+                # the part of a round trip that is not the model's compute (-1: not measured)
+                "transfer_s": s.lead}
 
     def to_json(self) -> dict:
         return {"instance_id": self.instance_id, "model_name": self.key[0],
