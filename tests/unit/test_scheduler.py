@@ -349,3 +349,28 @@ def test_the_next_batch_goes_before_the_answers_are_written(impl):
     assert sim.sent[-1][3] == [q.query_id for q in queued]
     assert seen == [(2, (True, 2.0 * q.query_id)) for q in first], \
         "the answers were written after the next batch went"
+
+
+@pytest.mark.parametrize("batch_size,report,deepest", [
+    (1, True, 8),     # a fixed size, the transfer measured: up to max_in_flight
+    (-1, True, 2),    # adaptive: the batches grow instead
+    (1, False, 2),    # no compute reported, so no transfer time: one waiting at most
+])
+def test_short_batches_of_a_fixed_size_travel_several_at_a_time(impl, batch_size, report,
+                                                                 deepest):
+    """A replica whose batches take 50 us, behind a 300 us transfer: with a fixed batch
+    size it holds as many as its measured transfer time (and the timer slack) can cover,
+    up to max_in_flight (8 by default), so that each side's threads wake once for several."""
+    sim = Sim(impl, BatchingConfig(batch_size=batch_size, batch_wait_s=0.0), slo=1.0)
+    sim.add_replica("r", latency=lambda n: 5e-5, delay=lambda n: 3e-4, report_compute=report)
+    for _ in range(20):  # bursts: the transfer time and the batches' cost back to back
+        for _ in range(10):
+            sim.submit()
+        sim.loop.advance(0.005)
+    most = 0
+    for _ in range(40):
+        sim.submit()
+        most = max(most, len(sim.replica("r").in_flight))
+    assert most == deepest
+    sim.loop.advance(0.05)
+    assert len(sim.answers()) == 240 and all(ok for ok, _ in sim.answers().values())
