@@ -738,20 +738,22 @@ class Scheduler:
             if r.in_flight:  # again, with what this batch taught the sizer
                 _reanchor(r, self._clock())
         mq = self.models.get(r.key)
-        if mq is not None:
-            mq.batches += 1
-            st = mq.stats
-            st["rpc_s"].add(latency)
-            st["batch_size"].add(n)
-            st["model_compute_s"].add(compute)
-            mq.recent.append((n, latency))
-            # the replica's next batch before this one's answers: writing them out takes
-            # the event loop tens of us each, and a replica whose pipelined batch had not
-            # gone yet would sit idle for all of it
-            self._dispatch(mq)
-        for fut, out in fresh:
-            if not fut.done():
-                fut.set_result((True, out))
+        try:
+            if mq is not None:
+                mq.batches += 1
+                st = mq.stats
+                st["rpc_s"].add(latency)
+                st["batch_size"].add(n)
+                st["model_compute_s"].add(compute)
+                mq.recent.append((n, latency))
+                # the replica's next batch before this one's answers: writing them out
+                # takes the event loop tens of us each, and a replica whose pipelined batch
+                # had not gone yet would sit idle for all of it
+                self._dispatch(mq)
+        finally:  # marked answered above: whatever happened, they get their answers
+            for fut, out in fresh:
+                if not fut.done():
+                    fut.set_result((True, out))
         if mq is not None and self.on_batch_done is not None:
             self.on_batch_done(mq, n, latency, compute)
         return True
