@@ -68,6 +68,7 @@ aiohttp, closes idle keep-alive connections, since aiohttp does not see direct r
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from email.utils import formatdate
 from http import HTTPStatus
@@ -104,6 +105,14 @@ LAG_IDLE_S = 0.05
 PENDING_LIMIT = 1 << 16
 _JSON = "application/json"
 _METHODS = frozenset((b"GET", b"POST", b"PUT", b"HEAD", b"DELETE", b"OPTIONS", b"PATCH"))
+#: what :func:`whole_request` reads: the request line (a method, a target, HTTP/1.0 or 1.1) ...
+_REQUEST_LINE = re.compile(rb"(GET|POST|PUT|HEAD|DELETE|OPTIONS|PATCH) ([^ \r\n]+) "
+                           rb"(HTTP/1\.[01])\r\n")
+#: ... header lines, each a token, a colon and a value on one line ...
+_HEADER_LINES = re.compile(rb"(?:[-!#$%&'*+.^_`|~0-9A-Za-z]+:[^\r\n]*\r\n)*")
+#: ... and the headers it acts on, wherever they are
+_WATCHED = re.compile(rb"^(content-length|connection|x-request-start|transfer-encoding|expect"
+                      rb"|upgrade):([^\r\n]*)\r$", re.IGNORECASE | re.MULTILINE)
 
 #: the edge of the listener an app is served on (set by :meth:`Edge.install`)
 EDGE = web.AppKey("edge", object)
@@ -602,42 +611,42 @@ def whole_request(data: bytes) -> tuple[str | None, bool, int, bytes | None] | N
     nothing after it); ``app``: the app's name when it is a ``POST /{app}/predict``, else
     None; ``close``: the client asked for the connection to close; ``body_at``: where the
     body starts; ``request_start``: its ``X-Request-Start`` value, if any.  None for
-    anything else (a request still coming, several, or not HTTP/1.x)."""
+    anything else (a request still coming, several, or not HTTP/1.x).
+
+    Strict, as aiohttp's parser is, so that the edge never frames a request differently:
+    every header name is a token (no whitespace before the colon, no folded line), and no
+    line holds a bare CR or LF.  Regular expressions do the reading (in C): it runs on every
+    query, and a Python loop over the header lines cost 3.7 us of the 16 us a refusal costs
+    the frontend in all."""
     end = data.find(b"\r\n\r\n")
     if end < 0:
         return None
-    lines = data[:end].split(b"\r\n")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or parts[0] not in _METHODS or parts[2] not in (b"HTTP/1.1",
-                                                                       b"HTTP/1.0"):
+    first = _REQUEST_LINE.match(data, 0, end + 2)
+    if first is None or _HEADER_LINES.fullmatch(data, first.end(), end + 2) is None:
         return None
+    method, target, version = first.groups()
     length = -1
-    close = parts[2] == b"HTTP/1.0"
+    close = version == b"HTTP/1.0"
     start = None
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        # strict, as aiohttp's parser is: a name is a token (no whitespace before the
-        # colon, no folded line), so that the edge never frames a request differently
-        if not sep or not name or name.strip() != name or b" " in name or b"\t" in name:
-            return None
+    for name, value in _WATCHED.findall(data, first.end(), end + 2):
         name = name.lower()
         if name == b"content-length":
             value = value.strip(b" \t")
             if length >= 0 or not value.isdigit():  # (int() would take "+1", "1_0")
                 return None
             length = int(value)
-        elif name in (b"transfer-encoding", b"expect", b"upgrade"):
-            return None
         elif name == b"connection":
             v = value.strip().lower()
             close = v == b"close" or (close and v != b"keep-alive")
         elif name == b"x-request-start":
             start = value.strip()
+        else:  # transfer-encoding, expect, upgrade
+            return None
     if len(data) != end + 4 + (length if length > 0 else 0):
         return None
     app = None
-    if parts[0] == b"POST" and length >= 0:
-        path = parts[1].split(b"?", 1)[0].split(b"/")
+    if method == b"POST" and length >= 0:
+        path = target.split(b"?", 1)[0].split(b"/")
         if path[-1] == b"":
             path.pop()  # the original Clipper's trailing slash
         if len(path) == 3 and path[0] == b"" and path[2] == b"predict" and path[1]:

@@ -179,3 +179,76 @@ def test_without_the_apps_the_edge_never_probes():
     e.note_slo(0.020, loop.now)
     e.probe(loop.now)
     assert not loop.soon and e.admit_share == 1.0
+
+
+def line_by_line(data):
+    """The reading ``whole_request`` replaced (a Python loop over the header lines), kept as
+    the reference for well-formed requests: the two must agree on them."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = data[:end].split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or parts[0] not in {b"GET", b"POST", b"PUT", b"HEAD", b"DELETE",
+                                           b"OPTIONS", b"PATCH"} or parts[2] not in (
+            b"HTTP/1.1", b"HTTP/1.0") or not parts[1]:
+        return None
+    length, close, start = -1, parts[2] == b"HTTP/1.0", None
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name.strip() != name or b" " in name or b"\t" in name:
+            return None
+        name = name.lower()
+        if name == b"content-length":
+            value = value.strip(b" \t")
+            if length >= 0 or not value.isdigit():
+                return None
+            length = int(value)
+        elif name in (b"transfer-encoding", b"expect", b"upgrade"):
+            return None
+        elif name == b"connection":
+            v = value.strip().lower()
+            close = v == b"close" or (close and v != b"keep-alive")
+        elif name == b"x-request-start":
+            start = value.strip()
+    if len(data) != end + 4 + (length if length > 0 else 0):
+        return None
+    app = None
+    if parts[0] == b"POST" and length >= 0:
+        path = parts[1].split(b"?", 1)[0].split(b"/")
+        if path[-1] == b"":
+            path.pop()
+        if len(path) == 3 and path[0] == b"" and path[2] == b"predict" and path[1]:
+            try:
+                app = path[1].decode("ascii")
+            except UnicodeDecodeError:
+                return None
+    return app, close, end + 4, start
+
+
+_TOKEN = st.text("abcXYZ-_.!#0123", min_size=1, max_size=12).map(str.encode)
+_VALUE = st.binary(max_size=20).filter(lambda v: b"\r" not in v and b"\n" not in v)
+_HEADER = st.one_of(
+    st.tuples(_TOKEN, _VALUE),
+    st.tuples(st.sampled_from([b"Content-Length", b"content-length", b"CONTENT-LENGTH"]),
+              st.sampled_from([b" 16", b"16", b" 16 ", b"\t16", b" +16", b" 0", b" 3", b""])),
+    st.tuples(st.sampled_from([b"Connection", b"connection"]),
+              st.sampled_from([b" close", b" keep-alive", b" Close ", b" upgrade", b""])),
+    st.tuples(st.sampled_from([b"X-Request-Start", b"x-request-start"]),
+              st.sampled_from([b" t=1700000000.5", b"1700000000", b""])),
+    st.tuples(st.sampled_from([b"Transfer-Encoding", b"Expect", b"Upgrade", b"Host"]),
+              st.sampled_from([b" chunked", b" x"])))
+
+
+@settings(max_examples=500, deadline=None)
+@given(method=st.sampled_from([b"GET", b"POST", b"PUT", b"BREW"]),
+       path=st.sampled_from([b"/app/predict", b"/app/predict/", b"/a/b/predict", b"/predict",
+                             b"/app/predict?x=1", b"/v2/models/m/infer", b"/\xff/predict"]),
+       version=st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0"]),
+       headers=st.lists(_HEADER, max_size=6), body=st.sampled_from([b"", b'{"input": [1.0]}']),
+       tail=st.sampled_from([b"", b"x", b"GET / HTTP/1.1\r\n\r\n"]))
+def test_the_regular_expressions_read_well_formed_requests_as_the_line_loop_did(
+        method, path, version, headers, body, tail):
+    head = [method + b" " + path + b" " + version] + [n + b":" + v for n, v in headers]
+    data = b"\r\n".join(head) + b"\r\n\r\n" + body + tail
+    assert whole_request(data) == line_by_line(data)
