@@ -646,12 +646,21 @@ def whole_request(data: bytes) -> tuple[str | None, bool, int, bytes | None] | N
         return None
     app = None
     if method == b"POST" and length >= 0:
-        path = target.split(b"?", 1)[0].split(b"/")
-        if path[-1] == b"":
-            path.pop()  # the original Clipper's trailing slash
-        if len(path) == 3 and path[0] == b"" and path[2] == b"predict" and path[1]:
+        name = predict_target(target)
+        if name is not None:
             try:
-                app = path[1].decode("ascii")
+                app = name.decode("ascii")
             except UnicodeDecodeError:
                 return None
     return app, close, end + 4, start
+
+
+def predict_target(target: bytes) -> bytes | None:
+    """The app's name in a ``/{app}/predict`` request target (a query string and the
+    original Clipper's trailing slash allowed); None for any other target."""
+    path = target.split(b"?", 1)[0].split(b"/")
+    if path[-1] == b"":
+        path.pop()
+    if len(path) == 3 and path[0] == b"" and path[2] == b"predict" and path[1]:
+        return path[1]
+    return None

@@ -5,8 +5,8 @@ the probes)."""
 
 from hypothesis import given, settings, strategies as st
 
-from clipper_core.edge import (LAG_BACKOFF, LAG_RECOVERY_PER_S, Edge, response_head,
-                               whole_request)
+from clipper_core.edge import (LAG_BACKOFF, LAG_RECOVERY_PER_S, Edge, predict_target,
+                               response_head, whole_request)
 
 
 def request(path=b"/app/predict", body=b'{"input": [1.0]}', version=b"HTTP/1.1",
@@ -183,7 +183,8 @@ def test_without_the_apps_the_edge_never_probes():
 
 def line_by_line(data):
     """The reading ``whole_request`` replaced (a Python loop over the header lines), kept as
-    the reference for well-formed requests: the two must agree on them."""
+    the reference for well-formed requests: the two must agree on them.  (The target is
+    read by the same ``predict_target``: only the reading of the lines changed.)"""
     end = data.find(b"\r\n\r\n")
     if end < 0:
         return None
@@ -214,15 +215,11 @@ def line_by_line(data):
     if len(data) != end + 4 + (length if length > 0 else 0):
         return None
     app = None
-    if parts[0] == b"POST" and length >= 0:
-        path = parts[1].split(b"?", 1)[0].split(b"/")
-        if path[-1] == b"":
-            path.pop()
-        if len(path) == 3 and path[0] == b"" and path[2] == b"predict" and path[1]:
-            try:
-                app = path[1].decode("ascii")
-            except UnicodeDecodeError:
-                return None
+    if parts[0] == b"POST" and length >= 0 and predict_target(parts[1]) is not None:
+        try:
+            app = predict_target(parts[1]).decode("ascii")
+        except UnicodeDecodeError:
+            return None
     return app, close, end + 4, start
 
 
