@@ -124,5 +124,6 @@ cdef class Batcher:
                              double free_since=*, double lead=*, double fixed_share=*,
                              double cost=*)
     @cython.locals(q=Query, slo=double, latest=double, arrivals=double, batch=list,
-                   size=Py_ssize_t, n=Py_ssize_t, horizon=double, per_query=double)
+                   size=Py_ssize_t, n=Py_ssize_t, horizon=double, per_query=double,
+                   full=double)
     cpdef list take(self, double now, BatchSizer sizer, list expired)

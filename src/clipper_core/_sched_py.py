@@ -699,9 +699,10 @@ class Batcher:
             n = len(self.queue)
             if n > size:
                 n = size
-            horizon = (sizer.busy_until if sizer.busy_until > now else now) + sizer.expected(n)
+            full = sizer.expected(n)
+            horizon = (sizer.busy_until if sizer.busy_until > now else now) + full
             if n > 1:
-                per_query = sizer.expected(n) - sizer.expected(n - 1)
+                per_query = full - sizer.expected(n - 1)
         self.last_horizon = horizon
         batch = self.queue.pop_batch(now, size, expired, horizon, per_query)
         self.in_flight += len(batch)

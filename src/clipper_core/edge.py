@@ -106,7 +106,7 @@ PENDING_LIMIT = 1 << 16
 _JSON = "application/json"
 _METHODS = frozenset((b"GET", b"POST", b"PUT", b"HEAD", b"DELETE", b"OPTIONS", b"PATCH"))
 #: what :func:`whole_request` reads: the request line (a method, a target, HTTP/1.0 or 1.1) ...
-_REQUEST_LINE = re.compile(rb"(GET|POST|PUT|HEAD|DELETE|OPTIONS|PATCH) ([^ \r\n]+) "
+_REQUEST_LINE = re.compile(b"(" + b"|".join(sorted(_METHODS)) + rb") ([^ \r\n]+) "
                            rb"(HTTP/1\.[01])\r\n")
 #: ... header lines, each a token, a colon and a value on one line ...
 _HEADER_LINES = re.compile(rb"(?:[-!#$%&'*+.^_`|~0-9A-Za-z]+:[^\r\n]*\r\n)*")
