@@ -20,8 +20,9 @@ the gap between the two is where the frontend's own queueing hides: requests sit
 buffers and in the event loop's ready queue while the handlers of earlier requests run.  Two
 sources of the arrival time, the earliest wins:
 
-* the time the event loop read the request's first bytes (the wrapper notes ``loop.time()``
-  in ``data_received``, once per request: a clock read and an attribute store);
+* the time the event loop read the request's first bytes (the wrapper notes the frontend's
+  clock, :mod:`clipper_core.clock`, in ``data_received``, once per request: a clock read
+  and an attribute store);
 * an ``X-Request-Start`` header set by a load balancer in front (nginx's ``t=<seconds>``,
   or a bare number of seconds, milliseconds or microseconds since the epoch).
 
@@ -77,7 +78,7 @@ from typing import Any, Callable
 import orjson
 from aiohttp import web
 
-from . import log
+from . import clock, log
 from .errors import Overloaded
 from .log import RateLimitedLog
 
@@ -116,8 +117,8 @@ _WATCHED = re.compile(rb"^(content-length|connection|x-request-start|transfer-en
 
 #: the edge of the listener an app is served on (set by :meth:`Edge.install`)
 EDGE = web.AppKey("edge", object)
-#: where the edge leaves a request's arrival time (the loop's clock)
-ARRIVED = "clipper_arrived"
+#: where the edge leaves a request's arrival time (the frontend's clock, clipper_core.clock)
+ARRIVED = web.RequestKey("clipper_arrived", float)
 
 
 def query_route(handler: Callable) -> Callable:
@@ -147,7 +148,7 @@ class EdgeConnection:
         self.transport = None
         self.active = 0
         self.served = False
-        self.idle_since = edge.loop.time()
+        self.idle_since = edge.clock()
         self.arrived: float | None = None
         self.aio = 0
         self.direct = False
@@ -177,7 +178,7 @@ class EdgeConnection:
         # only bytes that open a request line (a method, then a space) start a request
         if self.arrived is None and not self.active and data[:8].split(b" ", 1)[0] in _METHODS:
             edge = self.edge
-            now = edge.loop.time()
+            now = edge.clock()
             edge.probe(now)
             if self.aio == 0:
                 req = whole_request(data) if edge.app_lookup is not None else None
@@ -215,7 +216,7 @@ class EdgeConnection:
             self.active -= 1
             edge.in_flight -= 1
         self.served = True
-        self.idle_since = edge.loop.time()
+        self.idle_since = edge.clock()
         pending = self.pending
         if pending and not close and not t.is_closing():
             self.pending = None
@@ -246,7 +247,7 @@ def parse_request_start(value: str) -> float | None:
 
 
 def arrival(request: web.Request, now: float, stamp: float | None = None) -> float:
-    """When ``request`` arrived, on the loop's clock (``now`` is ``loop.time()``): the
+    """When ``request`` arrived, on the frontend's clock (``now`` is ``Edge.clock()``): the
     earliest of ``stamp`` (its first bytes' read time), its ``X-Request-Start`` header and
     ``now``."""
     return earliest_arrival(now, stamp, request.headers.get("X-Request-Start"))
@@ -321,6 +322,8 @@ class Edge:
         self._probing = False
         self.factory: Callable[[], Any] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        #: the time now, s: the frontend's clock (tests drive the probes on their own)
+        self.clock: Callable[[], float] = clock.now
         self._conns: dict[Any, EdgeConnection] = {}  # transport -> connection
         #: requests held now, the one being decided included
         self.in_flight = 0
@@ -387,7 +390,7 @@ class Edge:
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(min(1.0, self.idle_timeout_s / 4))
-            now = self.loop.time()
+            now = self.clock()
             fresh, kept = now - self.idle_timeout_s, now - self.keepalive_timeout_s
             stale = [c for c in self._conns.values() if not c.active
                      and c.idle_since < (kept if c.served else fresh)]
@@ -401,14 +404,13 @@ class Edge:
         """Holds every request's place: its arrival (``request[ARRIVED]``), its connection
         marked busy, the count of requests held; refuses a request of any route but a query
         route over the cap before its handler runs."""
-        loop = self.loop or asyncio.get_running_loop()
         c = self._conns.get(request.transport)
         stamp = None
         if c is not None:
             stamp = c.arrived
             c.arrived = None  # the next request on this connection stamps afresh
             c.active += 1
-        request[ARRIVED] = arrival(request, loop.time(), stamp)
+        request[ARRIVED] = arrival(request, self.clock(), stamp)
         self.in_flight += 1
         try:
             if not getattr(request.match_info.handler, "clipper_query_route", False):
@@ -421,7 +423,7 @@ class Edge:
                 if c.aio == 1:
                     c.aio = 0  # (its answer is written before the loop reads again)
                 c.served = True
-                c.idle_since = loop.time()
+                c.idle_since = self.clock()
 
     def verdict(self, slo_s: float | None, arrived: float, now: float) -> str | None:
         """Why a request is refused at ``now``, None when it may go on: over the cap, or (for
@@ -444,12 +446,11 @@ class Edge:
         query is answered with the app's default output (the Response returned).  Every other
         refusal raises :class:`~clipper_core.errors.Overloaded` (503 with ``Retry-After``,
         in the shape of the app's error mapping)."""
-        loop = self.loop or asyncio.get_running_loop()
         arrived = request.get(ARRIVED)
         if app is None or arrived is None:
             why = self.verdict(None, 0.0, 0.0)
         else:
-            now = loop.time()
+            now = self.clock()
             slo_s = app.slo_micros / 1e6
             self.note_slo(slo_s, now)
             why = self.verdict(slo_s, arrived, now)
@@ -505,7 +506,7 @@ class Edge:
 
     def _probed(self, sent: float) -> None:
         self._probing = False
-        now = self.loop.time()
+        now = self.clock()
         self.last_lag = now - sent
         if self.last_lag > self.lag_target_s:
             self.admit_share *= LAG_BACKOFF

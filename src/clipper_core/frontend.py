@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from . import edge, openapi
+from . import clock, edge, openapi
 from .config import AppConfig
 from .errors import BadRequest, ClipperError, InvalidInput, MissingField
 from .http import (MAX_BODY, error_middleware, json_object, json_response, log_failure,
@@ -104,7 +104,7 @@ class _Answer:
     def __call__(self, outcome: Outcome | None, err: ClipperError | None) -> None:
         conn = self.conn
         if err is None:
-            self.metrics.record(self.app, [outcome], conn.edge.loop.time() - self.arrived)
+            self.metrics.record(self.app, [outcome], clock.now() - self.arrived)
             conn.respond(200, orjson.dumps(outcome.to_json(), option=orjson.OPT_SERIALIZE_NUMPY),
                          self.close)
         else:

@@ -25,13 +25,14 @@ import heapq
 import itertools
 from typing import Any, Callable
 
-from . import log
+from . import clock, log
 from .cache import PredictionCache, key_prefix
 from .config import DEFAULT_CACHE_BYTES, MAX_JSON_DEPTH, AppConfig, json_depth
 from .errors import ClipperError, InvalidInput, Overloaded, PredictionTimeout, brief
 from .inputs import PARSERS, describe, input_key
 from .registry import Registry
-from .scheduler import Alarm, Scheduler, answer
+from .scheduler import Scheduler, answer
+from .timers import new_alarm
 from .sched import Query
 from .selection import MAX_UID_CHARS, AppSelection, Selection
 
@@ -137,7 +138,7 @@ class _Waiter:
 
 class _Deadlines:
     """The deadlines of :meth:`QueryProcessor.ask_one`'s queries on one loop timer (an
-    :class:`~clipper_core.scheduler.Alarm`) for the earliest: a heap of ``(deadline, seq,
+    :class:`~clipper_core.timers.Alarm`) for the earliest: a heap of ``(deadline, seq,
     _One)``, where an answered query's entry is skipped when it comes up.  A timer per
     query, armed and then cancelled, cost uvloop 2 us, four times a heap push."""
 
@@ -147,7 +148,7 @@ class _Deadlines:
         self.loop = loop
         self.heap: list = []
         self.seq = itertools.count()
-        self.alarm = Alarm()
+        self.alarm = new_alarm(precise=True)
         #: entries whose query still waits (the others wait for their deadline to be popped)
         self.live = 0
 
@@ -165,7 +166,7 @@ class _Deadlines:
 
     def _fire(self) -> None:
         due = self.alarm.fired()
-        now = self.loop.time()
+        now = clock.now()
         if due > now:
             now = due
         # (self.heap each time: an answer written here may serve the next request on its
@@ -332,7 +333,7 @@ class QueryProcessor:
             why = self._explain_miss(None, slo_s * 1e3)
             return [self._default(app, qid, why) for qid in ids]
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = clock.now()
         if arrival is None or arrival > now:
             arrival = now
         deadline = arrival + slo_s
@@ -418,7 +419,7 @@ class QueryProcessor:
         if key is None:
             return False
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = clock.now()
         if arrival > now:
             arrival = now
         fut = SharedAnswer(loop, self)
@@ -536,7 +537,7 @@ class QueryProcessor:
             return [self._default(app, qid, why) for qid in ids]
         policy = sel.for_uid(uid)
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = clock.now()
         deadline = (now if arrival is None or arrival > now else arrival) + slo_s
         current = self.registry.current
         cache = self.cache if app.cache_enabled else None
@@ -679,7 +680,7 @@ class QueryProcessor:
             if not keys:
                 return found
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = clock.now()
         slo_s = max(app.slo_micros / 1e6, FEEDBACK_TIMEOUT_S)
         deadline = now + slo_s
         qid = next(self._ids)

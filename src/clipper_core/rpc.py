@@ -14,7 +14,7 @@ from clipper_rpc.errors import ProtocolError
 from clipper_rpc.legacy_protocol import looks_like_v3
 from clipper_rpc.transport import RouterTransport
 
-from . import log
+from . import clock, log
 from .log import RateLimitedLog
 from .errors import StateStoreError
 from .scheduler import Scheduler
@@ -247,12 +247,11 @@ class RpcServer:
             self.transport.send(identity, self._reset)
 
     async def _heartbeats(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.hb_interval)
             try:
                 for r in self.scheduler.replicas():
                     self._send(r.identity, self._heartbeat)
-                self.scheduler.sweep(loop.time(), self.hb_timeout)
+                self.scheduler.sweep(clock.now(), self.hb_timeout)
             except Exception:
                 log.rpc.exception("heartbeat round failed")

@@ -25,7 +25,8 @@ from typing import Any, Callable
 
 from clipper_rpc import protocol as P
 
-from . import log, sched
+from . import clock as _clock, log, sched
+from .timers import Alarm, new_alarm
 from .errors import ConfigError
 
 ModelKey = tuple  # (model name, version)
@@ -36,11 +37,12 @@ Answer = tuple  # (True, output) | (False, explanation)
 #: how many recent (batch size, batch latency) pairs each model keeps for percentiles
 RECENT_BATCHES = 2048
 
-#: how late the event loop may run a timer, s: uvloop's clock and timers count whole
-#: milliseconds, and asyncio's epoll waits round up to one.  A busy replica's next batch
-#: goes this much before its measured lead: a batch that arrives after the replica freed up
-#: leaves it idle (with a model whose batch takes half the SLO, 0.3 ms of idle per batch
-#: costs about 3 % of its goodput), one that arrives early only waits there
+#: how late the event loop may get to a due timer, s: its timer (a timerfd, see
+#: :mod:`clipper_core.timers`) wakes it within tens of microseconds, but the loop may be
+#: writing answers and reading requests then.  A busy replica's next batch goes this much
+#: before its measured lead: a batch that arrives after the replica freed up leaves it idle
+#: (with a model whose batch takes half the SLO, 0.3 ms of idle per batch costs about 3 % of
+#: its goodput), one that arrives early holds the queries that came meanwhile back a batch
 TIMER_SLACK = 0.0005
 
 
@@ -228,43 +230,11 @@ class InFlight:
         self.idle = not replica.in_flight
 
 
-class Alarm:
-    """One timer for the earliest of the times it is armed for (armed again only for an
-    earlier one)."""
-
-    __slots__ = ("handle", "at")
-
-    def __init__(self) -> None:
-        self.handle: asyncio.Handle | None = None
-        self.at = 0.0
-
-    def arm(self, loop: Any, when: float, callback: Callable[..., None], *args: Any) -> None:
-        if self.handle is not None:
-            # (compare with our own copy of the time: uvloop's call_at returns a plain Handle,
-            # without when(), for a time already past)
-            if self.at <= when:
-                return
-            self.handle.cancel()
-        self.at = when
-        self.handle = loop.call_at(when, callback, *args)
-
-    def fired(self) -> float:
-        """The timer fired: returns the time it was armed for (come, even where uvloop's
-        millisecond clock reads earlier; see Scheduler._dispatch)."""
-        self.handle = None
-        return self.at
-
-    def cancel(self) -> None:
-        if self.handle is not None:
-            self.handle.cancel()
-            self.handle = None
-
-
 class ModelQueue:
     """Queue and replicas of one model version, and the counters the metrics layer reads."""
 
     def __init__(self, key: ModelKey, input_type: str, capacity: int, cfg: BatchingConfig,
-                 slo_s: float, impl: Any = None) -> None:
+                 slo_s: float, impl: Any = None, precise: bool = False) -> None:
         self.impl = impl or sched.impl
         self.key = key
         self.label = f"{key[0]}:{key[1]}"
@@ -278,9 +248,9 @@ class ModelQueue:
         self.order: list[Replica] = []
         self.sizers: list = []
         #: the delayed-batching bound of the batch waiting to fill
-        self.wait = Alarm()
+        self.wait: Alarm = new_alarm(precise)
         #: when a busy replica is due its next batch (just before it answers)
-        self.pipe = Alarm()
+        self.pipe: Alarm = new_alarm(precise)
         self.waiting_since = -1.0
         self.rr = 0
         # counters for the metrics layer (the core holds admitted / shed / expired)
@@ -405,9 +375,9 @@ class Scheduler:
 
     ``clock`` and ``loop`` can be injected (tests drive it on virtual time); ``impl`` picks the
     core module (default: what :mod:`clipper_core.sched` chose, compiled unless
-    ``CLIPPER_PUREPYTHON=1``).  Deadlines and timers use the loop's clock; batch latencies
-    are measured with ``time.perf_counter`` unless a clock is injected, because uvloop's
-    ``loop.time()`` ticks in whole milliseconds, as coarse as the fast models' batches.
+    ``CLIPPER_PUREPYTHON=1``).  Deadlines and decisions read the frontend's clock
+    (:func:`clipper_core.clock.now`, which the loop's timers count on too); batch latencies
+    are measured with ``time.perf_counter`` unless a clock is injected.
     """
 
     def __init__(self, send: Callable[[bytes, list], bool], *, queue_capacity: int = 20_000,
@@ -415,7 +385,9 @@ class Scheduler:
                  loop: asyncio.AbstractEventLoop | None = None, impl: Any = None) -> None:
         self._send = send
         self._loop = loop or asyncio.get_event_loop()
-        self._clock = clock or self._loop.time
+        self._clock = clock or _clock.now
+        #: timers on timerfds (:mod:`clipper_core.timers`), on real time only
+        self.precise = clock is None
         self._stopwatch = clock or time.perf_counter
         self.impl = impl or sched.impl
         self._ADMIT = self.impl.ADMIT
@@ -438,7 +410,7 @@ class Scheduler:
         if mq is None:
             self.removed.discard(key)
             mq = self.models[key] = ModelQueue(key, input_type, self.queue_capacity, cfg, slo_s,
-                                               self.impl)
+                                               self.impl, self.precise)
         elif cfg != mq.cfg or slo_s != mq.slo_s:
             self.configure(key, cfg, slo_s)
         return mq
@@ -468,8 +440,8 @@ class Scheduler:
         # now=-inf: every queued query comes out as "live", none as expired
         for q in mq.queue.pop_batch(float("-inf"), len(mq.queue), []):
             answer(q, (False, explanation))
-        mq.wait.cancel()
-        mq.pipe.cancel()
+        mq.wait.close()
+        mq.pipe.close()
 
     # ---------------------------------------------------------------- queries
     def submit(self, key: ModelKey, q: Any) -> bool:

@@ -126,6 +126,7 @@ class Loop:
 def edge(loop):
     e = Edge(app_lookup=lambda name: None, new_query_id=lambda: 1)
     e.loop = loop
+    e.clock = loop.time
     return e
 
 
