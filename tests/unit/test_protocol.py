@@ -52,6 +52,22 @@ def test_predict_roundtrip(batch, b):
             assert a == x
 
 
+@given(batch=u32, input_type=st.sampled_from(["ints", "floats", "doubles"]),
+       n=st.integers(2, 12), size=st.integers(0, 6), data=st.data())
+def test_predict_roundtrip_of_inputs_of_one_size(batch, input_type, n, size, data):
+    """The usual batch, every input one size, decodes through a 2-D view: each input comes
+    back 1-D, its own values, even when the inputs are empty."""
+    dtype = P.NUMERIC_DTYPES[input_type]
+    flat = data.draw(numeric_batch(input_type).map(
+        lambda xs: np.resize(np.concatenate(xs), n * size).astype(dtype)))
+    inputs = [flat[i * size:(i + 1) * size].copy() for i in range(n)]
+    got = roundtrip(P.PredictBatch(batch, input_type, inputs))
+    assert len(got.inputs) == n
+    for a, x in zip(got.inputs, inputs):
+        assert a.ndim == 1 and a.dtype == dtype and a.shape == (size,)
+        np.testing.assert_array_equal(a, x)
+
+
 @given(batch=u32, outputs=st.lists(json_values, max_size=10), compute=u32)
 def test_result_roundtrip(batch, outputs, compute):
     assert roundtrip(P.Result(batch, outputs, compute)) == P.Result(batch, outputs, compute)
