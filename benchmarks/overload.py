@@ -163,6 +163,10 @@ class Hog:
 
 
 def run_row(doc: dict, row: dict, saturation: dict) -> dict[str, Any]:
+    if row.get("baseline") == "nginx":
+        return run_baseline(doc, row, saturation)
+    if "baseline" in row:
+        raise SystemExit(f"row {row['name']!r}: baseline must be \"nginx\", got {row['baseline']!r}")
     slo_ms = float(doc.get("slo_ms", 20))
     slack_ms = float(doc.get("slack_ms", 5))
     duration = float(doc.get("duration_s", 10))
@@ -221,29 +225,117 @@ def run_row(doc: dict, row: dict, saturation: dict) -> dict[str, Any]:
         elapsed = time.monotonic() - t0
         c1 = counters(fronts, app)
         after_ms, after_preds = after_latency(clipper, app, int(doc.get("after_queries", 50)))
-    lat = res["latencies"]
-    n = len(lat)
     d = {k: c1[k] - c0[k] for k in ("prediction", "default", "shed", "error", "refused",
                                     "batches", "batched")}
     size = d["batched"] / d["batches"] if d["batches"] else None
     total = max(1.0, d["prediction"] + d["default"] + d["shed"] + d["error"] + d["refused"])
-    bound = (slo_ms + slack_ms) / 1e3
     is_pred = (res["sizes"] > 0) & (res["sizes"] <= pred_max)
-    goodput = int(np.sum(is_pred & (lat <= bound))) / duration if n else 0.0
     return {
-        "case": row["name"], "rate": rate, "offered": rate, "answered": n,
-        "answered_per_s": n / duration, "elapsed_s": elapsed,
+        "case": row["name"], "rate": rate, "offered": rate, "elapsed_s": elapsed,
+        **answer_stats(res, is_pred, duration, (slo_ms + slack_ms) / 1e3),
+        "capacity": float(cap),
+        "default_share": (d["default"] + d["shed"]) / total, "refused_share": d["refused"] / total,
+        "server": d, "after_p50_ms": after_ms,
+        "after_predictions": after_preds, "mean_batch_size": size,
+    }
+
+
+def answer_stats(res: dict, is_pred: np.ndarray, duration: float, bound: float) -> dict:
+    """What a row reports of oha's records ``res``: answers, the share within ``bound`` s,
+    percentiles (numpy's), goodput (the ``is_pred`` answers within ``bound``, per second)."""
+    lat = res["latencies"]
+    n = len(lat)
+    return {
+        "answered": n, "answered_per_s": n / duration,
         "within_share": float(np.mean(lat <= bound)) if n else None,
         "p50_ms": float(np.percentile(lat, 50)) * 1e3 if n else None,
         "p99_ms": float(np.percentile(lat, 99)) * 1e3 if n else None,
         "p999_ms": float(np.percentile(lat, 99.9)) * 1e3 if n else None,
         "max_ms": float(lat.max()) * 1e3 if n else None,
-        "goodput": goodput, "capacity": float(cap),
-        "default_share": (d["default"] + d["shed"]) / total, "refused_share": d["refused"] / total,
+        "goodput": int(np.sum(is_pred & (lat <= bound))) / duration if n else 0.0,
         "predictions_per_s": float(np.sum(is_pred)) / duration if n else 0.0,
-        "server": d, "statuses": res["statuses"], "after_p50_ms": after_ms,
-        "after_predictions": after_preds, "mean_batch_size": size,
-        "oha_errors": res["summary"].get("errorDistribution", {}),
+        "statuses": res["statuses"], "oha_errors": res["summary"].get("errorDistribution", {}),
+    }
+
+
+# nginx answering every request with one constant body, as many workers as CPUs
+NGINX_CONSTANT = """
+worker_processes {workers};
+pid {dir}/nginx.pid;
+error_log {dir}/nginx.err;
+daemon off;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ default_type application/json; return 200 '{body}'; }}
+  }}
+}}
+"""
+#: what the baseline answers: the shape and size of a prediction of the no-op model
+CONSTANT_ANSWER = '{"query_id":1234567,"output":0,"default":false,"confidence":1.0,"models":["ovl:1"]}'
+
+
+@contextlib.contextmanager
+def constant_server():
+    """nginx answering every request at once with :data:`CONSTANT_ANSWER`: what the machine
+    and the load generator allow at a row's rate with no Python server in the way."""
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/bin")
+    if nginx is None:
+        raise SystemExit("nginx is not installed: run `make bench-deps`")
+    with tempfile.TemporaryDirectory(prefix="overload-nginx-") as d:
+        port = free_port()
+        conf = os.path.join(d, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(NGINX_CONSTANT.format(workers=os.cpu_count() or 1, dir=d, port=port,
+                                          body=CONSTANT_ANSWER))
+        proc = subprocess.Popen([nginx, "-c", conf, "-p", d], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            url = f"http://127.0.0.1:{port}/ovl/predict"
+            def answers() -> bool:
+                try:
+                    return post_json(url, {"input": [0.0]})[0] == 200
+                except OSError:  # not listening yet
+                    return False
+
+            wait_for(answers, 10, "nginx to answer")
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def run_baseline(doc: dict, row: dict, saturation: dict) -> dict[str, Any]:
+    """A ``baseline = "nginx"`` row: the same open-loop load as a frontend-bound row (its
+    ``rate_x`` times the saturation rate measured earlier in the run) on
+    :func:`constant_server`, every answer a prediction."""
+    if "qps" not in saturation:
+        raise SystemExit(f"row {row['name']!r}: a baseline runs at a multiple of the "
+                         "saturation rate; measure it in a one-frontend row before this one")
+    slo_ms = float(doc.get("slo_ms", 20))
+    slack_ms = float(doc.get("slack_ms", 5))
+    duration = float(doc.get("duration_s", 10))
+    conns = int(doc.get("connections", 256))
+    rate = saturation["qps"] * float(row.get("rate_x", 1.0))
+    body = json.dumps({"input": [0.0] * 10}).encode()
+    with constant_server() as url:
+        oha(url, body, duration_s=float(doc.get("warmup_s", 2)), connections=conns, rate=rate)
+        t0 = time.monotonic()
+        res = oha(url, body, duration_s=duration, connections=conns, rate=rate)
+        elapsed = time.monotonic() - t0
+    return {
+        "case": row["name"], "rate": rate, "offered": rate, "elapsed_s": elapsed,
+        **answer_stats(res, res["sizes"] > 0, duration, (slo_ms + slack_ms) / 1e3),
+        "capacity": saturation["qps"], "default_share": 0.0, "refused_share": 0.0,
+        "server": {}, "after_p50_ms": None, "after_predictions": None,
+        "mean_batch_size": None,
     }
 
 
