@@ -316,6 +316,8 @@ class Edge:
         #: probes' lag: 1.0 unless the frontend is overloaded); the latest probe's lag
         self.admit_share = 1.0
         self.last_lag = 0.0
+        #: id(app) -> (app, the body of its refusal after the query id), until a probe
+        self._refusals: dict[int, tuple[Any, bytes]] = {}
         self._share_at = 0.0
         self._credit = 0.0
         self._probe_at = -1.0
@@ -506,6 +508,7 @@ class Edge:
 
     def _probed(self, sent: float) -> None:
         self._probing = False
+        self._refusals.clear()  # they tell the lag and the share: both change now
         now = self.clock()
         self.last_lag = now - sent
         if self.last_lag > self.lag_target_s:
@@ -516,6 +519,7 @@ class Edge:
 
     def _recover(self, now: float) -> None:
         if self.admit_share < 1.0:
+            self._refusals.clear()
             share = self.admit_share + LAG_RECOVERY_PER_S * (now - self._share_at)
             self.admit_share = share if share < 1.0 else 1.0
         self._share_at = now
@@ -571,9 +575,14 @@ class Edge:
         self.refused += 1
         if self.on_refused is not None:
             self.on_refused(app.name)
-        why = (f"refused unread: the frontend is overloaded (its event loop lags "
-               f"{self.last_lag * 1e3:.1f} ms; {100 * self.admit_share:.0f} % of queries let in)")
-        conn.respond(200, _default_body(app, why, self.new_query_id()), close)
+        # the answer but its query id, kept until the next probe changes what it says
+        kept = self._refusals.get(id(app))
+        if kept is None or kept[0] is not app:
+            why = (f"refused unread: the frontend is overloaded (its event loop lags "
+                   f"{self.last_lag * 1e3:.1f} ms; {100 * self.admit_share:.0f} % of "
+                   f"queries let in)")
+            kept = self._refusals[id(app)] = (app, _default_tail(app, why))
+        conn.respond(200, b'{"query_id":%d,%s' % (self.new_query_id(), kept[1]), close)
         return True
 
     @staticmethod
@@ -583,13 +592,21 @@ class Edge:
 
 def _default_body(app: Any, why: str, query_id: int) -> bytes:
     """The JSON of ``app``'s default output as the answer to query ``query_id``."""
-    tail = orjson.dumps({"output": app.default_output, "default": True, "confidence": 0.0,
-                         "models": [], "default_explanation": why})
-    return b'{"query_id":%d,%s' % (query_id, tail[1:])
+    return b'{"query_id":%d,%s' % (query_id, _default_tail(app, why))
+
+
+def _default_tail(app: Any, why: str) -> bytes:
+    """:func:`_default_body` after its query id (and the comma after it)."""
+    return orjson.dumps({"output": app.default_output, "default": True, "confidence": 0.0,
+                         "models": [], "default_explanation": why})[1:]
 
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _date = [0, b""]
+
+
+#: heads without extra headers made this second, by (status, length, close)
+_heads: dict[tuple[int, int, bool], bytes] = {}
 
 
 def response_head(status: int, length: int, close: bool, headers: dict | None = None) -> bytes:
@@ -598,8 +615,21 @@ def response_head(status: int, length: int, close: bool, headers: dict | None = 
     if _date[0] != now:  # once a second, as aiohttp does
         _date[0] = now
         _date[1] = formatdate(now, usegmt=True).encode()
-    extra = b"".join(b"%s: %s\r\n" % (k.encode("latin-1"), str(v).encode("latin-1"))
-                     for k, v in headers.items()) if headers else b""
+        _heads.clear()
+    if headers is None:
+        key = (status, length, close)
+        head = _heads.get(key)
+        if head is None:
+            head = _head(status, length, close, b"")
+            if len(_heads) < 1024:
+                _heads[key] = head
+        return head
+    return _head(status, length, close, b"".join(
+        b"%s: %s\r\n" % (k.encode("latin-1"), str(v).encode("latin-1"))
+        for k, v in headers.items()))
+
+
+def _head(status: int, length: int, close: bool, extra: bytes) -> bytes:
     return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
             b"Date: %s\r\n%s%s\r\n" % (status, _REASONS.get(status, b"Unknown"), length,
                                         _date[1], extra,

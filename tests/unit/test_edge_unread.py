@@ -100,6 +100,14 @@ def test_a_direct_answer_is_well_formed_http():
     assert hdrs["Connection"] == "close" and hdrs["Content-Type"] == "application/json"
     assert hdrs["Date"].endswith("GMT")
     assert b"Connection" not in response_head(200, 0, False)
+    # (heads without extra headers are kept for the second: each its own)
+    for status, length, close in [(200, 7, True), (200, 7, False), (200, 8, False),
+                                  (503, 7, False), (200, 7, True)]:
+        hdrs = email.parser.BytesHeaderParser().parsebytes(
+            response_head(status, length, close).split(b"\r\n", 1)[1])
+        assert hdrs["Content-Length"] == str(length)
+        assert (hdrs["Connection"] == "close") == close
+        assert response_head(status, length, close).startswith(b"HTTP/1.1 %d " % status)
 
 
 class Loop:
@@ -180,6 +188,69 @@ def test_without_the_apps_the_edge_never_probes():
     e.note_slo(0.020, loop.now)
     e.probe(loop.now)
     assert not loop.soon and e.admit_share == 1.0
+
+
+class App:
+    name = "app"
+    default_output = -1.0
+    slo_micros = 20_000
+
+
+class Written:
+    """A transport that keeps what is written to it."""
+
+    def __init__(self):
+        self.out = []
+
+    def write(self, data):
+        self.out.append(bytes(data))
+
+    def get_write_buffer_size(self):
+        return 0
+
+    def is_closing(self):
+        return False
+
+
+def test_a_refusal_tells_the_lag_the_latest_probe_found():
+    """A refusal's body is kept between probes (only its query id changes), and made anew
+    once a probe has measured the loop again: each tells the lag and share of its time."""
+    from clipper_core.edge import EdgeConnection
+    import json
+
+    loop = Loop()
+    ids = iter(range(1, 100))
+    e = Edge(app_lookup=lambda name: App if name == "app" else None,
+             new_query_id=lambda: next(ids))
+    e.loop, e.clock = loop, loop.time
+    e.note_slo(0.020, loop.now)
+    conn = EdgeConnection(object(), e)
+    conn.transport = Written()
+
+    def refused_answers(lag_s, n):
+        loop.run_ready(0.0)  # (a probe the last requests queued)
+        loop.now += 0.002
+        e.probe(loop.now)
+        loop.run_ready(lag_s)
+        e._credit = -10.0  # (none of these let in)
+        for _ in range(n):
+            conn.data_received(request())
+        answers = []
+        for raw in conn.transport.out[-n:]:
+            head, _, body = raw.partition(b"\r\n\r\n")
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            assert length == len(body)
+            answers.append(json.loads(body))
+        return answers
+
+    first = refused_answers(0.004, 3)
+    assert [a["query_id"] for a in first] == [1, 2, 3]
+    assert all(a["default"] and a["output"] == -1.0 for a in first)
+    assert len({a["default_explanation"] for a in first}) == 1
+    assert "lags 4.0 ms" in first[0]["default_explanation"]
+    later = refused_answers(0.009, 2)
+    assert "lags 9.0 ms" in later[0]["default_explanation"]
+    assert f"{100 * e.admit_share:.0f} % of queries let in" in later[1]["default_explanation"]
 
 
 def line_by_line(data):
