@@ -192,7 +192,9 @@ def test_oldest_arrival_tracks_the_live_queries(impl, arrivals, popped):
     for i, (a, slo) in enumerate(arrivals):
         q.push(query(impl, i, a, a + slo))
     left = q.items()
-    left.sort(key=lambda x: x.deadline)
+    # the queue's order: by deadline, then the order pushed (equal deadlines: a + slo
+    # rounds, 1e-163 + 1.0 == 0.0 + 1.0)
+    left.sort(key=lambda x: (x.deadline, x.query_id))
     q.pop_batch(-1.0, popped, []) if popped else None
     rest = [x.arrival for x in left[popped:]]
     assert q.oldest_arrival() == (min(rest) if rest else math.inf)
