@@ -23,6 +23,8 @@ import os
 import weakref
 from typing import Any, Callable
 
+from . import log
+
 _CLOCK_MONOTONIC = 1  # time.monotonic's clock, which clipper_core.clock.now reads
 _TFD_NONBLOCK = os.O_NONBLOCK
 _TFD_CLOEXEC = os.O_CLOEXEC
@@ -112,6 +114,10 @@ def _release(loop: Any, fd: int) -> None:
     os.close(fd)
 
 
+_PLAIN = -2  # PreciseAlarm.fd of one that runs on loop.call_at (no timerfd to be had)
+_FAR = 1e15  # s: the latest time an alarm is armed for (about 31 million years of uptime)
+
+
 class PreciseAlarm(Alarm):
     """:class:`Alarm` on a timerfd the loop watches (the first arming creates it; ``close``
     or the alarm's collection closes it)."""
@@ -128,15 +134,22 @@ class PreciseAlarm(Alarm):
         self._finalizer: Any = None
 
     def arm(self, loop: Any, when: float, callback: Callable[..., None], *args: Any) -> None:
+        if self.fd == _PLAIN:
+            return Alarm.arm(self, loop, when, callback, *args)
         if self.handle is not None and self.at <= when:
             return
         if self.fd < 0:
             fd = _LIBC.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
-            if fd < 0:
-                raise OSError(ctypes.get_errno(), "timerfd_create failed")
+            if fd < 0:  # out of descriptors, say: the loop's own timer still does the job
+                log.server.warning("no timerfd for an alarm (%s): it runs on the event "
+                                   "loop's millisecond timers", os.strerror(ctypes.get_errno()))
+                self.fd = _PLAIN
+                return Alarm.arm(self, loop, when, callback, *args)
             loop.add_reader(fd, _on_ready, weakref.ref(self))
             self.fd, self.loop = fd, loop
             self._finalizer = weakref.finalize(self, _release, loop, fd)
+        if when > _FAR:
+            when = _FAR  # (inf: no integer seconds; a timerfd takes any time up to this)
         self.at = when
         self.callback, self.args = callback, args
         self.handle = True
@@ -162,6 +175,8 @@ class PreciseAlarm(Alarm):
         callback(*args)
 
     def cancel(self) -> None:
+        if self.fd == _PLAIN:
+            return Alarm.cancel(self)
         if self.handle is not None:
             self.handle = None
             self.callback, self.args = None, ()

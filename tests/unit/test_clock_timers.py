@@ -147,3 +147,35 @@ def test_the_frontend_clock_is_the_loops_timer_clock():
 
     run(uvloop.new_event_loop, main())
     assert clock.now is time.monotonic
+
+
+def test_without_a_timerfd_an_alarm_runs_on_the_loops_timer(monkeypatch):
+    """No descriptor to be had (EMFILE, say): the alarm still runs, on loop.call_at, and is
+    still cancelled; an alarm armed for no time at all (inf) neither fails nor runs."""
+    from clipper_core import timers
+
+    class NoTimerfd:
+        @staticmethod
+        def timerfd_create(clock_id, flags):
+            return -1
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        ran = []
+        never = PreciseAlarm()
+        never.arm(loop, float("inf"), ran.append, "never")
+        assert never.armed
+        never.close()
+        monkeypatch.setattr(timers, "_LIBC", NoTimerfd)
+        alarm = PreciseAlarm()
+        alarm.arm(loop, clock.now() + 0.01, lambda: ran.append(("plain", alarm.fired())))
+        await asyncio.sleep(0.05)
+        assert [what for what, _ in ran] == ["plain"] and not alarm.armed
+        ran.clear()
+        alarm.arm(loop, clock.now() + 0.01, ran.append, "cancelled")
+        alarm.cancel()
+        await asyncio.sleep(0.03)
+        assert ran == []
+        alarm.close()
+
+    run(uvloop.new_event_loop, main())
