@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shutil
 import sqlite3
 import subprocess
@@ -45,6 +46,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import _models  # noqa: E402
+from _sweep import cpu_s  # noqa: E402
 
 from clipper_core.testing import (ClipperProcess, RedisServer, free_port,  # noqa: E402
                                   frontends, post_json, wait_for)
@@ -103,6 +105,37 @@ def oha(url: str, body: bytes, *, duration_s: float, connections: int,
     summary["sizes"] = np.asarray(sizes, dtype=np.int64)
     summary["statuses"] = statuses
     return summary
+
+
+def measured_oha(url: str, body: bytes, *, duration_s: float, connections: int, rate: float,
+                 pids: list[int]) -> tuple[dict[str, Any], float, float | None, float]:
+    """:func:`oha`, and what it cost: ``(results, wall s, the server processes' CPU cores
+    (``pids``; None without them), oha's CPU cores)``: the server's CPU over the load's
+    ``duration_s`` (it idles while oha writes its records at the end), oha's over the wall
+    time, records included."""
+    server0 = sum(cpu_s(p) for p in pids)
+    own0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    res = oha(url, body, duration_s=duration_s, connections=connections, rate=rate)
+    elapsed = time.monotonic() - t0
+    own1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server = (sum(cpu_s(p) for p in pids) - server0) / duration_s if pids else None
+    gen = (own1.ru_utime + own1.ru_stime - own0.ru_utime - own0.ru_stime) / elapsed
+    return res, elapsed, server, gen
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (nginx's workers)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+            except (OSError, ValueError, IndexError):  # gone meanwhile
+                pass
+    return out
 
 
 @contextlib.contextmanager
@@ -220,9 +253,9 @@ def run_row(doc: dict, row: dict, saturation: dict) -> dict[str, Any]:
         rate = float(cap) * float(row.get("rate_x", 1.0))
         oha(url, body, duration_s=warmup, connections=conns, rate=rate)
         c0 = counters(fronts, app)
-        t0 = time.monotonic()
-        res = oha(url, body, duration_s=duration, connections=conns, rate=rate)
-        elapsed = time.monotonic() - t0
+        res, elapsed, server_cores, oha_cores = measured_oha(
+            url, body, duration_s=duration, connections=conns, rate=rate,
+            pids=[f.proc.pid for f in fronts])
         c1 = counters(fronts, app)
         after_ms, after_preds = after_latency(clipper, app, int(doc.get("after_queries", 50)))
     d = {k: c1[k] - c0[k] for k in ("prediction", "default", "shed", "error", "refused",
@@ -237,6 +270,7 @@ def run_row(doc: dict, row: dict, saturation: dict) -> dict[str, Any]:
         "default_share": (d["default"] + d["shed"]) / total, "refused_share": d["refused"] / total,
         "server": d, "after_p50_ms": after_ms,
         "after_predictions": after_preds, "mean_batch_size": size,
+        "server_cores": server_cores, "oha_cores": oha_cores,
     }
 
 
@@ -285,7 +319,8 @@ CONSTANT_ANSWER = '{"query_id":1234567,"output":0,"default":false,"confidence":1
 @contextlib.contextmanager
 def constant_server():
     """nginx answering every request at once with :data:`CONSTANT_ANSWER`: what the machine
-    and the load generator allow at a row's rate with no Python server in the way."""
+    and the load generator allow at a row's rate with no Python server in the way.  Yields
+    its URL and the master's pid."""
     nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/bin")
     if nginx is None:
         raise SystemExit("nginx is not installed: run `make bench-deps`")
@@ -306,7 +341,7 @@ def constant_server():
                     return False
 
             wait_for(answers, 10, "nginx to answer")
-            yield url
+            yield url, proc.pid
         finally:
             proc.terminate()
             proc.wait(10)
@@ -325,23 +360,24 @@ def run_baseline(doc: dict, row: dict, saturation: dict) -> dict[str, Any]:
     conns = int(doc.get("connections", 256))
     rate = saturation["qps"] * float(row.get("rate_x", 1.0))
     body = json.dumps({"input": [0.0] * 10}).encode()
-    with constant_server() as url:
+    with constant_server() as (url, pid):
         oha(url, body, duration_s=float(doc.get("warmup_s", 2)), connections=conns, rate=rate)
-        t0 = time.monotonic()
-        res = oha(url, body, duration_s=duration, connections=conns, rate=rate)
-        elapsed = time.monotonic() - t0
+        res, elapsed, server_cores, oha_cores = measured_oha(
+            url, body, duration_s=duration, connections=conns, rate=rate,
+            pids=[pid, *children(pid)])
     return {
         "case": row["name"], "rate": rate, "offered": rate, "elapsed_s": elapsed,
         **answer_stats(res, res["sizes"] > 0, duration, (slo_ms + slack_ms) / 1e3),
         "capacity": saturation["qps"], "default_share": 0.0, "refused_share": 0.0,
         "server": {}, "after_p50_ms": None, "after_predictions": None,
-        "mean_batch_size": None,
+        "mean_batch_size": None, "server_cores": server_cores, "oha_cores": oha_cores,
     }
 
 
 def table(results: list[dict], slo_ms: float, slack_ms: float) -> str:
     head = ["case", "load q/s", f"within {slo_ms:g}+{slack_ms:g} ms", "p50 ms", "p99 ms",
-            "goodput/s", "x capacity", "default %", "refused %", "after p50 ms", "batch size"]
+            "goodput/s", "x capacity", "default %", "refused %", "after p50 ms", "batch size",
+            "server CPU", "oha CPU"]
     rows = []
     for r in results:
         f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
@@ -350,7 +386,8 @@ def table(results: list[dict], slo_ms: float, slack_ms: float) -> str:
                      f(r["p50_ms"], ".1f"), f(r["p99_ms"], ".1f"), f"{r['goodput']:.0f}",
                      f"{r['goodput'] / r['capacity']:.2f}", f"{100 * r['default_share']:.1f}",
                      f"{100 * r['refused_share']:.1f}", f(r["after_p50_ms"], ".2f"),
-                     f(r["mean_batch_size"], ".1f")])
+                     f(r["mean_batch_size"], ".1f"), f(r.get("server_cores"), ".2f"),
+                     f(r.get("oha_cores"), ".2f")])
     w = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     line = lambda cs: "  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i])  # noqa: E731
                                 for i, c in enumerate(cs))
@@ -435,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print("goodput = predictions answered within SLO + slack per second (a prediction told "
           "from a default by the answer's size); x capacity = goodput / the row's capacity; default % "
-          "includes sheds; refused % = refused at the edge before parsing")
+          "includes sheds; refused % = refused at the edge before parsing; server CPU / oha CPU = "
+          "cores the frontends (nginx: its processes) and the load generator used over the run")
     if fixed is not None:
         print(fixed["text"])
     print(f"machine: {machine}")
