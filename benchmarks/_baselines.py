@@ -26,6 +26,36 @@ import numpy as np
 STOP = b"stop"
 READY = b"ready"
 
+# nginx for the benchmarks that put it in front of Clipper or beside it (frontends.py: a
+# load balancer; overload.py: a constant answer), run in the foreground from a scratch dir
+_NGINX = """
+worker_processes {workers};
+pid {dir}/nginx.pid;
+error_log {dir}/nginx.err;
+daemon off;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  {http}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ {location} }}
+  }}
+}}
+"""
+
+
+def nginx_conf(scratch: str, port: int, location: str, *, workers: int = 1,
+               http: str = "") -> str:
+    """An nginx.conf serving ``location /`` with the directives ``location`` on
+    127.0.0.1:``port`` (``http``: more directives in its ``http`` block, an upstream)."""
+    return _NGINX.format(workers=workers, dir=scratch, port=port, location=location, http=http)
+
 
 # -- the processes -------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
+from _baselines import nginx_conf  # noqa: E402
 from clipper_core.testing import (ClipperProcess, RedisServer, free_port, post_json,  # noqa: E402
                                   wait_for)
 
@@ -49,24 +50,6 @@ request = function()
 end
 """
 
-NGINX = """
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/nginx.err;
-daemon off;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  upstream clipper {{ {servers} keepalive 128; }}
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{ proxy_pass http://clipper; proxy_http_version 1.1;
-                 proxy_set_header Connection ""; }}
-  }}
-}}
-"""
 
 
 def sum_model(inputs):
@@ -143,7 +126,9 @@ def main() -> None:
             servers = " ".join(f"server {f.query_url.split('//')[1]};" for f in frontends)
             conf = os.path.join(d, f"nginx-{port}.conf")
             with open(conf, "w") as fh:
-                fh.write(NGINX.format(dir=d, servers=servers, port=port))
+                fh.write(nginx_conf(d, port, 'proxy_pass http://clipper; proxy_http_version 1.1; '
+                                    'proxy_set_header Connection "";',
+                                    http=f"upstream clipper {{ {servers} keepalive 128; }}"))
             p = subprocess.Popen([need("nginx"), "-c", conf, "-p", d],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wait_for(lambda: _listening(port), 10, "nginx to listen")

@@ -46,6 +46,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import _models  # noqa: E402
+from _baselines import nginx_conf  # noqa: E402
 from _sweep import cpu_s  # noqa: E402
 
 from clipper_core.testing import (ClipperProcess, RedisServer, free_port,  # noqa: E402
@@ -292,26 +293,6 @@ def answer_stats(res: dict, is_pred: np.ndarray, duration: float, bound: float) 
     }
 
 
-# nginx answering every request with one constant body, as many workers as CPUs
-NGINX_CONSTANT = """
-worker_processes {workers};
-pid {dir}/nginx.pid;
-error_log {dir}/nginx.err;
-daemon off;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{ default_type application/json; return 200 '{body}'; }}
-  }}
-}}
-"""
 #: what the baseline answers: the shape and size of a prediction of the no-op model
 CONSTANT_ANSWER = '{"query_id":1234567,"output":0,"default":false,"confidence":1.0,"models":["ovl:1"]}'
 
@@ -328,8 +309,9 @@ def constant_server():
         port = free_port()
         conf = os.path.join(d, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(NGINX_CONSTANT.format(workers=os.cpu_count() or 1, dir=d, port=port,
-                                          body=CONSTANT_ANSWER))
+            f.write(nginx_conf(d, port, f"default_type application/json; "
+                                        f"return 200 '{CONSTANT_ANSWER}';",
+                               workers=os.cpu_count() or 1))
         proc = subprocess.Popen([nginx, "-c", conf, "-p", d], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         try:
