@@ -122,12 +122,11 @@ class PreciseAlarm(Alarm):
     """:class:`Alarm` on a timerfd the loop watches (the first arming creates it; ``close``
     or the alarm's collection closes it)."""
 
-    __slots__ = ("fd", "loop", "callback", "args", "_spec", "_finalizer", "__weakref__")
+    __slots__ = ("fd", "callback", "args", "_spec", "_finalizer", "__weakref__")
 
     def __init__(self) -> None:
         super().__init__()
         self.fd = -1
-        self.loop: Any = None
         self.callback: Callable[..., None] | None = None
         self.args: tuple = ()
         self._spec = _Itimerspec()
@@ -146,7 +145,7 @@ class PreciseAlarm(Alarm):
                 self.fd = _PLAIN
                 return Alarm.arm(self, loop, when, callback, *args)
             loop.add_reader(fd, _on_ready, weakref.ref(self))
-            self.fd, self.loop = fd, loop
+            self.fd = fd
             self._finalizer = weakref.finalize(self, _release, loop, fd)
         if when > _FAR:
             when = _FAR  # (inf: no integer seconds; a timerfd takes any time up to this)
