@@ -486,9 +486,9 @@ class Scheduler:
         that it has its next batch at hand when it is free.  ``force``: the delayed-batching
         timer ran out, the first batch to an idle replica goes without waiting for it to
         fill.  ``due``: the time the timer that calls it was armed for, which has come even
-        when the clock reads earlier (uvloop's reads whole milliseconds and fires a timer
-        due within half of one at once: without it, the timer would be armed again, and
-        fire again, until the clock turned)."""
+        when the clock reads earlier (a ``loop.call_at`` alarm, on a virtual clock or
+        without a timerfd, may run up to half a millisecond early on uvloop: without it,
+        the timer would be armed again, and fire again, until the clock turned)."""
         queue = mq.queue
         order = mq.order
         if not len(queue) or not order:
