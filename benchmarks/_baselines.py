@@ -15,6 +15,7 @@ Run as ``python benchmarks/_baselines.py http PORT_FILE`` or
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,15 @@ http {{
   }}
 }}
 """
+
+
+def need(binary: str) -> str:
+    """The path of ``binary`` (nginx and wrk live in /usr/sbin, /usr/bin); exits saying how
+    to get it when it is missing."""
+    path = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/bin")
+    if path is None:
+        sys.exit(f"{binary} is not installed: `make bench-deps` installs it")
+    return path
 
 
 def nginx_conf(scratch: str, port: int, location: str, *, workers: int = 1,

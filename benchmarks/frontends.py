@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -37,7 +36,7 @@ import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from _baselines import nginx_conf  # noqa: E402
+from _baselines import need, nginx_conf  # noqa: E402
 from clipper_core.testing import (ClipperProcess, RedisServer, free_port, post_json,  # noqa: E402
                                   wait_for)
 
@@ -56,13 +55,6 @@ def sum_model(inputs):
     return [float(x.sum()) for x in inputs]
 
 
-
-
-def need(binary: str) -> str:
-    path = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/bin")
-    if path is None:
-        sys.exit(f"{binary} is not installed: `make bench-deps` installs it")
-    return path
 
 
 def wrk(url: str, duration: float, connections: int, script: str) -> dict:

@@ -46,7 +46,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import _models  # noqa: E402
-from _baselines import nginx_conf  # noqa: E402
+from _baselines import need, nginx_conf  # noqa: E402
 from _sweep import cpu_s  # noqa: E402
 
 from clipper_core.testing import (ClipperProcess, RedisServer, free_port,  # noqa: E402
@@ -302,9 +302,7 @@ def constant_server():
     """nginx answering every request at once with :data:`CONSTANT_ANSWER`: what the machine
     and the load generator allow at a row's rate with no Python server in the way.  Yields
     its URL and the master's pid."""
-    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/bin")
-    if nginx is None:
-        raise SystemExit("nginx is not installed: run `make bench-deps`")
+    nginx = need("nginx")
     with tempfile.TemporaryDirectory(prefix="overload-nginx-") as d:
         port = free_port()
         conf = os.path.join(d, "nginx.conf")
@@ -316,6 +314,7 @@ def constant_server():
                                 stderr=subprocess.DEVNULL)
         try:
             url = f"http://127.0.0.1:{port}/ovl/predict"
+
             def answers() -> bool:
                 try:
                     return post_json(url, {"input": [0.0]})[0] == 200
